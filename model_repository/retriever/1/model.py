@@ -1,0 +1,56 @@
+"""Triton glue for exact retrieval: EMBEDDING (+ top_k) -> sources, scores, passages."""
+
+import os
+import sys
+
+# The backend stub runs an isolated interpreter that ignores PYTHONPATH; take the
+# paths the launcher exported (numpy, torch, tritonrag) before importing them.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.index import load_index
+from tritonrag.limits import RequestError, check_range
+from tritonrag.model_sources import DEFAULT_EMBEDDER, model_name
+from tritonrag.params import model_param
+from tritonrag.search import ExactSearch
+from tritonrag.triton_glue import (bytes_tensor, input_array, instance_device, optional_rows, parse_config,
+                                   read_limits, serve_batch)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_config(args)
+        self.limits = read_limits(config)
+        index_path = model_param(config, "index_path", "")
+        if not index_path:
+            raise pb_utils.TritonModelException("retriever: parameter index_path is not set (`tritonrag serve` sets it)")
+        embedder = model_name(model_param(config, "embedder_model", DEFAULT_EMBEDDER))
+        self.index = load_index(index_path, embedder=embedder)
+        self.search = ExactSearch(np.asarray(self.index.vectors), self.index.metric, instance_device(args))
+
+    def execute(self, requests):
+        return serve_batch(requests, self._parse, self._run, self._respond)
+
+    def _parse(self, request):
+        vectors = input_array(request, "EMBEDDING")
+        if vectors.ndim != 2 or vectors.shape[1] != self.index.manifest["dimension"]:
+            raise RequestError(f"EMBEDDING must be [n, {self.index.manifest['dimension']}], got {list(vectors.shape)}")
+        ks = [check_range("top_k", k, self.limits.default_top_k, self.limits.max_top_k)
+              for k in optional_rows(request, "top_k", len(vectors))]
+        if len(set(ks)) > 1:
+            raise RequestError("top_k must be the same for every row of one request")
+        return list(zip(vectors, ks))
+
+    def _run(self, rows):
+        indices, scores = self.search.search(np.stack([v for v, _ in rows]), max(k for _, k in rows))
+        return [(i[:k], s[:k]) for (i, s), (_, k) in zip(zip(indices, scores), rows)]
+
+    def _respond(self, results):
+        passages = [[self.index.passages[i] for i in idx] for idx, _ in results]
+        return pb_utils.InferenceResponse([
+            bytes_tensor("sources", [[p.id for p in row] for row in passages]),
+            pb_utils.Tensor("scores", np.stack([s for _, s in results]).astype(np.float32)),
+            bytes_tensor("passages", [[p.embedding_text() for p in row] for row in passages]),
+        ])

@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SQUAD = Path(os.environ.get("TRITONRAG_SQUAD", ROOT.parent / "shared" / "data" / "squad-v2.0-dev-part.json"))
+
+
+@pytest.fixture(scope="session")
+def squad_path() -> Path:
+    if not SQUAD.exists():
+        pytest.skip(f"SQuAD data not found at {SQUAD}")
+    return SQUAD
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from tritonrag.embedding import Embedder
+
+    return Embedder("builtin:all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def generator():
+    from tritonrag.generation import Generator
+
+    return Generator("builtin:SmolLM2-135M-Instruct")

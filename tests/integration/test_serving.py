@@ -1,0 +1,116 @@
+"""End to end through a real tritonserver: gRPC and HTTP, retrieval feeding generation, batching."""
+
+import asyncio
+import concurrent.futures
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tritonrag.synthetic import answer_is_correct
+from tritonrag_client import AsyncRagClient, RagClient
+
+from .conftest import model_counts
+
+pytestmark = pytest.mark.integration
+
+WITH_QUESTION = "What does the with statement do in Python?"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ask_lists_the_passage_that_answers(server, protocol):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with RagClient(url, protocol=protocol) as client:
+        answer = client.ask(WITH_QUESTION, top_k=3, max_tokens=24)
+    assert answer.answer.strip()
+    assert len(answer.sources) == 3
+    assert any(s.id.startswith("with#") for s in answer.sources), answer.sources
+    scores = [s.score for s in answer.sources]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_grpc_and_http_agree(server):
+    with RagClient(server.grpc_url, protocol="grpc") as g, RagClient(server.http_url, protocol="http") as h:
+        a, b = g.ask(WITH_QUESTION, max_tokens=8), h.ask(WITH_QUESTION, max_tokens=8)
+    assert [s.id for s in a.sources] == [s.id for s in b.sources]
+    assert a.answer == b.answer
+
+
+def test_synthetic_facts_are_answered_from_retrieval(server, facts):
+    """Nobody's model knows these facts: a right answer means retrieval fed generation."""
+    subset = facts[:12]
+
+    async def ask_all():
+        async with AsyncRagClient(server.grpc_url) as client:
+            return await asyncio.gather(*(client.ask(f.question, max_tokens=24) for f in subset))
+
+    answers = asyncio.run(ask_all())
+    retrieved = sum(any(s.id == f.id for s in a.sources) for f, a in zip(subset, answers))
+    correct = sum(answer_is_correct(a.answer, f.answer) for f, a in zip(subset, answers))
+    print(f"\nsynthetic facts: retrieved {retrieved}/{len(subset)}, answered {correct}/{len(subset)}")
+    assert retrieved == len(subset)
+    assert correct > 0.6 * len(subset), [a.answer for a in answers]
+
+
+def test_32_concurrent_requests_form_batches(server, grpc_client):
+    before = {m: model_counts(grpc_client, m) for m in ("embedder", "retriever", "generator")}
+
+    async def burst():
+        async with AsyncRagClient(server.grpc_url) as client:
+            return await asyncio.gather(*(client.ask(f"{WITH_QUESTION} ({n})", top_k=1, max_tokens=4)
+                                          for n in range(32)))
+
+    answers = asyncio.run(burst())
+    assert len(answers) == 32 and all(a.sources for a in answers)
+    for model, (inferences0, executions0) in before.items():
+        inferences, executions = model_counts(grpc_client, model)
+        print(f"\n{model}: {inferences - inferences0} inferences in {executions - executions0} executions")
+        assert inferences - inferences0 == 32
+        if model == "generator":  # the slow stage always queues a batch behind the first request
+            assert executions - executions0 < inferences - inferences0
+
+
+def test_mixed_top_k_and_max_tokens_in_one_batch_are_each_honoured(server, grpc_client, generator_tokenizer):
+    settings = [(k, m) for k in (1, 2, 5) for m in (1, 3, 12)]
+    before = model_counts(grpc_client, "generator")
+
+    async def mixed():
+        async with AsyncRagClient(server.grpc_url) as client:
+            return await asyncio.gather(*(client.ask(WITH_QUESTION, top_k=k, max_tokens=m) for k, m in settings))
+
+    answers = asyncio.run(mixed())
+    inferences, executions = (a - b for a, b in zip(model_counts(grpc_client, "generator"), before))
+    assert inferences == len(settings) and executions < inferences  # they did share batches
+    for (k, m), answer in zip(settings, answers):
+        assert len(answer.sources) == k
+        assert len(generator_tokenizer.encode(answer.answer)) <= m + 1, (m, answer.answer)
+    assert len(generator_tokenizer.encode(answers[2].answer)) > 3
+
+
+@pytest.fixture(scope="session")
+def generator_tokenizer():
+    from transformers import AutoTokenizer
+
+    from tritonrag.model_sources import DEFAULT_GENERATOR, resolve
+
+    return AutoTokenizer.from_pretrained(resolve(DEFAULT_GENERATOR))
+
+
+def test_statistics_and_metrics_endpoints_answer(server, grpc_client):
+    import urllib.request
+
+    assert grpc_client.is_server_ready()
+    for model in ("embedder", "retriever", "generator", "rag_ensemble", "rag_retrieve"):
+        assert grpc_client.is_model_ready(model)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.settings.metrics_port}/metrics", timeout=5).read()
+    assert b"nv_inference_request_success" in metrics
+
+
+def test_a_request_can_carry_several_questions(server, grpc_client):
+    questions = np.array([[WITH_QUESTION.encode()], [b"What is a lambda expression?"]], dtype=np.object_)
+    inp = grpcclient.InferInput("question", [2, 1], "BYTES")
+    inp.set_data_from_numpy(questions)
+    result = grpc_client.infer("rag_retrieve", [inp])
+    assert result.as_numpy("sources").shape == (2, 3)
+    assert result.as_numpy("sources")[0, 0].decode().startswith("with#")
+    assert result.as_numpy("sources")[1, 0].decode().startswith("lambda#")

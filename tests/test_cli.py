@@ -1,0 +1,27 @@
+import json
+import subprocess
+import sys
+
+from tritonrag.cli import build_parser
+from tritonrag.index import load_index
+
+
+def test_serve_defaults_to_loopback_and_builtin_models():
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"
+    assert (args.http_port, args.grpc_port, args.metrics_port) == (8000, 8001, 8002)
+    assert args.embedder.startswith("builtin:") and args.generator.startswith("builtin:")
+
+
+def test_synth_and_index_commands_build_a_loadable_index(tmp_path):
+    facts, questions, out = tmp_path / "facts.jsonl", tmp_path / "q.jsonl", tmp_path / "idx"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tritonrag", *a], capture_output=True, text=True,
+                                    check=True)
+    run("synth", "--count", "20", "--out", str(facts), "--questions", str(questions))
+    assert len(questions.read_text().splitlines()) == 20
+    result = run("index", "--corpus", str(facts), "--out", str(out))
+    assert "20 passages, dimension 384" in result.stdout
+    assert "embedding passages" in result.stderr  # progress bar
+    index = load_index(out, embedder="all-MiniLM-L6-v2")
+    assert json.loads((out / "manifest.json").read_text())["metric"] == "ip"
+    assert [p.id for p in index.passages] == [f"synthetic:{n}" for n in range(20)]

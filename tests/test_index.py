@@ -1,0 +1,75 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from tritonrag.corpus import Passage
+from tritonrag.index import IndexCorruptError, IndexMismatchError, build_index, load_index
+
+
+def hash_embed(texts):
+    """Deterministic stand-in vectors: these tests are about persistence, not meaning."""
+    return np.array([np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:8] / 255.0
+                     for t in texts], dtype=np.float32)
+
+
+PASSAGES = [Passage(f"p#{i}", f"T{i}", f"text number {i}") for i in range(10)]
+
+
+def test_round_trip_with_manifest(tmp_path):
+    manifest = build_index(tmp_path / "idx", PASSAGES, hash_embed, embedder="enc-A", batch_size=3, progress=False)
+    assert manifest["count"] == 10 and manifest["dimension"] == 8 and manifest["embedder"] == "enc-A"
+    index = load_index(tmp_path / "idx", embedder="enc-A", dimension=8)
+    assert index.passages == PASSAGES
+    np.testing.assert_array_equal(index.vectors, hash_embed([p.embedding_text() for p in PASSAGES]))
+
+
+def test_other_embedder_is_refused(tmp_path):
+    build_index(tmp_path / "idx", PASSAGES, hash_embed, embedder="enc-A", progress=False)
+    with pytest.raises(IndexMismatchError, match="built with embedder 'enc-A'.*'enc-B'"):
+        load_index(tmp_path / "idx", embedder="enc-B")
+    with pytest.raises(IndexMismatchError, match="dimension 8"):
+        load_index(tmp_path / "idx", dimension=384)
+
+
+@pytest.mark.parametrize("damage", ["flip_vector_byte", "truncate_passages", "drop_manifest", "bad_manifest"])
+def test_damaged_index_is_refused(tmp_path, damage):
+    path = tmp_path / "idx"
+    build_index(path, PASSAGES, hash_embed, embedder="enc-A", progress=False)
+    if damage == "flip_vector_byte":
+        data = bytearray((path / "embeddings.npy").read_bytes())
+        data[-1] ^= 0xFF
+        (path / "embeddings.npy").write_bytes(bytes(data))
+    elif damage == "truncate_passages":
+        text = (path / "passages.jsonl").read_text()
+        (path / "passages.jsonl").write_text(text[: len(text) // 2])
+    elif damage == "drop_manifest":
+        (path / "manifest.json").unlink()
+    else:
+        (path / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexCorruptError):
+        load_index(path, embedder="enc-A")
+
+
+def test_crash_while_building_keeps_the_previous_index(tmp_path):
+    path = tmp_path / "idx"
+    build_index(path, PASSAGES, hash_embed, embedder="enc-A", progress=False)
+    before = json.loads((path / "manifest.json").read_text())
+
+    def crashing_embed(texts):
+        if any("number 7" in t for t in texts):
+            raise RuntimeError("power cut")
+        return hash_embed(texts)
+
+    bigger = PASSAGES + [Passage("new#0", "", "a new passage")]
+    with pytest.raises(RuntimeError, match="power cut"):
+        build_index(path, bigger, crashing_embed, embedder="enc-A", batch_size=2, progress=False)
+    assert json.loads((path / "manifest.json").read_text()) == before
+    assert load_index(path, embedder="enc-A").passages == PASSAGES
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no staging folder left
+
+
+def test_empty_corpus_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="empty corpus"):
+        build_index(tmp_path / "idx", [], hash_embed, embedder="enc-A", progress=False)

@@ -1,0 +1,35 @@
+import pytest
+
+from tritonrag.repository import SOURCE_REPOSITORY, render_repository, set_parameter
+
+MODELS = ("embedder", "retriever", "generator")
+
+
+def test_every_stage_batches_dynamically_up_to_32():
+    for model in MODELS:
+        text = (SOURCE_REPOSITORY / model / "config.pbtxt").read_text()
+        assert "max_batch_size: 32" in text
+        assert "dynamic_batching { max_queue_delay_microseconds:" in text
+        assert "kind: KIND_AUTO" in text
+    for ensemble in ("rag_ensemble", "rag_retrieve"):
+        assert (SOURCE_REPOSITORY / ensemble / "1").is_dir()
+        assert 'platform: "ensemble"' in (SOURCE_REPOSITORY / ensemble / "config.pbtxt").read_text()
+
+
+def test_set_parameter_replaces_only_that_value():
+    text = '{ key: "a", value: { string_value: "1" } },\n{ key: "ab", value: { string_value: "2" } }'
+    out = set_parameter(text, "a", 'x "quoted" \\ path')
+    assert out == '{ key: "a", value: { string_value: "x \\"quoted\\" \\\\ path" } },\n' \
+                  '{ key: "ab", value: { string_value: "2" } }'
+    with pytest.raises(KeyError):
+        set_parameter(text, "missing", "v")
+
+
+def test_render_applies_overrides_and_leaves_the_source_alone(tmp_path):
+    before = (SOURCE_REPOSITORY / "retriever" / "config.pbtxt").read_text()
+    out = render_repository(tmp_path / "repo", {"retriever": {"index_path": "/data/idx"},
+                                                "generator": {"generator_model": "Qwen/Qwen2.5-1.5B-Instruct"}})
+    assert 'string_value: "/data/idx"' in (out / "retriever" / "config.pbtxt").read_text()
+    assert 'string_value: "Qwen/Qwen2.5-1.5B-Instruct"' in (out / "generator" / "config.pbtxt").read_text()
+    assert (out / "embedder" / "1" / "model.py").exists()
+    assert (SOURCE_REPOSITORY / "retriever" / "config.pbtxt").read_text() == before

@@ -1,0 +1,168 @@
+"""`tritonrag` command line: serve, demo, index and synth."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import model_sources
+
+log = logging.getLogger("tritonrag")
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    return [v for v in value.split(os.pathsep) if v] if value else default
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embedder", default=os.environ.get("TRITONRAG_EMBEDDER", model_sources.DEFAULT_EMBEDDER),
+                        help="builtin:NAME, a local folder or a Hugging Face id (env TRITONRAG_EMBEDDER)")
+    parser.add_argument("--corpus", action="append", default=None,
+                        help="'pydoc' (CPython's docs), or a .jsonl / .txt / SQuAD .json file; repeatable "
+                             "(env TRITONRAG_CORPUS, ':'-separated; default pydoc)")
+    parser.add_argument("--cache-dir", help="converted models and indexes (env TRITONRAG_CACHE_DIR, "
+                                            "default ~/.cache/tritonrag)")
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument("--generator", default=os.environ.get("TRITONRAG_GENERATOR", model_sources.DEFAULT_GENERATOR),
+                        help="builtin:NAME, a local folder or a Hugging Face id (env TRITONRAG_GENERATOR)")
+    parser.add_argument("--index", type=Path, help="serve this index folder instead of building one from --corpus")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--tritonserver", help="tritonserver binary (env TRITONSERVER; default: the nvidia-pytriton wheel's)")
+    parser.add_argument("--backend-dir", help="Triton backends folder (env TRITON_BACKENDS; default: made from the wheel)")
+    parser.add_argument("--log-verbose", type=int, default=0)
+
+
+def _settings(args: argparse.Namespace):
+    from .launcher import ServerSettings
+
+    return ServerSettings(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        embedder=args.embedder, generator=args.generator, corpus=_corpus(args), index=args.index,
+        tritonserver=args.tritonserver, backend_dir=args.backend_dir, log_verbose=args.log_verbose)
+
+
+def _corpus(args: argparse.Namespace) -> list[str]:
+    return args.corpus or _env_list("TRITONRAG_CORPUS", ["pydoc"])
+
+
+def _print_answer(server, question: str) -> int:
+    from tritonrag_client import RagClient, RagError
+
+    started = time.perf_counter()
+    try:
+        with RagClient(server.grpc_url, protocol="grpc") as client:
+            answer = client.ask(question)
+    except RagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Q: {question}\nA: {answer.answer}\nSources:")
+    for source in answer.sources:
+        print(f"  {source.id}  ({source.score:.3f})")
+    print(f"({time.perf_counter() - started:.2f} s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .launcher import TritonServer
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    started = time.perf_counter()
+    server = TritonServer(_settings(args))
+    try:
+        server.start()
+        log.info("ready in %.1f s: HTTP %s, gRPC %s, metrics %s:%d", time.perf_counter() - started,
+                 server.http_url, server.grpc_url, args.host, args.metrics_port)
+        status = 0
+        if args.ask:
+            status = _print_answer(server, args.ask)
+            if args.once:
+                return status
+        while not stop.is_set():
+            if server.process.poll() is not None:
+                log.error("tritonserver exited with code %s:\n%s", server.process.returncode, server.log_tail())
+                return 1
+            stop.wait(1.0)
+        log.info("stopping")
+        return status
+    finally:
+        server.stop()
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .corpus import load_corpora
+    from .embedding import Embedder
+    from .index import build_index
+
+    passages = load_corpora(_corpus(args))
+    embedder = Embedder(args.embedder)
+    manifest = build_index(args.out, passages, embedder.embed_passages,
+                           embedder=model_sources.model_name(args.embedder), metric=args.metric)
+    print(f"wrote {args.out}: {manifest['count']} passages, dimension {manifest['dimension']}, "
+          f"metric {manifest['metric']}, embedder {manifest['embedder']}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import make_facts, write_facts
+
+    facts = make_facts(args.count, args.seed)
+    write_facts(facts, args.out, args.questions)
+    print(f"wrote {len(facts)} facts to {args.out}" + (f" and questions to {args.questions}" if args.questions else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonrag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start tritonserver with the RAG models and wait (Ctrl-C stops)")
+    _add_server_options(serve)
+    serve.add_argument("--ask", help="once ready, ask this question and print the answer")
+    serve.add_argument("--once", action="store_true", help="with --ask: stop after answering")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="start the server, answer one question, stop")
+    _add_server_options(demo)
+    demo.add_argument("question", nargs="?", default="What does the with statement do?")
+    demo.set_defaults(func=lambda a: cmd_serve(argparse.Namespace(**vars(a), ask=a.question, once=True)))
+
+    index = sub.add_parser("index", help="build an index folder from corpora")
+    _add_model_options(index)
+    index.add_argument("--out", type=Path, required=True)
+    index.add_argument("--metric", default="ip", choices=["ip", "cosine", "l2"])
+    index.set_defaults(func=cmd_index)
+
+    synth = sub.add_parser("synth", help="write a synthetic-facts corpus (JSONL) and its questions")
+    synth.add_argument("--count", type=int, default=200)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--questions", type=Path)
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if getattr(args, "cache_dir", None):
+        os.environ["TRITONRAG_CACHE_DIR"] = str(Path(args.cache_dir).resolve())
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

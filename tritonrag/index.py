@@ -1,0 +1,140 @@
+"""A vector index on disk: embeddings, passages and a manifest that vouches for them.
+
+The manifest records which embedder made the vectors, their dimension and metric,
+the passage count and SHA-256 checksums, so that an index built with another
+embedder, or one damaged on disk, is refused with a clear error instead of
+silently returning wrong passages. The folder is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .corpus import Passage
+from .storage import atomic_directory
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+PASSAGES = "passages.jsonl"
+
+
+class IndexProblem(Exception):
+    """An index that cannot be used; the message says why and what to do."""
+
+
+class IndexMismatchError(IndexProblem):
+    """The index was built for another embedder, dimension or metric."""
+
+
+class IndexCorruptError(IndexProblem):
+    """Files are missing, truncated or do not match their checksums."""
+
+
+@dataclass
+class Index:
+    manifest: dict
+    vectors: np.ndarray
+    passages: list[Passage]
+
+    @property
+    def embedder(self) -> str:
+        return self.manifest["embedder"]
+
+    @property
+    def metric(self) -> str:
+        return self.manifest["metric"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+                embedder: str, metric: str = "ip", batch_size: int = 64, progress: bool = True) -> dict:
+    """Embed `passages` and write the index folder atomically; returns the manifest."""
+    from tqdm import tqdm
+
+    if not passages:
+        raise ValueError("cannot build an index from an empty corpus")
+    texts = [p.embedding_text() for p in passages]
+    chunks = []
+    with tqdm(total=len(texts), desc="embedding passages", unit="passage", disable=not progress) as bar:
+        for start in range(0, len(texts), batch_size):
+            chunks.append(embed_passages(texts[start:start + batch_size]))
+            bar.update(len(chunks[-1]))
+    vectors = np.ascontiguousarray(np.concatenate(chunks).astype(np.float32))
+    with atomic_directory(Path(path)) as staging:
+        np.save(staging / EMBEDDINGS, vectors)
+        with open(staging / PASSAGES, "w", encoding="utf-8") as handle:
+            for p in passages:
+                handle.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "embedder": embedder,
+            "dimension": int(vectors.shape[1]),
+            "metric": metric,
+            "count": int(vectors.shape[0]),
+            "checksums": {name: _sha256(staging / name) for name in (EMBEDDINGS, PASSAGES)},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IndexCorruptError(f"no index at {path} (missing {MANIFEST}); build one with `tritonrag index`") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexCorruptError(f"index manifest {manifest_path} is damaged: {exc}") from exc
+    missing = {"format_version", "embedder", "dimension", "metric", "count", "checksums"} - set(manifest)
+    if missing:
+        raise IndexCorruptError(f"index manifest {manifest_path} lacks {sorted(missing)}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise IndexMismatchError(f"index {path} has format {manifest['format_version']}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def load_index(path: Path, embedder: str | None = None, dimension: int | None = None,
+               verify: bool = True) -> Index:
+    """Load and check an index; `embedder`/`dimension` are what the caller will query with."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if embedder is not None and manifest["embedder"] != embedder:
+        raise IndexMismatchError(
+            f"index {path} was built with embedder {manifest['embedder']!r}, but the service embeds "
+            f"queries with {embedder!r}; rebuild it with `tritonrag index --embedder {embedder}`")
+    if dimension is not None and manifest["dimension"] != dimension:
+        raise IndexMismatchError(f"index {path} has dimension {manifest['dimension']}, the embedder gives {dimension}")
+    if verify:
+        for name, expected in manifest["checksums"].items():
+            file = path / name
+            if not file.exists():
+                raise IndexCorruptError(f"index {path} is missing {name}")
+            if _sha256(file) != expected:
+                raise IndexCorruptError(f"index {path}: {name} does not match its checksum (damaged file)")
+    try:
+        vectors = np.load(path / EMBEDDINGS, mmap_mode="r")
+        with open(path / PASSAGES, encoding="utf-8") as handle:
+            passages = [Passage(**json.loads(line)) for line in handle if line.strip()]
+    except (OSError, ValueError, TypeError) as exc:
+        raise IndexCorruptError(f"index {path} could not be read: {exc}") from exc
+    if vectors.shape != (manifest["count"], manifest["dimension"]) or len(passages) != manifest["count"]:
+        raise IndexCorruptError(
+            f"index {path}: {vectors.shape} vectors and {len(passages)} passages, manifest says "
+            f"{manifest['count']} x {manifest['dimension']}")
+    return Index(manifest, vectors, passages)

@@ -1,0 +1,48 @@
+"""Checking request values against the service's limits.
+
+Every check raises `RequestError` with a message meant for the user, so the Triton
+glue can answer that one request with an error and serve the rest of its batch.
+Limits are `config.pbtxt` parameters; these are their defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RequestError(ValueError):
+    """A request the service refuses; the message is sent back to the client."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_question_bytes: int = 4096
+    default_top_k: int = 3
+    max_top_k: int = 100
+    default_max_tokens: int = 32
+    max_max_tokens: int = 512
+
+
+def decode_question(raw: bytes | str, max_bytes: int) -> str:
+    """UTF-8 text of a question that is neither empty nor over `max_bytes`."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > max_bytes:
+        raise RequestError(f"question is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"question is not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise RequestError("question is empty")
+    return text
+
+
+def check_range(name: str, value: int | None, default: int, maximum: int) -> int:
+    """`value` (or the default when it is absent) if it lies in 1..maximum."""
+    if value is None:
+        return default
+    value = int(value)
+    if not 1 <= value <= maximum:
+        raise RequestError(f"{name} must be between 1 and {maximum}, got {value}")
+    return value

