@@ -69,12 +69,17 @@ def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callabl
     if not passages:
         raise ValueError("cannot build an index from an empty corpus")
     texts = [p.embedding_text() for p in passages]
-    chunks = []
+    # Batches of similar lengths pad less (pydoc+SQuAD, 1391 passages, 2 cores: 38 s -> 34 s).
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    vectors = None
     with tqdm(total=len(texts), desc="embedding passages", unit="passage", disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
-            chunks.append(embed_passages(texts[start:start + batch_size]))
-            bar.update(len(chunks[-1]))
-    vectors = np.ascontiguousarray(np.concatenate(chunks).astype(np.float32))
+            rows = order[start:start + batch_size]
+            chunk = np.asarray(embed_passages([texts[i] for i in rows]), dtype=np.float32)
+            if vectors is None:
+                vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
+            vectors[rows] = chunk
+            bar.update(len(rows))
     with atomic_directory(Path(path)) as staging:
         np.save(staging / EMBEDDINGS, vectors)
         with open(staging / PASSAGES, "w", encoding="utf-8") as handle:

@@ -113,19 +113,30 @@ def ensure_index(corpus: list[str], embedder: str, path: Path | None = None, pro
         pass
     from .embedding import Embedder
 
-    log.info("building the index for %s with %s at %s", corpus, embedder, path)
-    encoder = Embedder(embedder)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log.info("building the index for %s with %s on %s at %s", corpus, embedder, device, path)
+    encoder = Embedder(embedder, device=device)
     build_index(path, load_corpora(corpus), encoder.embed_passages, embedder=model_sources.model_name(embedder),
                 progress=progress)
     return path
 
 
 def server_environment() -> dict[str, str]:
-    """The stub processes import numpy/torch/tritonrag from this interpreter's paths."""
+    """The stub processes import numpy/torch/tritonrag from this interpreter's paths.
+
+    TRITONRAG_STUB_PYTHONPATH replaces this interpreter's paths for the stubs: Triton
+    2.51's stub breaks on BYTES tensors under NumPy 2, so a host whose Python has
+    NumPy 2 points the stubs at a NumPy 1 environment.
+    """
     env = dict(os.environ)
-    paths = [str(PACKAGE_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
+    stub_paths = env.get("TRITONRAG_STUB_PYTHONPATH")
+    if stub_paths:
+        paths = [str(PACKAGE_ROOT), stub_paths]
+    else:
+        paths = [str(PACKAGE_ROOT), *filter(None, [env.get("PYTHONPATH")]),
+                 sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

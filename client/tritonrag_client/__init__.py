@@ -1,0 +1,7 @@
+"""Client for the tritonrag service: `RagClient` (blocking), `AsyncRagClient` (asyncio), `ask` CLI."""
+
+from .aio import AsyncRagClient
+from .client import RagClient
+from .protocol import Answer, RagError, Source
+
+__all__ = ["AsyncRagClient", "Answer", "RagClient", "RagError", "Source"]

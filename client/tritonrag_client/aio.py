@@ -1,0 +1,79 @@
+"""Asyncio client for the RAG service, over gRPC or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+from tritonclient.utils import InferenceServerException
+
+from .protocol import (ASK_OUTPUTS, SEARCH_OUTPUTS, Answer, RagError, Source, build_inputs, default_url,
+                       parse_answer, parse_search, requested_outputs, server_message)
+
+
+def _module(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    else:
+        import tritonclient.http.aio as module
+    return module
+
+
+class AsyncRagClient:
+    """`await client.ask(...)`; `ask_many` keeps up to `concurrency` requests in flight."""
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", timeout_s: float | None = None,
+                 model: str = "rag_ensemble", retrieve_model: str = "rag_retrieve"):
+        self.url = url or default_url(protocol)
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self.model = model
+        self.retrieve_model = retrieve_model
+        self._module = _module(protocol)
+        self._client = self._module.InferenceServerClient(self.url)
+
+    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]):
+        kwargs = {}
+        if self.timeout_s is not None:
+            kwargs["client_timeout" if self.protocol == "grpc" else "timeout"] = self.timeout_s
+        try:
+            return await self._client.infer(model, inputs, outputs=requested_outputs(self._module, outputs),
+                                            **kwargs)
+        except InferenceServerException as exc:
+            raise RagError(server_message(exc)) from exc
+
+    async def ask(self, question: str, top_k: int | None = None, max_tokens: int | None = None) -> Answer:
+        return parse_answer(await self._infer(self.model, build_inputs(self._module, question, top_k, max_tokens),
+                                              ASK_OUTPUTS))
+
+    async def search(self, question: str, top_k: int | None = None) -> list[Source]:
+        return parse_search(await self._infer(self.retrieve_model, build_inputs(self._module, question, top_k),
+                                              SEARCH_OUTPUTS))
+
+    async def ask_many(self, questions: Iterable[str], concurrency: int = 32, **kwargs) -> list[Answer | RagError]:
+        """Answers in order; a refused question yields its RagError instead of raising."""
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(question: str):
+            async with limit:
+                try:
+                    return await self.ask(question, **kwargs)
+                except RagError as exc:
+                    return exc
+
+        return await asyncio.gather(*(one(q) for q in questions))
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready() and await self._client.is_model_ready(self.model))
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncRagClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

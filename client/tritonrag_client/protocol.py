@@ -1,0 +1,93 @@
+"""Building requests for and reading responses from the RAG models.
+
+Shared by the blocking and asyncio clients, which differ only in how they send;
+`module` is one of tritonclient's grpc/http (or their aio) modules, whose
+`InferInput` classes take the same arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_GRPC_URL = "127.0.0.1:8001"
+DEFAULT_HTTP_URL = "127.0.0.1:8000"
+PROTOCOLS = ("grpc", "http")
+
+
+class RagError(Exception):
+    """The server refused or failed a request; the message is the server's."""
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    score: float
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    answer: str
+    sources: list[Source]
+
+
+def default_url(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return DEFAULT_GRPC_URL if protocol == "grpc" else DEFAULT_HTTP_URL
+
+
+def build_inputs(module: Any, question: str, top_k: int | None = None, max_tokens: int | None = None) -> list:
+    """One request row: `question` BYTES [1, 1]; optional INT32 inputs only when given."""
+    q = module.InferInput("question", [1, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[question.encode("utf-8")]], dtype=np.object_))
+    inputs = [q]
+    for name, value in (("top_k", top_k), ("max_tokens", max_tokens)):
+        if value is not None:
+            tensor = module.InferInput(name, [1, 1], "INT32")
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+            inputs.append(tensor)
+    return inputs
+
+
+def requested_outputs(module: Any, names: tuple[str, ...]) -> list:
+    return [module.InferRequestedOutput(name) for name in names]
+
+
+ASK_OUTPUTS = ("answer", "sources", "scores")
+SEARCH_OUTPUTS = ("sources", "scores", "passages")
+
+
+def _texts(array: np.ndarray | None) -> list[str]:
+    if array is None:
+        return []
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+
+
+def parse_answer(result: Any) -> Answer:
+    """An `Answer` from an InferResult of `rag_ensemble`."""
+    answer = _texts(result.as_numpy("answer"))
+    return Answer(answer[0] if answer else "", _sources(result))
+
+
+def parse_search(result: Any) -> list[Source]:
+    """The hits, with passage texts, from an InferResult of `rag_retrieve`."""
+    return _sources(result, _texts(result.as_numpy("passages")))
+
+
+def _sources(result: Any, texts: list[str] | None = None) -> list[Source]:
+    ids = _texts(result.as_numpy("sources"))
+    scores = result.as_numpy("scores")
+    scores = [] if scores is None else [float(s) for s in scores.reshape(-1)]
+    texts = texts or [None] * len(ids)
+    return [Source(i, s, t) for i, s, t in zip(ids, scores, texts)]
+
+
+def server_message(exc: Exception) -> str:
+    """The server's own words from a tritonclient exception."""
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    return text or str(exc)

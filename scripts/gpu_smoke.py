@@ -1,0 +1,120 @@
+"""Check that the unchanged repository serves on a GPU host with CUDA instances.
+
+Runs on a machine without Hub access: it builds models of the builtin
+architectures with random weights (their real configs and tokenizers, shipped in a
+folder made by `--pack`), starts the server through the launcher, asks questions over
+gRPC, and reports the instance kinds Triton chose and the latencies. Answers are
+nonsense with random weights; this checks placement and plumbing, not quality.
+
+  python scripts/gpu_smoke.py --pack DIR          # here: copy configs + tokenizers
+  python scripts/gpu_smoke.py --from-pack DIR --out OUT   # on the GPU host
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SKIP = (".safetensors", ".bin", ".gguf", ".md", ".gitattributes")
+
+
+def pack(target: Path) -> None:
+    from tritonrag import model_sources
+
+    for spec, name in ((model_sources.DEFAULT_EMBEDDER, "embedder"), (model_sources.DEFAULT_GENERATOR, "generator")):
+        source = Path(model_sources.resolve(spec))
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for f in source.iterdir():
+            if f.is_file() and not f.name.endswith(SKIP):
+                shutil.copy(f, target / name / f.name)
+    print(f"packed into {target}")
+
+
+def random_models(pack_dir: Path, work: Path) -> dict[str, str]:
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = {}
+    for name, cls in (("embedder", AutoModel), ("generator", AutoModelForCausalLM)):
+        config = AutoConfig.from_pretrained(pack_dir / name)
+        model = cls.from_config(config)
+        model.save_pretrained(work / name)
+        AutoTokenizer.from_pretrained(pack_dir / name).save_pretrained(work / name)
+        out[name] = str(work / name)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pack", type=Path)
+    parser.add_argument("--from-pack", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("gpu-smoke"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-smoke"))
+    args = parser.parse_args()
+    if args.pack:
+        pack(args.pack)
+        return 0
+
+    import os
+
+    os.environ.setdefault("TRITONRAG_CACHE_DIR", str(args.work / "cache"))
+    from tritonrag.launcher import ServerSettings, TritonServer
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.grpc.aio as aiogrpc
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = random_models(args.from_pack, args.work / "models")
+    settings = ServerSettings(http_port=8100, grpc_port=8101, metrics_port=8102,
+                              embedder=models["embedder"], generator=models["generator"])
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "weights": "random (builtin architectures)"}
+    started = time.perf_counter()
+    server = TritonServer(settings, run_dir=args.work / "run")
+    try:
+        server.start()
+        report["ready_s"] = round(time.perf_counter() - started, 2)
+        log = server.log_path.read_text(errors="replace")
+        report["instances"] = sorted(set(re.findall(r"TRITONBACKEND_ModelInstanceInitialize: (\S+) \((\w+) device (\d+)\)", log)))
+        def inputs(module, question):
+            q = module.InferInput("question", [1, 1], "BYTES")
+            q.set_data_from_numpy(np.array([[question.encode()]], dtype=np.object_))
+            m = module.InferInput("max_tokens", [1, 1], "INT32")
+            m.set_data_from_numpy(np.array([[16]], dtype=np.int32))
+            return [q, m]
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        t = time.perf_counter()
+        result = client.infer("rag_ensemble", inputs(grpcclient, "What does the with statement do?"))
+        report["first_answer_s"] = round(time.perf_counter() - t, 3)
+        report["sources"] = [s.decode() for s in result.as_numpy("sources")[0]]
+
+        async def burst(n):
+            async with aiogrpc.InferenceServerClient(server.grpc_url) as aclient:
+                t = time.perf_counter()
+                await asyncio.gather(*(aclient.infer("rag_ensemble", inputs(aiogrpc, f"question {i} about context managers"))
+                                       for i in range(n)))
+                return time.perf_counter() - t
+
+        report["burst_32_s"] = round(asyncio.run(burst(32)), 3)
+        stats = client.get_inference_statistics(as_json=True)
+        report["stats"] = {m["name"]: {"inferences": m.get("inference_count"), "executions": m.get("execution_count")}
+                           for m in stats["model_stats"]}
+    finally:
+        server.stop()
+        shutil.copy(server.log_path, args.out / "tritonserver.log")
+    (args.out / "gpu_smoke.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0 if all(kind == "GPU" for _, kind, _ in report.get("instances", [])) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
