@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
     binary, env = find_perf_analyzer(), perf_analyzer_env()
-    rows, commands = [], []
+    rows, commands, reports = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         inputs = write_inputs(Path(tmp) / "inputs.json", load_questions(args.questions, 200),
                               args.top_k, args.max_tokens)
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"perf_analyzer failed at concurrency {concurrency}")
             rows.extend(parse_perf_csv(csv_path.read_text()))
+            reports.append(result.stdout[-4000:])  # perf_analyzer's own per-model breakdown
             print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows), flush=True)
     print("\n" + format_table(rows))
     device = device_name()
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                                   slug(args.tag), "sweep"]))
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device, "model": args.model, "url": url,
             "protocol": args.protocol, "questions": args.questions, "top_k": args.top_k,
-            "max_tokens": args.max_tokens, "commands": commands, "rows": rows}
+            "max_tokens": args.max_tokens, "commands": commands, "rows": rows,
+            "perf_analyzer_output": reports}
     atomic_write_text(args.results / f"{stem}.json", json.dumps(meta, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))

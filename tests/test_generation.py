@@ -1,6 +1,5 @@
 import pytest
 
-from tritonrag.generation import GenerationRequest
 from tritonrag.prompting import PromptTooLongError, build_messages, render_prompt
 from tritonrag.synthetic import answer_is_correct, make_facts
 
@@ -44,7 +43,3 @@ def test_retrieved_fact_reaches_the_answer(generator):
     facts = make_facts(6, seed=21)
     answers = generator.generate([generator.prepare(f.question, [f.passage], 24) for f in facts])
     assert sum(answer_is_correct(a, f.answer) for a, f in zip(answers, facts)) >= 4, answers
-
-
-def test_generation_request_is_plain_data():
-    assert GenerationRequest([1, 2], 3) == GenerationRequest([1, 2], 3)

@@ -73,3 +73,28 @@ def test_crash_while_building_keeps_the_previous_index(tmp_path):
 def test_empty_corpus_is_refused(tmp_path):
     with pytest.raises(ValueError, match="empty corpus"):
         build_index(tmp_path / "idx", [], hash_embed, embedder="enc-A", progress=False)
+
+
+def test_launcher_rebuilds_a_damaged_cached_index_but_not_another_embedders(tmp_path, monkeypatch):
+    from tritonrag import launcher
+    from tritonrag.index import IndexMismatchError
+
+    built = []
+
+    class FakeEmbedder:  # the launcher's own logic is under test, not the encoder
+        def __init__(self, model, device="cpu"):
+            built.append(model)
+
+        def embed_passages(self, texts):
+            return hash_embed(texts)
+
+    monkeypatch.setattr("tritonrag.embedding.Embedder", FakeEmbedder)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n')
+    path = launcher.ensure_index([str(corpus)], "enc-A", tmp_path / "idx", progress=False)
+    assert launcher.ensure_index([str(corpus)], "enc-A", path, progress=False) == path and len(built) == 1
+    (path / "passages.jsonl").write_text("damaged")
+    launcher.ensure_index([str(corpus)], "enc-A", path, progress=False)
+    assert len(built) == 2 and [p.id for p in load_index(path).passages] == ["a", "b"]
+    with pytest.raises(IndexMismatchError):
+        launcher.ensure_index([str(corpus)], "enc-B", path, progress=False)

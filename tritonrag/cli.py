@@ -76,6 +76,7 @@ def _print_answer(server, question: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .index import IndexProblem
     from .launcher import TritonServer
 
     stop = threading.Event()
@@ -84,7 +85,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     server = TritonServer(_settings(args))
     try:
-        server.start()
+        try:
+            server.start()
+        except (OSError, RuntimeError, TimeoutError, ValueError, IndexProblem) as exc:
+            log.error("could not start the server: %s", exc)
+            return 1
         log.info("ready in %.1f s: HTTP %s, gRPC %s, metrics %s:%d", time.perf_counter() - started,
                  server.http_url, server.grpc_url, args.host, args.metrics_port)
         status = 0

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import model_sources
 from .corpus import load_corpora
-from .index import IndexProblem, build_index, read_manifest
+from .index import IndexCorruptError, build_index, load_index
 from .repository import render_repository
 
 log = logging.getLogger(__name__)
@@ -104,16 +104,21 @@ def default_index_path(corpus: list[str], embedder: str) -> Path:
 
 
 def ensure_index(corpus: list[str], embedder: str, path: Path | None = None, progress: bool = True) -> Path:
-    """The index for (corpus, embedder), built and cached on first use."""
+    """The index for (corpus, embedder): reused when sound, else built (or rebuilt) and cached.
+
+    An index made by another embedder is an error, not a rebuild: it may be a
+    user's only copy of a large corpus.
+    """
     path = Path(path) if path is not None else default_index_path(corpus, embedder)
     try:
-        read_manifest(path)
+        load_index(path, embedder=model_sources.model_name(embedder))
         return path
-    except IndexProblem:
-        pass
-    from .embedding import Embedder
-
+    except IndexCorruptError as exc:
+        if path.exists():
+            log.warning("rebuilding the index: %s", exc)
     import torch
+
+    from .embedding import Embedder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("building the index for %s with %s on %s at %s", corpus, embedder, device, path)

@@ -23,10 +23,8 @@ class Limits:
     max_max_tokens: int = 512
 
 
-def decode_question(raw: bytes | str, max_bytes: int) -> str:
+def decode_question(raw: bytes, max_bytes: int) -> str:
     """UTF-8 text of a question that is neither empty nor over `max_bytes`."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogatepass")
     if len(raw) > max_bytes:
         raise RequestError(f"question is {len(raw)} bytes; the limit is {max_bytes}")
     try:

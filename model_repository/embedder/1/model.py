@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.embedding import Embedder
-from tritonrag.limits import RequestError, decode_question
+from tritonrag.limits import decode_question
 from tritonrag.model_sources import DEFAULT_EMBEDDER
 from tritonrag.params import model_param
 from tritonrag.triton_glue import input_array, instance_device, parse_config, read_limits, serve_batch
@@ -29,10 +29,8 @@ class TritonPythonModel:
         return serve_batch(requests, self._parse, self.embedder.embed_queries, self._respond)
 
     def _parse(self, request):
-        questions = input_array(request, "question")
-        if questions is None:
-            raise RequestError("question is required (a BYTES input of shape [batch, 1])")
-        return [decode_question(q, self.limits.max_question_bytes) for q in questions.reshape(-1)]
+        return [decode_question(q, self.limits.max_question_bytes)
+                for q in input_array(request, "question").reshape(-1)]
 
     def _respond(self, vectors):
         return pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", np.stack(vectors))])
