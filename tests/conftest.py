@@ -26,3 +26,19 @@ def generator():
     from tritonrag.generation import Generator
 
     return Generator("builtin:SmolLM2-135M-Instruct")
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure():
+    """Record a measured figure; they are printed together at the end of the run."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("measured figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

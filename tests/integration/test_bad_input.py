@@ -73,7 +73,7 @@ def test_wrong_dtype_shape_and_missing_input_are_refused_by_triton(grpc_client):
     assert result.as_numpy("answer")[0, 0]
 
 
-def test_bad_requests_do_not_fail_their_batch_mates(server, grpc_client):
+def test_bad_requests_do_not_fail_their_batch_mates(server, grpc_client, report_figure):
     bad = [dict(question=b""), dict(question=b"\xff\xfe"), dict(top_k=0), dict(max_tokens=-1)]
     good = [dict(question=f"{GOOD} ({n})".encode(), top_k=2, max_tokens=3) for n in range(12)]
     mixed = [x for pair in zip(good, bad + [None] * len(good)) for x in pair if x is not None]
@@ -96,5 +96,5 @@ def test_bad_requests_do_not_fail_their_batch_mates(server, grpc_client):
             assert not isinstance(result, Exception), result
             assert result.as_numpy("sources").shape == (1, 2)
     inferences, executions = (a - b for a, b in zip(model_counts(grpc_client, "embedder"), before))
-    print(f"\nembedder: {inferences} inferences in {executions} executions")
+    report_figure(f"bad+good mix: embedder ran {inferences} inferences in {executions} executions")
     assert inferences == len(mixed) and executions < inferences  # bad and good did share batches

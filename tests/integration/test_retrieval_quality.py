@@ -19,7 +19,7 @@ def recall(ranked: list[list[str]], gold: list[str], k: int) -> float:
     return sum(g in r[:k] for r, g in zip(ranked, gold)) / len(gold)
 
 
-def test_served_recall_equals_in_process_brute_force(server, embedder):
+def test_served_recall_equals_in_process_brute_force(server, embedder, report_figure):
     if not SQUAD.exists():
         pytest.skip("shared SQuAD data not present")
     questions = squad_questions(SQUAD)
@@ -45,7 +45,8 @@ def test_served_recall_equals_in_process_brute_force(server, embedder):
     remote = asyncio.run(served())
     gold = [q.gold_id for q in questions]
     figures = {f"R@{k}": (recall(local, gold, k), recall(remote, gold, k)) for k in (1, 5)}
-    print(f"\nSQuAD ({len(questions)} questions, {len(ids)} passages): in-process vs served {figures}")
+    report_figure(f"SQuAD recall ({len(questions)} questions, {len(ids)} passages), in-process vs served: "
+                  + ", ".join(f"{k} {a:.4f} vs {b:.4f}" for k, (a, b) in figures.items()))
     for k, (in_process, served_value) in figures.items():
         assert in_process == served_value, (k, in_process, served_value)
     assert figures["R@5"][0] > 0.8

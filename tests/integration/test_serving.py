@@ -36,7 +36,7 @@ def test_grpc_and_http_agree(server):
     assert a.answer == b.answer
 
 
-def test_synthetic_facts_are_answered_from_retrieval(server, facts):
+def test_synthetic_facts_are_answered_from_retrieval(server, facts, report_figure):
     """Nobody's model knows these facts: a right answer means retrieval fed generation."""
     subset = facts[:12]
 
@@ -47,12 +47,12 @@ def test_synthetic_facts_are_answered_from_retrieval(server, facts):
     answers = asyncio.run(ask_all())
     retrieved = sum(any(s.id == f.id for s in a.sources) for f, a in zip(subset, answers))
     correct = sum(answer_is_correct(a.answer, f.answer) for f, a in zip(subset, answers))
-    print(f"\nsynthetic facts: retrieved {retrieved}/{len(subset)}, answered {correct}/{len(subset)}")
+    report_figure(f"synthetic facts: retrieved {retrieved}/{len(subset)}, answered {correct}/{len(subset)}")
     assert retrieved == len(subset)
     assert correct > 0.6 * len(subset), [a.answer for a in answers]
 
 
-def test_32_concurrent_requests_form_batches(server, grpc_client):
+def test_32_concurrent_requests_form_batches(server, grpc_client, report_figure):
     before = {m: model_counts(grpc_client, m) for m in ("embedder", "retriever", "generator")}
 
     async def burst():
@@ -64,7 +64,8 @@ def test_32_concurrent_requests_form_batches(server, grpc_client):
     assert len(answers) == 32 and all(a.sources for a in answers)
     for model, (inferences0, executions0) in before.items():
         inferences, executions = model_counts(grpc_client, model)
-        print(f"\n{model}: {inferences - inferences0} inferences in {executions - executions0} executions")
+        report_figure(f"32 concurrent: {model} ran {inferences - inferences0} inferences in "
+                      f"{executions - executions0} executions")
         assert inferences - inferences0 == 32
         if model == "generator":  # the slow stage always queues a batch behind the first request
             assert executions - executions0 < inferences - inferences0
@@ -81,10 +82,15 @@ def test_mixed_top_k_and_max_tokens_in_one_batch_are_each_honoured(server, grpc_
     answers = asyncio.run(mixed())
     inferences, executions = (a - b for a, b in zip(model_counts(grpc_client, "generator"), before))
     assert inferences == len(settings) and executions < inferences  # they did share batches
-    for (k, m), answer in zip(settings, answers):
+    by_setting = {setting: answer for setting, answer in zip(settings, answers)}
+    for (k, m), answer in by_setting.items():
         assert len(answer.sources) == k
-        assert len(generator_tokenizer.encode(answer.answer)) <= m + 1, (m, answer.answer)
-    assert len(generator_tokenizer.encode(answers[2].answer)) > 3
+        # re-encoding decoded text may split a token differently, hence the slack of 2
+        assert len(generator_tokenizer.encode(answer.answer)) <= m + 2, (m, answer.answer)
+    for k in (1, 2, 5):  # same prompt, greedy: a shorter limit cuts the same answer earlier
+        one, three, twelve = (by_setting[k, m].answer for m in (1, 3, 12))
+        assert twelve.startswith(three) and three.startswith(one), (one, three, twelve)
+        assert len(one) < len(three) < len(twelve), (one, three, twelve)
 
 
 @pytest.fixture(scope="session")
