@@ -121,7 +121,9 @@ def main() -> int:
         server.start()
         report["ready_s"] = round(time.perf_counter() - started, 2)
         log = server.log_path.read_text(errors="replace")
-        report["instances"] = sorted(set(re.findall(r"TRITONBACKEND_ModelInstanceInitialize: (\S+) \((\w+) device (\d+)\)", log)))
+        pattern = r"TRITONBACKEND_ModelInstanceInitialize: (\S+) \((\w+) device (\d+)\)"
+        report["instances"] = sorted(set(re.findall(pattern, log)))
+
         def inputs(module, question):
             q = module.InferInput("question", [1, 1], "BYTES")
             q.set_data_from_numpy(np.array([[question.encode()]], dtype=np.object_))
@@ -138,7 +140,7 @@ def main() -> int:
         async def burst(n):
             async with aiogrpc.InferenceServerClient(server.grpc_url) as aclient:
                 t = time.perf_counter()
-                await asyncio.gather(*(aclient.infer("rag_ensemble", inputs(aiogrpc, f"question {i} about context managers"))
+                await asyncio.gather(*(aclient.infer("rag_ensemble", inputs(aiogrpc, f"question {i} about with"))
                                        for i in range(n)))
                 return time.perf_counter() - t
 

@@ -53,5 +53,6 @@ def test_cli_arguments_and_output():
     assert (args.question, args.protocol, args.top_k, args.json, args.search) == ("What?", "http", 5, True, False)
     answer = Answer("Paris.", [Source("geo#1", 0.75)])
     assert format_answer(answer) == "Paris.\n\nSources:\n  geo#1  (0.750)"
-    assert json.loads(to_json(answer)) == {"answer": "Paris.", "sources": [{"id": "geo#1", "score": 0.75, "text": None}]}
+    assert json.loads(to_json(answer)) == {"answer": "Paris.",
+                                           "sources": [{"id": "geo#1", "score": 0.75, "text": None}]}
     assert format_hits([Source("a#0", 0.5, "word " * 50)]).startswith("a#0  (0.500)\n    word word")

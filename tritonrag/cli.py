@@ -40,8 +40,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--tritonserver", help="tritonserver binary (env TRITONSERVER; default: the nvidia-pytriton wheel's)")
-    parser.add_argument("--backend-dir", help="Triton backends folder (env TRITON_BACKENDS; default: made from the wheel)")
+    parser.add_argument("--tritonserver",
+                        help="tritonserver binary (env TRITONSERVER; default: the nvidia-pytriton wheel's)")
+    parser.add_argument("--backend-dir",
+                        help="Triton backends folder (env TRITON_BACKENDS; default: made from the wheel)")
     parser.add_argument("--log-verbose", type=int, default=0)
 
 

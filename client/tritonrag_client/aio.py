@@ -7,7 +7,7 @@ from typing import Iterable
 
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ASK_OUTPUTS, SEARCH_OUTPUTS, Answer, RagError, Source, build_inputs, default_url,
+from .protocol import (ASK_OUTPUTS, SEARCH_OUTPUTS, Answer, ClientSettings, RagError, Source, build_inputs,
                        parse_answer, parse_search, requested_outputs, server_message)
 
 
@@ -19,16 +19,12 @@ def _module(protocol: str):
     return module
 
 
-class AsyncRagClient:
+class AsyncRagClient(ClientSettings):
     """`await client.ask(...)`; `ask_many` keeps up to `concurrency` requests in flight."""
 
     def __init__(self, url: str | None = None, protocol: str = "grpc", timeout_s: float | None = None,
                  model: str = "rag_ensemble", retrieve_model: str = "rag_retrieve"):
-        self.url = url or default_url(protocol)
-        self.protocol = protocol
-        self.timeout_s = timeout_s
-        self.model = model
-        self.retrieve_model = retrieve_model
+        super().__init__(url, protocol, timeout_s, model, retrieve_model)
         self._module = _module(protocol)
         self._client = self._module.InferenceServerClient(self.url)
 

@@ -40,6 +40,17 @@ def default_url(protocol: str) -> str:
     return DEFAULT_GRPC_URL if protocol == "grpc" else DEFAULT_HTTP_URL
 
 
+class ClientSettings:
+    """What the blocking and asyncio clients share: where, how, and which models."""
+
+    def __init__(self, url: str | None, protocol: str, timeout_s: float | None, model: str, retrieve_model: str):
+        self.url = url or default_url(protocol)
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self.model = model
+        self.retrieve_model = retrieve_model
+
+
 def build_inputs(module: Any, question: str, top_k: int | None = None, max_tokens: int | None = None) -> list:
     """One request row: `question` BYTES [1, 1]; optional INT32 inputs only when given."""
     q = module.InferInput("question", [1, 1], "BYTES")

@@ -1,7 +1,6 @@
 """End to end through a real tritonserver: gRPC and HTTP, retrieval feeding generation, batching."""
 
 import asyncio
-import concurrent.futures
 
 import numpy as np
 import pytest

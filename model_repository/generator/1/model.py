@@ -13,7 +13,8 @@ from tritonrag.generation import Generator
 from tritonrag.limits import check_range, decode_question
 from tritonrag.model_sources import DEFAULT_GENERATOR
 from tritonrag.params import model_param
-from tritonrag.triton_glue import bytes_tensor, input_array, instance_device, optional_rows, parse_config, read_limits, serve_batch
+from tritonrag.triton_glue import (bytes_tensor, input_array, instance_device, optional_rows, parse_config,
+                                   read_limits, serve_batch)
 
 
 class TritonPythonModel:

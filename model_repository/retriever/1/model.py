@@ -25,7 +25,8 @@ class TritonPythonModel:
         self.limits = read_limits(config)
         index_path = model_param(config, "index_path", "")
         if not index_path:
-            raise pb_utils.TritonModelException("retriever: parameter index_path is not set (`tritonrag serve` sets it)")
+            raise pb_utils.TritonModelException(
+                "retriever: parameter index_path is not set (`tritonrag serve` sets it)")
         embedder = model_name(model_param(config, "embedder_model", DEFAULT_EMBEDDER))
         self.index = load_index(index_path, embedder=embedder)
         self.search = ExactSearch(np.asarray(self.index.vectors), self.index.metric, instance_device(args))
