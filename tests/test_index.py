@@ -98,3 +98,30 @@ def test_launcher_rebuilds_a_damaged_cached_index_but_not_another_embedders(tmp_
     assert len(built) == 2 and [p.id for p in load_index(path).passages] == ["a", "b"]
     with pytest.raises(IndexMismatchError):
         launcher.ensure_index([str(corpus)], "enc-B", path, progress=False)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from tritonrag.storage import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        build_index(tmp_path / "idx", PASSAGES, hash_embed, embedder="enc-A", progress=False)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "idx").stat().st_mode) == 0o755
+
+
+def test_atomic_directory_without_replace_keeps_the_first_result(tmp_path):
+    from tritonrag.storage import atomic_directory
+
+    with atomic_directory(tmp_path / "d", replace=False) as staging:
+        (staging / "who").write_text("first")
+    with atomic_directory(tmp_path / "d", replace=False) as staging:
+        (staging / "who").write_text("second")
+    assert (tmp_path / "d" / "who").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
