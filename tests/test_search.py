@@ -48,3 +48,10 @@ def test_bad_shapes_and_metrics_are_refused():
         ExactSearch(np.zeros((2, 2), np.float32), "hamming")
     with pytest.raises(ValueError, match=r"queries must be \[n, 2\]"):
         ExactSearch(np.zeros((2, 2), np.float32)).search(np.zeros((1, 3), np.float32), 1)
+
+
+def test_a_gpu_instance_without_cupy_still_searches_on_the_cpu(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)  # import cupy -> ImportError
+    search = ExactSearch(np.eye(3, dtype=np.float32), "ip", device="cuda:0")
+    assert search.device == "cpu" and search.xp is np
+    assert search.search(np.array([[0, 1, 0]], dtype=np.float32), 1)[0].tolist() == [[1]]

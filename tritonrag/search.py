@@ -7,7 +7,11 @@ result never depends on the batch it was computed in.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 METRICS = ("ip", "cosine", "l2")
 
@@ -16,8 +20,9 @@ def _xp_for(device: str):
     if device.startswith("cuda"):
         try:
             import cupy
-        except ImportError as exc:  # a GPU instance without CuPy still works, on the CPU
-            raise RuntimeError("CuPy is needed for GPU retrieval: pip install 'tritonrag[gpu]'") from exc
+        except ImportError as exc:  # a GPU instance without CuPy still serves, on the CPU
+            log.warning("CuPy is not usable (%s); searching on the CPU. pip install 'tritonrag[gpu]'", exc)
+            return np
         return cupy
     return np
 
@@ -30,6 +35,7 @@ class ExactSearch:
             raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
         self.metric = metric
         self.xp = _xp_for(device)
+        self.device = device if self.xp is not np else "cpu"
         if self.xp is not np:
             self.xp.cuda.Device(int(device.partition(":")[2] or 0)).use()
         corpus = self.xp.asarray(vectors, dtype=self.xp.float32)
