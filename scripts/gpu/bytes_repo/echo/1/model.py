@@ -5,7 +5,8 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         pb_utils.Logger.log_info(f"numpy {np.__version__} {np.__file__} path={sys.path}")
-        for stmt in ("import torch", "import transformers.models.bert.modeling_bert", "from transformers import AutoModel", "import cupy"):
+        for stmt in ("import torch", "import transformers.models.bert.modeling_bert",
+                     "from transformers import AutoModel", "import cupy"):
             try:
                 exec(stmt)
                 pb_utils.Logger.log_info(f"OK {stmt}")
