@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import model_sources
+from .launcher import ADMIN_APIS, ADMIN_HEADER, GRPC_HEADER_PREFIX
 
 log = logging.getLogger("tritonrag")
 
@@ -45,6 +46,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend-dir",
                         help="Triton backends folder (env TRITON_BACKENDS; default: made from the wheel)")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--allow-admin-api", action="append", default=[], metavar="API",
+                        choices=[*ADMIN_APIS, "all"],
+                        help="leave this admin API open to anyone who can reach the ports: "
+                             f"{', '.join(ADMIN_APIS)} or all; repeatable (default: all of them need "
+                             f"the header {ADMIN_HEADER})")
+    parser.add_argument("--admin-key", default=os.environ.get("TRITONRAG_ADMIN_KEY"),
+                        help=f"value of the {ADMIN_HEADER} header that unlocks the admin APIs "
+                             "(env TRITONRAG_ADMIN_KEY; default: random per start, never shown)")
 
 
 def _settings(args: argparse.Namespace):
@@ -53,7 +62,9 @@ def _settings(args: argparse.Namespace):
     return ServerSettings(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         embedder=args.embedder, generator=args.generator, corpus=_corpus(args), index=args.index,
-        tritonserver=args.tritonserver, backend_dir=args.backend_dir, log_verbose=args.log_verbose)
+        tritonserver=args.tritonserver, backend_dir=args.backend_dir, log_verbose=args.log_verbose,
+        open_apis=set(ADMIN_APIS) if "all" in args.allow_admin_api else set(args.allow_admin_api),
+        admin_key=args.admin_key or None)
 
 
 def _corpus(args: argparse.Namespace) -> list[str]:
@@ -94,6 +105,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 1
         log.info("ready in %.1f s: HTTP %s, gRPC %s, metrics %s:%d", time.perf_counter() - started,
                  server.http_url, server.grpc_url, args.host, args.metrics_port)
+        restricted = [api for api in ADMIN_APIS if api not in server.settings.open_apis]
+        if restricted:
+            log.info("restricted: %s; they need header %s (gRPC: %s%s) set to %s",
+                     ", ".join(restricted), ADMIN_HEADER, GRPC_HEADER_PREFIX, ADMIN_HEADER,
+                     "the --admin-key value" if server.settings.admin_key else "a random key (none can use them)")
         status = 0
         if args.ask:
             status = _print_answer(server, args.ask)

@@ -66,9 +66,9 @@ class Embedder:
         self.device = _torch_device(device)
         self.batch_size = batch_size
         path = model_sources.resolve(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModel.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(self.device).eval()
         self.max_length = min(max_length, self.tokenizer.model_max_length or max_length)
         self.dimension = int(self.model.config.hidden_size)
 

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,17 @@ log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
+# Triton APIs that change or reveal the server itself rather than serve inference:
+# loading/unloading models, registering shared memory, changing log and trace
+# settings. The launcher restricts them on HTTP and gRPC behind a header key unless
+# `ServerSettings.open_apis` names them. health, metadata, inference, model-config
+# and statistics stay open (clients, perf_analyzer and the tests use them).
+ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_HEADER = "tritonrag-admin-key"
+# Triton's gRPC frontend checks the restricted-protocol key under this prefix.
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._~-]+")
+
 
 @dataclass
 class ServerSettings:
@@ -51,6 +63,24 @@ class ServerSettings:
     extra_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
     log_verbose: int = 0
     ready_timeout_s: float = 600.0
+    # Admin APIs (of ADMIN_APIS) to leave open to anyone who can reach the ports.
+    open_apis: set[str] = field(default_factory=set)
+    # Header value that unlocks the restricted admin APIs; random per start when None.
+    admin_key: str | None = None
+
+
+def restricted_api_options(open_apis: set[str], key: str) -> list[str]:
+    """tritonserver options that put the admin APIs not in `open_apis` behind header `ADMIN_HEADER: key`."""
+    unknown = set(open_apis) - set(ADMIN_APIS)
+    if unknown:
+        raise ValueError(f"unknown admin API {sorted(unknown)}; choose from {', '.join(ADMIN_APIS)}")
+    if not _KEY_CHARS.fullmatch(key):
+        raise ValueError("the admin key must be letters, digits and . _ ~ - only")
+    restricted = [api for api in ADMIN_APIS if api not in open_apis]
+    if not restricted:
+        return []
+    spec = f"{','.join(restricted)}:{ADMIN_HEADER}={key}"
+    return [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
 
 
 def _pytriton_root() -> Path:
@@ -157,6 +187,14 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else self.run_dir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
         self.index_path: Path | None = None
+        self.admin_key: str | None = None
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """Headers that unlock the restricted admin APIs of this start (for tritonclient's `headers=`)."""
+        if self.admin_key is None:
+            raise RuntimeError("the server has not been prepared yet")
+        prefix = GRPC_HEADER_PREFIX if protocol == "grpc" else ""
+        return {prefix + ADMIN_HEADER: self.admin_key}
 
     @property
     def http_url(self) -> str:
@@ -169,6 +207,8 @@ class TritonServer:
     def prepare(self) -> list[str]:
         """Build the index, render the repository; return the server command line."""
         s = self.settings
+        self.admin_key = s.admin_key or secrets.token_urlsafe(24)
+        admin_options = restricted_api_options(s.open_apis, self.admin_key)  # checked before the slow part
         self.index_path = ensure_index(s.corpus, s.embedder, s.index)
         overrides: dict[str, dict[str, str]] = {
             "embedder": {"embedder_model": s.embedder},
@@ -191,12 +231,14 @@ class TritonServer:
             f"--log-verbose={s.log_verbose}",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
+            *admin_options,
         ]
 
     def start(self) -> "TritonServer":
         command = self.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log.info("starting %s (log: %s)", " ".join(command), self.log_path)
+        shown = " ".join(command).replace(f"={self.admin_key}", "=<admin key>")
+        log.info("starting %s (log: %s)", shown, self.log_path)
         self._log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, env=server_environment(), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, start_new_session=True)

@@ -73,8 +73,8 @@ def _converted_gguf(name: str, source: Path, gguf_file: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s from GGUF (first start only)", name)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=False)
     # The dequantised weights are plain tensors; drop the GGUF quantizer so that
     # transformers agrees to save them.
     model.hf_quantizer = None
