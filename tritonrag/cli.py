@@ -46,6 +46,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend-dir",
                         help="Triton backends folder (env TRITON_BACKENDS; default: made from the wheel)")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--max-queue", action="append", default=None, metavar="MODEL=N",
+                        help="requests that may wait for MODEL before more are rejected (env "
+                             "TRITONRAG_MAX_QUEUE, comma-separated; default: config.pbtxt, generator=16)")
+    parser.add_argument("--queue-timeout", action="append", default=None, metavar="MODEL=SECONDS",
+                        help="a request queued this long for MODEL is rejected (env TRITONRAG_QUEUE_TIMEOUT; "
+                             "default: config.pbtxt, generator=30)")
+    parser.add_argument("--no-supervise", action="store_true",
+                        help="do not restart a dead server or reload a model whose stub died")
     parser.add_argument("--allow-admin-api", action="append", default=[], metavar="API",
                         choices=[*ADMIN_APIS, "all"],
                         help="leave this admin API open to anyone who can reach the ports: "
@@ -64,7 +72,24 @@ def _settings(args: argparse.Namespace):
         embedder=args.embedder, generator=args.generator, corpus=_corpus(args), index=args.index,
         tritonserver=args.tritonserver, backend_dir=args.backend_dir, log_verbose=args.log_verbose,
         open_apis=set(ADMIN_APIS) if "all" in args.allow_admin_api else set(args.allow_admin_api),
-        admin_key=args.admin_key or None)
+        admin_key=args.admin_key or None, supervise=not args.no_supervise,
+        max_queue=_model_values(args.max_queue, "TRITONRAG_MAX_QUEUE", int),
+        queue_timeout_s=_model_values(args.queue_timeout, "TRITONRAG_QUEUE_TIMEOUT", float))
+
+
+def _model_values(given: list[str] | None, env: str, kind) -> dict:
+    """{model: value} from repeated MODEL=VALUE options, else from the comma-separated env."""
+    items = given if given is not None else [i for i in os.environ.get(env, "").split(",") if i.strip()]
+    values = {}
+    for item in items:
+        model, sep, value = item.partition("=")
+        if not sep or not model.strip():
+            raise SystemExit(f"expected MODEL=VALUE, got {item!r}")
+        try:
+            values[model.strip()] = kind(value)
+        except ValueError:
+            raise SystemExit(f"{item!r}: {value!r} is not a valid number") from None
+    return values
 
 
 def _corpus(args: argparse.Namespace) -> list[str]:
@@ -116,7 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.once:
                 return status
         while not stop.is_set():
-            if server.process.poll() is not None:
+            if server.supervisor is not None and server.supervisor.failed.is_set():
+                log.error("tritonserver keeps failing; last log lines:\n%s", server.log_tail())
+                return 1
+            if server.supervisor is None and server.process.poll() is not None:
                 log.error("tritonserver exited with code %s:\n%s", server.process.returncode, server.log_tail())
                 return 1
             stop.wait(1.0)
@@ -129,12 +157,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from .corpus import load_corpora
     from .embedding import Embedder
-    from .index import build_index
+    from .index import IndexProblem, add_to_index, build_index
 
     passages = load_corpora(_corpus(args))
     embedder = Embedder(args.embedder)
-    manifest = build_index(args.out, passages, embedder.embed_passages,
-                           embedder=model_sources.model_name(args.embedder), metric=args.metric)
+    name = model_sources.model_name(args.embedder)
+    try:
+        if args.add:
+            manifest = add_to_index(args.out, passages, embedder.embed_passages, embedder=name)
+        else:
+            manifest = build_index(args.out, passages, embedder.embed_passages, embedder=name, metric=args.metric)
+    except (IndexProblem, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}: {manifest['count']} passages, dimension {manifest['dimension']}, "
           f"metric {manifest['metric']}, embedder {manifest['embedder']}")
     return 0
@@ -168,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(index)
     index.add_argument("--out", type=Path, required=True)
     index.add_argument("--metric", default="ip", choices=["ip", "cosine", "l2"])
+    index.add_argument("--add", action="store_true",
+                       help="append the corpora's passages to the existing index at --out (only they are embedded)")
     index.set_defaults(func=cmd_index)
 
     synth = sub.add_parser("synth", help="write a synthetic-facts corpus (JSONL) and its questions")

@@ -61,13 +61,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
-                embedder: str, metric: str = "ip", batch_size: int = 64, progress: bool = True) -> dict:
-    """Embed `passages` and write the index folder atomically; returns the manifest."""
+def _embed(passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+           batch_size: int, progress: bool) -> np.ndarray:
     from tqdm import tqdm
 
-    if not passages:
-        raise ValueError("cannot build an index from an empty corpus")
     texts = [p.embedding_text() for p in passages]
     # Batches of similar lengths pad less (pydoc+SQuAD, 1391 passages, 2 cores: 38 s -> 34 s).
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -80,6 +77,12 @@ def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callabl
                 vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
             vectors[rows] = chunk
             bar.update(len(rows))
+    return vectors
+
+
+def _write_index(path: Path, vectors: np.ndarray, passages: Sequence[Passage], embedder: str,
+                 metric: str) -> dict:
+    """Write the three files into a staging folder that replaces `path` atomically."""
     with atomic_directory(Path(path)) as staging:
         np.save(staging / EMBEDDINGS, vectors)
         with open(staging / PASSAGES, "w", encoding="utf-8") as handle:
@@ -96,6 +99,35 @@ def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callabl
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+                embedder: str, metric: str = "ip", batch_size: int = 64, progress: bool = True) -> dict:
+    """Embed `passages` and write the index folder atomically; returns the manifest."""
+    if not passages:
+        raise ValueError("cannot build an index from an empty corpus")
+    vectors = _embed(passages, embed_passages, batch_size, progress)
+    return _write_index(path, vectors, passages, embedder, metric)
+
+
+def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+                 embedder: str, batch_size: int = 64, progress: bool = True) -> dict:
+    """Append `passages` to the index at `path`, embedding only them; atomic like build_index.
+
+    The existing vectors are copied, not recomputed. A crash leaves the index as it was.
+    """
+    current = load_index(path, embedder=embedder)
+    if not passages:
+        raise ValueError("no passages to add")
+    taken = {p.id for p in current.passages}
+    clashes = sorted({p.id for p in passages} & taken)
+    if clashes or len({p.id for p in passages}) != len(passages):
+        raise ValueError(f"passage ids must be new and unique; already in the index or repeated: {clashes[:5]}")
+    added = _embed(passages, embed_passages, batch_size, progress)
+    if added.shape[1] != current.vectors.shape[1]:
+        raise IndexMismatchError(f"new vectors have dimension {added.shape[1]}, the index {current.vectors.shape[1]}")
+    vectors = np.concatenate([np.asarray(current.vectors), added])
+    return _write_index(path, vectors, [*current.passages, *passages], embedder, current.metric)
 
 
 def read_manifest(path: Path) -> dict:

@@ -29,6 +29,7 @@ from . import model_sources
 from .corpus import load_corpora
 from .index import IndexCorruptError, build_index, load_index
 from .repository import render_repository
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class ServerSettings:
     open_apis: set[str] = field(default_factory=set)
     # Header value that unlocks the restricted admin APIs; random per start when None.
     admin_key: str | None = None
+    # Restart a dead server and reload a model whose stub died (tritonrag.supervisor).
+    supervise: bool = True
+    # Overload limits per model, over config.pbtxt's default_queue_policy.
+    max_queue: dict[str, int] = field(default_factory=dict)
+    queue_timeout_s: dict[str, float] = field(default_factory=dict)
 
 
 def restricted_api_options(open_apis: set[str], key: str) -> list[str]:
@@ -188,6 +194,8 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.index_path: Path | None = None
         self.admin_key: str | None = None
+        self.supervisor: Supervisor | None = None
+        self._log_file = None
 
     def admin_headers(self, protocol: str = "http") -> dict[str, str]:
         """Headers that unlock the restricted admin APIs of this start (for tritonclient's `headers=`)."""
@@ -217,7 +225,8 @@ class TritonServer:
         }
         for model, params in s.extra_parameters.items():
             overrides.setdefault(model, {}).update(params)
-        repository = render_repository(self.run_dir / "model_repository", overrides)
+        repository = render_repository(self.run_dir / "model_repository", overrides,
+                                       max_queue=s.max_queue, queue_timeout_s=s.queue_timeout_s)
         return [
             find_tritonserver(s.tritonserver),
             f"--model-repository={repository}",
@@ -231,23 +240,38 @@ class TritonServer:
             f"--log-verbose={s.log_verbose}",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
+            # Explicit mode, everything loaded at start: lets the supervisor unload and
+            # reload one model (the repository API sits behind the admin key).
+            "--model-control-mode=explicit", "--load-model=*",
             *admin_options,
         ]
 
     def start(self) -> "TritonServer":
+        self._launch()
+        if self.settings.supervise:
+            self.supervisor = Supervisor(self)
+            self.supervisor.start()
+        return self
+
+    def _launch(self) -> None:
         command = self.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shown = " ".join(command).replace(f"={self.admin_key}", "=<admin key>")
         log.info("starting %s (log: %s)", shown, self.log_path)
-        self._log_file = open(self.log_path, "ab")
+        if self._log_file is None or self._log_file.closed:
+            self._log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, env=server_environment(), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self.wait_until_ready(self.settings.ready_timeout_s)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
-        return self
+
+    def relaunch(self) -> None:
+        """Start the server again after it died (the supervisor calls this)."""
+        self._terminate()
+        self._launch()
 
     def is_ready(self) -> bool:
         try:
@@ -274,7 +298,15 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (Triton unloads models and exits), then SIGKILL if it hangs."""
+        """SIGTERM (Triton finishes in-flight requests, unloads models, exits), then SIGKILL."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        code = self._terminate(timeout_s)
+        if self._log_file is not None:
+            self._log_file.close()
+        return code
+
+    def _terminate(self, timeout_s: float = 30.0) -> int | None:
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -289,7 +321,6 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self._log_file.close()
         return self.process.returncode
 
     def __enter__(self) -> "TritonServer":

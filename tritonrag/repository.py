@@ -30,17 +30,38 @@ def set_parameter(config_text: str, key: str, value: str) -> str:
     return text
 
 
+def set_queue_policy(config_text: str, max_queue_size: int | None = None,
+                     timeout_s: float | None = None) -> str:
+    """Return `config_text` with its default_queue_policy's size and/or timeout replaced."""
+    for field, value in (("max_queue_size", max_queue_size),
+                         ("default_timeout_microseconds", None if timeout_s is None else round(timeout_s * 1e6))):
+        if value is None:
+            continue
+        if int(value) < 0:
+            raise ValueError(f"{field} must be >= 0, got {value}")
+        config_text, count = re.subn(rf"\b{field}:\s*\d+", f"{field}: {int(value)}", config_text)
+        if count != 1:
+            raise KeyError(f"this config.pbtxt has {count} {field} fields; expected one default_queue_policy")
+    return config_text
+
+
 def render_repository(target: Path, overrides: Mapping[str, Mapping[str, str]],
-                      source: Path = SOURCE_REPOSITORY) -> Path:
-    """Copy `source` to `target` and apply {model: {parameter: value}} overrides."""
+                      source: Path = SOURCE_REPOSITORY,
+                      max_queue: Mapping[str, int] | None = None,
+                      queue_timeout_s: Mapping[str, float] | None = None) -> Path:
+    """Copy `source` to `target`; apply {model: {parameter: value}} overrides and queue limits."""
     target = Path(target)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for model, params in overrides.items():
+    max_queue, queue_timeout_s = max_queue or {}, queue_timeout_s or {}
+    for model in {*overrides, *max_queue, *queue_timeout_s}:
         config_path = target / model / "config.pbtxt"
+        if not config_path.exists():
+            raise KeyError(f"no model {model!r} in {source}")
         text = config_path.read_text(encoding="utf-8")
-        for key, value in params.items():
+        for key, value in overrides.get(model, {}).items():
             text = set_parameter(text, key, value)
+        text = set_queue_policy(text, max_queue.get(model), queue_timeout_s.get(model))
         config_path.write_text(text, encoding="utf-8")
     return target

@@ -5,8 +5,11 @@ A reader sees either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,16 +42,87 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE).
+
+    Returns False where the system or file system cannot (then the caller falls back).
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def recover_directory(path: Path) -> bool:
+    """Put back a folder left aside by a replace that crashed between its two renames.
+
+    Only the fallback path of `atomic_directory` (no RENAME_EXCHANGE) has that window.
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    os.rename(aside[-1], path)
+    return True
+
+
+def _staging_prefix(name: str) -> str:
+    return f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_abandoned_staging(path: Path) -> list[Path]:
+    """Delete staging folders of `path` left by writers of this host that died (SIGKILL, power cut).
+
+    Only folders whose writer process is gone are removed; other hosts' writers (a shared
+    volume) and live writers are left alone.
+    """
+    path = Path(path)
+    removed = []
+    host = socket.gethostname()
+    for staging in path.parent.glob(f".{path.name}.tmp-*"):
+        owner, _, rest = staging.name[len(f".{path.name}.tmp-"):].rpartition("-")
+        writer_host, _, pid = owner.rpartition("-")
+        if writer_host != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still writing
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging)
+    return removed
+
+
 @contextmanager
 def atomic_directory(path: Path, replace: bool = True) -> Iterator[Path]:
     """Yield a staging folder that becomes `path` whole when the block succeeds.
 
+    A crash at any point leaves `path` as it was before or as the block made it: the
+    replace is one atomic exchange of the two folders where Linux offers it, else two
+    renames whose gap `recover_directory` repairs on the next use.
     With replace=False a `path` that appeared meanwhile (another process won the
     race to make the same thing) is kept and the staging folder dropped.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover_directory(path)
+    remove_abandoned_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(path.name), dir=path.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield staging
@@ -63,12 +137,12 @@ def atomic_directory(path: Path, replace: bool = True) -> Iterator[Path]:
                 if not path.exists():
                     raise
             return
-        old = None
-        if path.exists():
+        if not path.exists():
+            os.rename(staging, path)
+        elif not exchange_paths(staging, path):  # staging now holds the old folder
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.rename(path, old)
-        os.rename(staging, path)
-        if old is not None:
+            os.rename(staging, path)
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if staging.exists():

@@ -8,7 +8,7 @@ from typing import Iterable
 from tritonclient.utils import InferenceServerException
 
 from .protocol import (ASK_OUTPUTS, SEARCH_OUTPUTS, Answer, ClientSettings, RagError, Source, build_inputs,
-                       parse_answer, parse_search, requested_outputs, server_message)
+                       parse_answer, parse_search, requested_outputs, server_message, server_status)
 
 
 def _module(protocol: str):
@@ -36,7 +36,7 @@ class AsyncRagClient(ClientSettings):
             return await self._client.infer(model, inputs, outputs=requested_outputs(self._module, outputs),
                                             **kwargs)
         except InferenceServerException as exc:
-            raise RagError(server_message(exc)) from exc
+            raise RagError(server_message(exc), server_status(exc)) from exc
 
     async def ask(self, question: str, top_k: int | None = None, max_tokens: int | None = None) -> Answer:
         return parse_answer(await self._infer(self.model, build_inputs(self._module, question, top_k, max_tokens),

@@ -18,7 +18,15 @@ PROTOCOLS = ("grpc", "http")
 
 
 class RagError(Exception):
-    """The server refused or failed a request; the message is the server's."""
+    """The server refused or failed a request; the message is the server's.
+
+    `status` is the protocol's status when there is one ("StatusCode.UNAVAILABLE" for a
+    request rejected by a full queue over gRPC, "400" over HTTP), else None.
+    """
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,12 @@ def _sources(result: Any, texts: list[str] | None = None) -> list[Source]:
     scores = [] if scores is None else [float(s) for s in scores.reshape(-1)]
     texts = texts or [None] * len(ids)
     return [Source(i, s, t) for i, s, t in zip(ids, scores, texts)]
+
+
+def server_status(exc: Exception) -> str | None:
+    status = getattr(exc, "status", None)
+    value = status() if callable(status) else status
+    return None if value is None else str(value)
 
 
 def server_message(exc: Exception) -> str:

@@ -1,0 +1,149 @@
+"""Faults under load: a model's stub process killed, the whole server killed.
+
+Only in-flight requests may fail, with clear errors; readiness says "not ready" while a
+part is down; the supervisor (tritonrag.supervisor) brings it back and requests succeed.
+These tests kill processes, so they run their own server, not the session one.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tritonrag.launcher import ServerSettings, TritonServer
+from tritonrag.supervisor import child_processes, stubs_per_model
+from tritonrag_client import RagClient, RagError
+
+from .conftest import free_ports
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "What does the with statement do?"
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    http, grpc, metrics = free_ports(3)
+    settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics)  # pydoc corpus, cached index
+    with TritonServer(settings, run_dir=tmp_path_factory.mktemp("faults")) as server:
+        yield server
+
+
+def stub_pid(server, model: str) -> int:
+    for pid, cmdline in child_processes(server.process.pid).items():
+        if stubs_per_model({pid: cmdline})[model]:
+            return pid
+    raise AssertionError(f"no stub process for {model}")
+
+
+class Load:
+    """`clients` threads asking in a loop; records (time, outcome, message)."""
+
+    def __init__(self, server, clients: int = 3, max_tokens: int = 16):
+        self.server, self.clients, self.max_tokens = server, clients, max_tokens
+        self.results: list[tuple[float, str, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with RagClient(self.server.grpc_url, protocol="grpc", timeout_s=120) as client:
+            while not self._stop.is_set():
+                try:
+                    client.ask(QUESTION, max_tokens=self.max_tokens, top_k=3)
+                    self.results.append((time.monotonic(), "ok", ""))
+                except RagError as exc:
+                    self.results.append((time.monotonic(), "error", str(exc)))
+                    time.sleep(0.2)
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=180)
+
+
+def watch_readiness(server, seconds: float, step: float = 0.1) -> list[tuple[float, bool]]:
+    seen, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen.append((time.monotonic(), server.is_ready()))
+        if len(seen) > 5 and seen[-1][1] and not all(r for _, r in seen):
+            break  # went down and came back
+        time.sleep(step)
+    return seen
+
+
+def wait_ready(server, timeout_s: float = 180) -> float:
+    started = time.monotonic()
+    while not server.is_ready():
+        assert time.monotonic() - started < timeout_s, server.log_tail()
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_killed_generator_stub_is_reloaded_and_readiness_tells_the_truth(fault_server, report_figure):
+    server = fault_server
+    with RagClient(server.grpc_url, protocol="grpc") as client:
+        assert client.ask(QUESTION, max_tokens=4, top_k=3).answer
+    reloads_before = server.supervisor.count("model-reload")
+    with Load(server) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        os.kill(stub_pid(server, "generator"), signal.SIGKILL)
+        readiness = watch_readiness(server, 120)
+        # search does not need the generator: it keeps answering while the generator reloads
+        with RagClient(server.grpc_url, protocol="grpc") as client:
+            assert client.search("context manager", top_k=2)
+        time.sleep(3)
+    assert server.supervisor.count("model-reload") == reloads_before + 1
+    down = [t for t, ready in readiness if not ready]
+    assert down, "readiness never reported the generator's absence"
+    back = next(t for t, ready in readiness if ready and t > down[0])
+    errors = [(t, msg) for t, kind, msg in load.results if kind == "error"]
+    # Triton's words: in flight when the stub died -> "Stub process 'generator_0_0' is not
+    # healthy"; sent while the generator (and so the ensemble) is reloading -> "... has no
+    # available versions"
+    for _, message in errors:
+        assert "is not healthy" in message or "has no available versions" in message, message
+    # errors only around the outage; answers again afterwards
+    assert all(t < back + 1.0 for t, _ in errors), errors
+    assert any(kind == "ok" and t > back for t, kind, _ in load.results)
+    report_figure(f"generator stub killed: not ready after: {down[0] - killed_at:.2f} s")
+    report_figure(f"generator stub killed: ready again after: {back - killed_at:.2f} s")
+    report_figure(f"generator stub killed: {len(errors)} failed of {len(load.results)} (3 clients retrying "
+                  f"every 0.2 s while it reloaded)")
+
+
+def test_killed_server_is_restarted_on_the_same_ports(fault_server, report_figure):
+    server = fault_server
+    old_pid = server.process.pid
+    restarts_before = server.supervisor.count("server-restart")
+    with Load(server) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        os.kill(old_pid, signal.SIGKILL)
+        time.sleep(0.3)
+        assert not server.is_ready()
+        recovery = wait_ready(server) + 0.3
+        time.sleep(3)
+    assert server.process.pid != old_pid
+    assert server.supervisor.count("server-restart") == restarts_before + 1
+    assert not any(child_processes(old_pid))  # no orphaned stubs of the old server
+    errors = [msg for _, kind, msg in load.results if kind == "error"]
+    ok_after = [t for t, kind, _ in load.results if kind == "ok" and t > killed_at + recovery]
+    assert ok_after, "no request answered after the restart"
+    # in flight when the server died -> the stream is cut; sent while it is down -> refused
+    in_flight = [m for m in errors if "Socket closed" in m or "Stream removed" in m]
+    refused = [m for m in errors if "Connection refused" in m or "failed to connect" in m]
+    assert len(in_flight) + len(refused) == len(errors), sorted(set(errors))
+    assert len(in_flight) <= load.clients
+    with RagClient(server.grpc_url, protocol="grpc") as client:
+        assert client.ask(QUESTION, max_tokens=4, top_k=3).answer
+    report_figure(f"server killed: ready again after: {recovery:.1f} s")
+    report_figure(f"server killed: {len(in_flight)} in-flight requests cut, {len(refused)} refused while down "
+                  f"(3 clients retrying every 0.2 s), {len(ok_after)} answered after")
