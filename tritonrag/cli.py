@@ -48,10 +48,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--max-queue", action="append", default=None, metavar="MODEL=N",
                         help="requests that may wait for MODEL before more are rejected (env "
-                             "TRITONRAG_MAX_QUEUE, comma-separated; default: config.pbtxt, generator=16)")
+                             "TRITONRAG_MAX_QUEUE, comma-separated; default: config.pbtxt, generator=8)")
     parser.add_argument("--queue-timeout", action="append", default=None, metavar="MODEL=SECONDS",
                         help="a request queued this long for MODEL is rejected (env TRITONRAG_QUEUE_TIMEOUT; "
-                             "default: config.pbtxt, generator=30)")
+                             "default: config.pbtxt, generator=20)")
     parser.add_argument("--no-supervise", action="store_true",
                         help="do not restart a dead server or reload a model whose stub died")
     parser.add_argument("--allow-admin-api", action="append", default=[], metavar="API",
