@@ -74,7 +74,10 @@ def serve_batch(requests: Sequence, parse: Callable[[Any], list], run: Callable[
     parsed: list[tuple[int, list]] = []
     for slot, request in enumerate(requests):
         try:
-            parsed.append((slot, parse(request)))
+            rows = parse(request)
+            if not rows:  # nothing would answer it below
+                raise RequestError("the request holds no rows")
+            parsed.append((slot, rows))
         except RequestError as exc:
             responses[slot] = error_response(str(exc))
     rows = [row for _, request_rows in parsed for row in request_rows]
