@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from tritonrag.limits import RequestError, check_embeddings, check_range, decode_question
+from tritonrag.limits import (
+    RequestError,
+    check_embeddings,
+    check_range,
+    decode_question,
+)
 
 
 def test_good_question_is_decoded():
