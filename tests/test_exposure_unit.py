@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 
 from tritonrag.cli import _settings, build_parser
-from tritonrag.launcher import (ADMIN_APIS, ADMIN_HEADER, GRPC_HEADER_PREFIX, ServerSettings, TritonServer,
-                                restricted_api_options)
+from tritonrag.launcher import (
+    ADMIN_APIS,
+    ADMIN_HEADER,
+    GRPC_HEADER_PREFIX,
+    ServerSettings,
+    TritonServer,
+    restricted_api_options,
+)
 from tritonrag.synthetic import make_facts, write_facts
 
 ROOT = Path(__file__).resolve().parent.parent

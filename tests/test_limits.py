@@ -1,6 +1,12 @@
+import numpy as np
 import pytest
 
-from tritonrag.limits import RequestError, check_range, decode_question
+from tritonrag.limits import (
+    RequestError,
+    check_embeddings,
+    check_range,
+    decode_question,
+)
 
 
 def test_good_question_is_decoded():
@@ -24,3 +30,24 @@ def test_range_checks():
     for bad in (0, -1, 11, 2**31 - 1):
         with pytest.raises(RequestError, match="top_k must be between 1 and 10"):
             check_range("top_k", bad, 3, 10)
+
+
+def test_embeddings_are_checked_for_shape_values_and_length():
+    good = np.full((2, 4), 0.5, dtype=np.float64)
+    checked = check_embeddings(good, 4, 10.0)
+    assert checked.dtype == np.float32 and checked.shape == (2, 4)
+    nan_row = good.copy()
+    nan_row[1, 2] = np.nan
+    inf_row = good.copy()
+    inf_row[0, 0] = -np.inf
+    for vectors, message in [
+        (np.zeros((2, 3)), r"EMBEDDING must be \[n, 4\] with n >= 1, got \[2, 3\]"),
+        (np.zeros((0, 4)), "n >= 1, got \\[0, 4\\]"),
+        (np.zeros(4), "got \\[4\\]"),
+        (nan_row, "row 1 holds NaN or infinite values"),
+        (inf_row, "row 0 holds NaN or infinite values"),
+        (np.full((1, 4), 3e38, dtype=np.float32), "row 0 has length 6e\\+38; the limit is 10"),
+        (np.full((1, 4), 5.5), "row 0 has length 11; the limit is 10"),
+    ]:
+        with pytest.raises(RequestError, match=message):
+            check_embeddings(vectors, 4, 10.0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 class RequestError(ValueError):
     """A request the service refuses; the message is sent back to the client."""
@@ -21,6 +23,9 @@ class Limits:
     max_top_k: int = 100
     default_max_tokens: int = 32
     max_max_tokens: int = 512
+    # A query vector longer than this is refused: real embeddings are about 1 (normalised)
+    # or tens long, and float32 scores of much longer ones overflow to inf / NaN.
+    max_embedding_norm: float = 1e6
 
 
 def decode_question(raw: bytes, max_bytes: int) -> str:
@@ -44,3 +49,18 @@ def check_range(name: str, value: int | None, default: int, maximum: int) -> int
     if not 1 <= value <= maximum:
         raise RequestError(f"{name} must be between 1 and {maximum}, got {value}")
     return value
+
+
+def check_embeddings(vectors: np.ndarray, dimension: int, max_norm: float, name: str = "EMBEDDING") -> np.ndarray:
+    """`vectors` as float32 [n, dimension] if every value is finite and every row's length is at most `max_norm`."""
+    if vectors.ndim != 2 or vectors.shape[1] != dimension or vectors.shape[0] == 0:
+        raise RequestError(f"{name} must be [n, {dimension}] with n >= 1, got {list(vectors.shape)}")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise RequestError(f"{name} row {int(np.argmin(finite))} holds NaN or infinite values")
+    norms = np.sqrt(np.square(vectors, dtype=np.float64).sum(axis=1))
+    if (norms > max_norm).any():
+        row = int(np.argmax(norms))
+        raise RequestError(f"{name} row {row} has length {norms[row]:.3g}; the limit is {max_norm:g}")
+    return vectors

@@ -40,6 +40,14 @@ def input_array(request, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
+def required_array(request, name: str) -> np.ndarray:
+    """A required input; Triton lets a request through without it when the model has optional inputs."""
+    array = input_array(request, name)
+    if array is None:
+        raise RequestError(f"input {name!r} is missing")
+    return array
+
+
 def optional_rows(request, name: str, rows: int) -> list[int | None]:
     """Per-row values of an optional [1]-shaped integer input (None when absent)."""
     array = input_array(request, name)
@@ -74,9 +82,15 @@ def serve_batch(requests: Sequence, parse: Callable[[Any], list], run: Callable[
     parsed: list[tuple[int, list]] = []
     for slot, request in enumerate(requests):
         try:
-            parsed.append((slot, parse(request)))
+            rows = parse(request)
+            if not rows:  # nothing would answer it below
+                raise RequestError("the request holds no rows")
+            parsed.append((slot, rows))
         except RequestError as exc:
             responses[slot] = error_response(str(exc))
+        except Exception as exc:  # noqa: BLE001 — this request only, not its batch-mates
+            responses[slot] = error_response(f"internal error: {type(exc).__name__}: {exc}",
+                                             pb_utils.TritonError.INTERNAL)
     rows = [row for _, request_rows in parsed for row in request_rows]
     if rows:
         try:

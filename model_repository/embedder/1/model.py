@@ -14,7 +14,7 @@ from tritonrag.embedding import Embedder
 from tritonrag.limits import decode_question
 from tritonrag.model_sources import DEFAULT_EMBEDDER
 from tritonrag.params import model_param
-from tritonrag.triton_glue import input_array, instance_device, parse_config, read_limits, serve_batch
+from tritonrag.triton_glue import instance_device, parse_config, read_limits, required_array, serve_batch
 
 
 class TritonPythonModel:
@@ -30,7 +30,7 @@ class TritonPythonModel:
 
     def _parse(self, request):
         return [decode_question(q, self.limits.max_question_bytes)
-                for q in input_array(request, "question").reshape(-1)]
+                for q in required_array(request, "question").reshape(-1)]
 
     def _respond(self, vectors):
         return pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", np.stack(vectors))])

@@ -14,7 +14,7 @@ from tritonrag.limits import check_range, decode_question
 from tritonrag.model_sources import DEFAULT_GENERATOR
 from tritonrag.params import model_param
 from tritonrag.triton_glue import (bytes_tensor, input_array, instance_device, optional_rows, parse_config,
-                                   read_limits, serve_batch)
+                                   read_limits, required_array, serve_batch)
 
 
 class TritonPythonModel:
@@ -29,7 +29,7 @@ class TritonPythonModel:
         return serve_batch(requests, self._parse, self.generator.generate, self._respond)
 
     def _parse(self, request):
-        questions = input_array(request, "question").reshape(-1)
+        questions = required_array(request, "question").reshape(-1)
         passages = input_array(request, "passages")
         passages = passages.reshape(len(questions), -1) if passages is not None else [[]] * len(questions)
         max_tokens = optional_rows(request, "max_tokens", len(questions))

@@ -11,12 +11,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.index import load_index
-from tritonrag.limits import RequestError, check_range
+from tritonrag.limits import RequestError, check_embeddings, check_range
 from tritonrag.model_sources import DEFAULT_EMBEDDER, model_name
 from tritonrag.params import model_param
 from tritonrag.search import ExactSearch
-from tritonrag.triton_glue import (bytes_tensor, input_array, instance_device, optional_rows, parse_config,
-                                   read_limits, serve_batch)
+from tritonrag.triton_glue import (bytes_tensor, instance_device, optional_rows, parse_config, read_limits,
+                                   required_array, serve_batch)
 
 
 class TritonPythonModel:
@@ -35,9 +35,8 @@ class TritonPythonModel:
         return serve_batch(requests, self._parse, self._run, self._respond)
 
     def _parse(self, request):
-        vectors = input_array(request, "EMBEDDING")
-        if vectors.ndim != 2 or vectors.shape[1] != self.index.manifest["dimension"]:
-            raise RequestError(f"EMBEDDING must be [n, {self.index.manifest['dimension']}], got {list(vectors.shape)}")
+        vectors = check_embeddings(required_array(request, "EMBEDDING"), self.index.manifest["dimension"],
+                                   self.limits.max_embedding_norm)
         ks = [check_range("top_k", k, self.limits.default_top_k, self.limits.max_top_k)
               for k in optional_rows(request, "top_k", len(vectors))]
         if len(set(ks)) > 1:
