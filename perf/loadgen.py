@@ -126,6 +126,8 @@ def summarize(outcomes: list[Outcome], duration_s: float | None = None) -> dict:
         "ok_p50_s": percentile(ok, 50), "ok_p90_s": percentile(ok, 90), "ok_p99_s": percentile(ok, 99),
         "ok_mean_s": statistics.fmean(ok) if ok else float("nan"),
         "rejected_p50_s": percentile(rejected, 50), "rejected_p99_s": percentile(rejected, 99),
+        "rejected_queue_full": sum(1 for o in outcomes if o.kind == "rejected" and "maximum queue size" in o.message),
+        "rejected_timed_out": sum(1 for o in outcomes if o.kind == "rejected" and "timeout" in o.message.lower()),
         "error_messages": sorted({o.message for o in outcomes if o.kind == "error"})[:5],
         "rejected_messages": sorted({o.message for o in outcomes if o.kind == "rejected"})[:3],
     }

@@ -37,7 +37,7 @@ class OverloadConfig:
     factor: float = 3.0
     burst_s: float = 60.0
     probe_s: float = 20.0
-    recovery_s: float = 30.0
+    recovery_s: float = 60.0
     concurrency: int = 2
     pattern: str = "poisson"
     max_tokens: int = 32
@@ -73,6 +73,10 @@ async def run_overload(url: str, server_pid: int, questions: list[str], config: 
         "burst": summarize(burst, config.burst_s),
         "recovery": summarize(recovery, config.recovery_s),
         "recovered_after_s": recovered_after,
+        # the recovery loop's requests sent once latency was normal again: service as before?
+        "recovery_after_drain": summarize(
+            [o for o in recovery if recovered_after is not None and o.sent_s >= recovered_after],
+            max(config.recovery_s - (recovered_after or 0.0), 1.0)),
         "recovery_wall_s": time.perf_counter() - recovery_started,
         "rss_start_bytes": rss[0] if rss else None,
         "rss_max_bytes": max(rss) if rss else None,

@@ -51,7 +51,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                              "TRITONRAG_MAX_QUEUE, comma-separated; default: config.pbtxt, generator=8)")
     parser.add_argument("--queue-timeout", action="append", default=None, metavar="MODEL=SECONDS",
                         help="a request queued this long for MODEL is rejected (env TRITONRAG_QUEUE_TIMEOUT; "
-                             "default: config.pbtxt, generator=20)")
+                             "default: config.pbtxt, generator=60)")
     parser.add_argument("--no-supervise", action="store_true",
                         help="do not restart a dead server or reload a model whose stub died")
     parser.add_argument("--allow-admin-api", action="append", default=[], metavar="API",

@@ -42,8 +42,11 @@ def server_corpus(tmp_path_factory, facts):
 def server(tmp_path_factory, server_corpus):
     work = tmp_path_factory.mktemp("server")
     http, grpc, metrics = free_ports(3)
+    # The tests send up to 32 requests at once to see them batched: the generator's queue
+    # must hold a full batch (the CPU default, 8, rejects the rest; test_overload.py
+    # exercises that default on its own server).
     settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics,
-                              corpus=server_corpus, index=work / "index")
+                              corpus=server_corpus, index=work / "index", max_queue={"generator": 64})
     with TritonServer(settings, run_dir=work / "run") as running:
         yield running
     # a failing test often wants the server's side of the story
