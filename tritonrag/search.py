@@ -1,8 +1,15 @@
-"""Exact top-k vector search, NumPy on the CPU and CuPy on a GPU.
+"""Exact top-k vector search by inner product, cosine, squared L2 or L1: NumPy or CuPy.
 
-Scores are "higher is better" similarities for ``ip`` and ``cosine``, and squared
-distances ("lower is better") for ``l2``; ties go to the lower passage index, so a
-result never depends on the batch it was computed in.
+Scores are similarities ("higher is better") for ``ip`` and ``cosine``, and distances
+("lower is better") for ``l2`` (squared) and ``l1``. Internally every metric ranks by a
+"larger is better" value (``-distance``; for l2 ``2 q.x - |x|^2``, the same order), and
+ties go to the lower passage index (`tritonrag.topk`), so a result never depends on the
+batch, chunk or device it was computed on.
+
+On a ``cuda`` device the corpus lives on the GPU in fp16 (or bf16/fp32), cuBLAS does the
+ip/cosine/l2 products with fp32 accumulation, a fused kernel does L1, and a block-wise
+partial top-k replaces sorting (`tritonrag.gpu_search`). A corpus larger than the GPU
+memory budget is streamed from pinned host memory.
 """
 
 from __future__ import annotations
@@ -11,70 +18,119 @@ import logging
 
 import numpy as np
 
+from .topk import top_k_rows
+
 log = logging.getLogger(__name__)
 
-METRICS = ("ip", "cosine", "l2")
+METRICS = ("ip", "cosine", "l2", "l1")
+DISTANCE_METRICS = ("l2", "l1")
+STORAGE_DTYPES = ("float16", "bfloat16", "float32")
+# Host scoring works on slices so that L1's [B, rows, d] temporary stays near 16 MB.
+_CPU_L1_ELEMENTS = 1 << 22
 
 
-def _xp_for(device: str):
-    if device.startswith("cuda"):
-        try:
-            import cupy
-        except ImportError as exc:  # a GPU instance without CuPy still serves, on the CPU
-            log.warning("CuPy is not usable (%s); searching on the CPU. pip install 'tritonrag[gpu]'", exc)
-            return np
-        return cupy
-    return np
+def _cupy_or_none(device: str):
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import cupy
+    except ImportError as exc:  # a GPU instance without CuPy still serves, on the CPU
+        log.warning("CuPy is not usable (%s); searching on the CPU. pip install 'tritonrag[gpu]'", exc)
+        return None
+    return cupy
+
+
+def to_host(array) -> np.ndarray:
+    """A NumPy view/copy of a NumPy, CuPy or torch array (GPU arrays are copied once)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "get") and hasattr(array, "__cuda_array_interface__"):  # CuPy
+        return array.get()
+    if hasattr(array, "detach"):  # torch
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def normalize_rows(x, xp=np):
+    return x / xp.maximum(xp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class ExactSearch:
-    """Brute-force search over a fixed matrix of corpus vectors."""
+    """Brute-force search over a fixed matrix of corpus vectors ([N, d], any array-like).
 
-    def __init__(self, vectors: np.ndarray, metric: str = "ip", device: str = "cpu"):
+    `dtype` is the GPU storage type; `gpu_memory_budget` (bytes, None = most of the free
+    memory) decides between a GPU-resident corpus and streaming it from host memory.
+    """
+
+    def __init__(self, vectors, metric: str = "ip", device: str = "cpu", dtype: str = "float16",
+                 gpu_memory_budget: int | None = None):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
         self.metric = metric
-        self.xp = _xp_for(device)
-        self.device = device if self.xp is not np else "cpu"
-        if self.xp is not np:
-            self.xp.cuda.Device(int(device.partition(":")[2] or 0)).use()
-        corpus = self.xp.asarray(vectors, dtype=self.xp.float32)
+        cupy = _cupy_or_none(device)
+        self.xp = cupy if cupy is not None else np
+        self.device = device if cupy is not None else "cpu"
+        if cupy is not None:
+            from .gpu_search import GpuSearch
+
+            self.gpu = GpuSearch(vectors, metric, int(device.partition(":")[2] or 0), dtype, gpu_memory_budget)
+            self.count, self.dimension = self.gpu.count, self.gpu.dimension
+            return
+        self.gpu = None
+        corpus = np.asarray(vectors)
+        if corpus.ndim != 2:
+            raise ValueError(f"corpus vectors must be [N, d], got {corpus.shape}")
+        if corpus.dtype != np.float32:
+            corpus = corpus.astype(np.float32)
         if metric == "cosine":
-            corpus = corpus / self.xp.maximum(self.xp.linalg.norm(corpus, axis=1, keepdims=True), 1e-12)
+            corpus = normalize_rows(corpus)
         self.corpus = corpus
-        self.sq_norms = (corpus * corpus).sum(axis=1) if metric == "l2" else None
-        self.count = int(corpus.shape[0])
+        self.sq_norms = np.einsum("ij,ij->i", corpus, corpus) if metric == "l2" else None
+        self.count, self.dimension = int(corpus.shape[0]), int(corpus.shape[1])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return (indices, scores), each [len(queries), min(k, count)], best first."""
-        xp = self.xp
-        q = xp.asarray(queries, dtype=xp.float32)
-        if q.ndim != 2 or q.shape[1] != self.corpus.shape[1]:
-            raise ValueError(f"queries must be [n, {self.corpus.shape[1]}], got {tuple(q.shape)}")
+    @property
+    def streamed(self) -> bool:
+        """True when the corpus does not fit the GPU budget and is streamed per search."""
+        return self.gpu is not None and self.gpu.streamed
+
+    def _check(self, q) -> None:
+        if len(q.shape) != 2 or q.shape[1] != self.dimension:
+            raise ValueError(f"queries must be [n, {self.dimension}], got {tuple(q.shape)}")
+
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (indices, scores), each [len(queries), min(k, count)], best first.
+
+        `queries` may be NumPy, or CuPy/torch GPU arrays (used in place on a GPU instance).
+        """
+        self._check(queries)
+        if self.gpu is not None:
+            return self.gpu.search(queries, k)
+        q = np.asarray(to_host(queries), dtype=np.float32)
+        indices, ranked = top_k_rows(self.rank_values(q), k)
+        return indices, self.to_scores(q, ranked)
+
+    def rank_values(self, q: np.ndarray) -> np.ndarray:
+        """[B, N] "larger is better" values on the host (also used by hybrid fusion)."""
         if self.metric == "cosine":
-            q = q / xp.maximum(xp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        sims = q @ self.corpus.T
+            q = normalize_rows(q)
+        if self.metric != "l1":
+            sims = q @ self.corpus.T
+            if self.metric == "l2":
+                sims = 2 * sims - self.sq_norms[None, :]
+            return sims.astype(np.float32, copy=False)
+        out = np.empty((len(q), self.count), dtype=np.float32)
+        step = max(1, _CPU_L1_ELEMENTS // max(1, len(q) * self.dimension))
+        for start in range(0, self.count, step):
+            block = np.asarray(self.corpus[start:start + step])
+            out[:, start:start + step] = -np.abs(q[:, None, :] - block[None, :, :]).sum(axis=2)
+        return out
+
+    def to_scores(self, q: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+        """Turn ranking values back into the metric's reported scores."""
         if self.metric == "l2":
-            # Rank by -distance so that "larger is better" holds for every metric below.
-            sims = 2 * sims - self.sq_norms[None, :] - (q * q).sum(axis=1, keepdims=True)
-        k = min(k, self.count)
-        if k < self.count:
-            part = xp.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            part = xp.broadcast_to(xp.arange(self.count), sims.shape)
-        part_scores = xp.take_along_axis(sims, part, axis=1)
-        indices, scores = _sorted_top(xp.asnumpy(part) if xp is not np else part,
-                                      xp.asnumpy(part_scores) if xp is not np else part_scores)
-        if self.metric == "l2":
-            scores = -scores
-        return indices, scores
-
-
-def _sorted_top(part: np.ndarray, part_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order each row by score, then index (deterministic tie-break).
-
-    argpartition may pick any of several tied candidates at the k-th place; ties
-    at the boundary are rare with float scores and we accept that here.
-    """
-    order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+            return np.maximum((q * q).sum(axis=1, keepdims=True) - ranked, 0).astype(np.float32)
+        if self.metric == "l1":
+            return -ranked
+        return ranked

@@ -1,0 +1,438 @@
+"""Exact vector search speed: tritonrag's GPU search vs torch and CuPy, out-of-core, long vectors.
+
+GPU (``--device cuda``): for each N, metric and batch, the median latency of
+`ExactSearch.search` (queries already on the GPU, results back on the host) and the
+effective bandwidth (corpus bytes / time) as a fraction of the peak HBM bandwidth measured
+in the same run by a device-to-device copy; beside it torch (matmul + torch.topk; cdist for
+L1) and CuPy (matmul + argpartition). Out of core: the corpus in pinned host memory through
+a small GPU budget, against the host->GPU copy bandwidth of the same run. Long vectors:
+`long_distance` in GPU memory (fraction of peak HBM) and streamed from the host (fraction of
+host->GPU), with the speedup over NumPy on the host CPU.
+
+CPU (``--device cpu``): the same search at small N against NumPy brute force (full argsort).
+
+    python perf/retrieval_bench.py --device cuda --sizes 1000000 10000000 --ooc-rows 10000000 \
+        --long 1000000 100000000 1000000000 --out perf/results
+    python perf/retrieval_bench.py --device cpu --sizes 10000 50000 --out perf/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tritonrag.longvec import LONG_METRICS, long_distance  # noqa: E402
+from tritonrag.search import METRICS, ExactSearch  # noqa: E402
+
+
+def log(*parts) -> None:
+    print(*parts, flush=True)
+
+
+# -- timing helpers ---------------------------------------------------------------------------
+def gpu_time(fn, repeat: int, warmup: int = 1) -> float:
+    """Median wall time in ms of fn() (fn returns host results, so it includes the sync)."""
+    import cupy as cp
+
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        cp.cuda.Device().synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def cpu_time(fn, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_hbm(cp, nbytes: int = 4 << 30) -> float:
+    """Device copy bandwidth in GB/s (read + write bytes / time), best of 10."""
+    src = cp.empty(nbytes // 2, cp.float16)
+    dst = cp.empty_like(src)
+    best = 0.0
+    for _ in range(10):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        dst[...] = src
+        stop.record()
+        stop.synchronize()
+        best = max(best, 2 * nbytes / (cp.cuda.get_elapsed_time(start, stop) / 1e3) / 1e9)
+    del src, dst
+    return best
+
+
+def host_to_device(cp, nbytes: int = 2 << 30) -> float:
+    """Pinned host -> GPU copy bandwidth in GB/s, best of 5."""
+    from tritonrag.gpu_search import pinned_empty
+
+    host = pinned_empty((nbytes,), np.uint8)
+    dev = cp.empty(nbytes, cp.uint8)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        dev.set(host)
+        cp.cuda.Device().synchronize()
+        best = max(best, nbytes / (time.perf_counter() - start) / 1e9)
+    del host, dev
+    return best
+
+
+def random_corpus(cp, n: int, d: int, seed: int = 0):
+    """[n, d] fp16 on the GPU, generated in slices (no fp32 copy of the whole)."""
+    rng = cp.random.default_rng(seed)
+    out = cp.empty((n, d), cp.float16)
+    step = 1 << 20
+    for start in range(0, n, step):
+        out[start:start + step] = rng.standard_normal((min(step, n - start), d), dtype=cp.float32)
+    return out
+
+
+# -- correctness on the GPU ----------------------------------------------------------------------
+def gpu_check(cp) -> list[dict]:
+    """GPU vs the NumPy path on the same data; streamed vs resident; torch queries via DLPack."""
+    import torch
+
+    rows = []
+    rng = np.random.default_rng(1)
+    corpus = rng.standard_normal((20011, 1024)).astype(np.float32)
+    queries = rng.standard_normal((7, 1024)).astype(np.float32)
+    for metric in METRICS:
+        cpu = ExactSearch(corpus, metric)
+        for k in (1, 10, 100, 1000):
+            ref_i, ref_s = cpu.search(queries, k)
+            for dtype in ("float32", "float16", "bfloat16"):
+                gpu = ExactSearch(corpus, metric, "cuda:0", dtype=dtype)
+                got_i, got_s = gpu.search(cp.asarray(queries), k)
+                overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got_i, ref_i)])
+                rows.append(dict(metric=metric, k=k, dtype=dtype, overlap=float(overlap),
+                                 same_order=bool((got_i == ref_i).all()),
+                                 max_score_err=float(np.max(np.abs(got_s - ref_s) / (1 + np.abs(ref_s))))))
+            streamed = ExactSearch(corpus, metric, "cuda:0", dtype="float16", gpu_memory_budget=100 << 20)
+            resident = ExactSearch(corpus, metric, "cuda:0", dtype="float16")
+            q_torch = torch.from_numpy(queries).cuda()
+            a = streamed.search(q_torch, k)
+            b = resident.search(cp.asarray(queries), k)
+            rows.append(dict(metric=metric, k=k, dtype="float16", streamed=streamed.streamed,
+                             streamed_equals_resident=bool((a[0] == b[0]).all() and np.allclose(a[1], b[1]))))
+            log(rows[-2], rows[-1])
+    # ties: duplicated rows must come back lowest index first
+    dup = np.repeat(rng.standard_normal((50, 64)).astype(np.float32), 4, axis=0)
+    for metric in METRICS:
+        got, _ = ExactSearch(dup, metric, "cuda:0", dtype="float32").search(dup[:3] + 0, 8)
+        want, _ = ExactSearch(dup, metric).search(dup[:3] + 0, 8)
+        rows.append(dict(metric=metric, ties_equal_cpu=bool((got == want).all()), got=got[0].tolist()))
+        log(rows[-1])
+    return rows
+
+
+# -- GPU sweeps -------------------------------------------------------------------------------
+_NORMS: dict = {}
+
+
+def torch_baseline(cp, corpus, metric, q, k):
+    import torch
+
+    x = torch.from_dlpack(corpus)
+    qt = torch.from_dlpack(q).to(torch.float16)
+    if metric == "l1":
+        d = torch.cdist(qt.float(), x.float(), p=1) if x.shape[0] * x.shape[1] <= (1 << 28) else None
+        if d is None:
+            raise MemoryError("cdist on fp32 copies would not fit")
+        return torch.topk(-d, k, dim=1)
+    s = qt @ x.T
+    if metric == "l2":  # norms computed once, outside the timing
+        key = ("torch", id(corpus))
+        if key not in _NORMS:
+            _NORMS[key] = torch.cat([(c.float() ** 2).sum(1) for c in x.split(1 << 20)])
+        s = 2 * s.float() - _NORMS[key]
+    vals, idx = torch.topk(s, k, dim=1)
+    return idx.cpu(), vals.cpu()
+
+
+def cupy_baseline(cp, corpus, metric, q, k):
+    s = q.astype(cp.float16) @ corpus.T
+    if metric == "l2":
+        key = ("cupy", id(corpus))
+        if key not in _NORMS:
+            _NORMS[key] = cp.concatenate([(c.astype(cp.float32) ** 2).sum(1) for c in
+                                          (corpus[i:i + (1 << 20)] for i in range(0, corpus.shape[0], 1 << 20))])
+        s = 2 * s.astype(cp.float32) - _NORMS[key]
+    part = cp.argpartition(-s, k, axis=1)[:, :k]
+    vals = cp.take_along_axis(s, part, axis=1)
+    order = cp.argsort(-vals, axis=1)
+    return cp.take_along_axis(part, order, axis=1).get(), cp.take_along_axis(vals, order, axis=1).get()
+
+
+def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> list[dict]:
+    rows = []
+    for n in sizes:
+        base = random_corpus(cp, n, dim)
+        nbytes = base.nbytes
+        for metric in metrics:
+            search = ExactSearch(base, metric, "cuda:0", dtype="float16")
+            corpus = search.gpu.corpus
+            for batch in batches:
+                q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
+                reps = repeat if n <= 2_000_000 else max(3, repeat // 3)
+                ms = gpu_time(lambda: search.search(q, k), reps)
+                row = dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl="tritonrag",
+                           ms=ms, GBps=nbytes / ms / 1e6, peak_fraction=nbytes / ms / 1e6 / peak)
+                rows.append(row)
+                log(row)
+                if not baselines:
+                    continue
+                for impl, fn in (("torch", torch_baseline), ("cupy", cupy_baseline)):
+                    if impl == "cupy" and metric == "l1":
+                        continue
+                    try:
+                        ms = gpu_time(lambda: fn(cp, corpus, metric, q, k), max(2, reps // 2))
+                    except Exception as exc:  # noqa: BLE001 — record and go on
+                        rows.append(dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl=impl,
+                                         error=f"{type(exc).__name__}: {exc}"[:200]))
+                        log(rows[-1])
+                        cp.get_default_memory_pool().free_all_blocks()
+                        continue
+                    rows.append(dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl=impl,
+                                     ms=ms, GBps=nbytes / ms / 1e6, peak_fraction=nbytes / ms / 1e6 / peak))
+                    log(rows[-1])
+            del search, corpus
+            _NORMS.clear()
+            cp.get_default_memory_pool().free_all_blocks()
+        del base
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def ooc_sweep(cp, n, batches, metrics, dim, k, budget, h2d, repeat) -> list[dict]:
+    from tritonrag.gpu_search import pinned_empty
+
+    rows = []
+    host = pinned_empty((n, dim), np.float16)
+    step = 1 << 20
+    rng = cp.random.default_rng(3)
+    for start in range(0, n, step):
+        rng.standard_normal((min(step, n - start), dim), dtype=cp.float32).astype(cp.float16).get(
+            out=host[start:start + step])
+    for metric in metrics:
+        start = time.perf_counter()
+        search = ExactSearch(host, metric, "cuda:0", dtype="float16", gpu_memory_budget=budget)
+        load_s = time.perf_counter() - start
+        for batch in batches:
+            q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
+            ms = gpu_time(lambda: search.search(q, k), repeat)
+            row = dict(kind="out_of_core", n=n, d=dim, batch=batch, k=k, metric=metric, budget_bytes=budget,
+                       streamed=search.streamed, chunk_rows=search.gpu.chunk_rows if search.streamed else None,
+                       load_s=load_s, ms=ms, GBps=host.nbytes / ms / 1e6, h2d_fraction=host.nbytes / ms / 1e6 / h2d)
+            rows.append(row)
+            log(row)
+        del search
+        cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
+    return rows
+
+
+def numpy_long(a, b, metric):
+    if metric == "dot":
+        return float(np.dot(a, b))
+    if metric == "l2":
+        t = a - b
+        return float(np.dot(t, t))
+    if metric == "l1":
+        return float(np.abs(a - b).sum())
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def long_sweep(cp, sizes, peak, h2d, budget, repeat) -> list[dict]:
+    from tritonrag.gpu_search import pinned_empty
+
+    rows = []
+    for n in sizes:
+        rng = cp.random.default_rng(n % 1000)
+        a = rng.standard_normal(n, dtype=cp.float32)
+        b = rng.standard_normal(n, dtype=cp.float32)
+        ha, hb = pinned_empty((n,), np.float32), pinned_empty((n,), np.float32)
+        a.get(out=ha)
+        b.get(out=hb)
+        nbytes = 2 * n * 4
+        for metric in LONG_METRICS:
+            value = long_distance(a, b, metric, "cuda:0")
+            ms = gpu_time(lambda: long_distance(a, b, metric, "cuda:0"), repeat)
+            np_reps = 3 if n <= 100_000_000 else 1
+            start = time.perf_counter()
+            for _ in range(np_reps):
+                ref = numpy_long(ha, hb, metric)
+            np_ms = (time.perf_counter() - start) / np_reps * 1e3
+            ooc_value = long_distance(ha, hb, metric, "cuda:0", budget=budget)
+            ooc_ms = gpu_time(lambda: long_distance(ha, hb, metric, "cuda:0", budget=budget), max(2, repeat // 3))
+            row = dict(kind="long_vector", n=n, metric=metric, ms=ms, GBps=nbytes / ms / 1e6,
+                       peak_fraction=nbytes / ms / 1e6 / peak, numpy_ms=np_ms, speedup_vs_numpy=np_ms / ms,
+                       ooc_ms=ooc_ms, ooc_GBps=nbytes / ooc_ms / 1e6, ooc_h2d_fraction=nbytes / ooc_ms / 1e6 / h2d,
+                       ooc_budget_bytes=budget, rel_err_vs_numpy=abs(value - ref) / max(abs(ref), 1e-30),
+                       ooc_equals_in_memory=bool(abs(ooc_value - value) <= 1e-9 * max(1.0, abs(value))))
+            rows.append(row)
+            log(row)
+        del a, b, ha, hb
+        cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
+    return rows
+
+
+# -- CPU sweep --------------------------------------------------------------------------------
+def numpy_brute_force(corpus, metric, q, k):
+    if metric == "l1":
+        s = -np.abs(q[:, None, :] - corpus[None]).sum(-1)
+    else:
+        s = q @ corpus.T
+        if metric == "l2":
+            s = -((q * q).sum(1, keepdims=True) - 2 * s + (corpus * corpus).sum(1))
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(s, order, axis=1)
+
+
+def cpu_sweep(sizes, batches, metrics, dim, k, repeat) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        corpus = rng.standard_normal((n, dim)).astype(np.float32)
+        for metric in metrics:
+            search = ExactSearch(corpus, metric)
+            base = corpus if metric != "cosine" else corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+            for batch in batches:
+                if metric == "l1" and n * batch > 50_000 * 8:
+                    continue  # NumPy's [B, N, d] temporary: minutes on 2 cores
+                q = rng.standard_normal((batch, dim)).astype(np.float32)
+                ours = cpu_time(lambda: search.search(q, k), repeat)
+                ref = cpu_time(lambda: numpy_brute_force(base, metric, q, k), repeat)
+                same = (search.search(q, k)[0] == numpy_brute_force(base, metric, q, k)[0]).mean()
+                row = dict(kind="cpu", n=n, d=dim, batch=batch, k=k, metric=metric, ms=ours, numpy_ms=ref,
+                           speedup=ref / ours, GBps=corpus.nbytes / ours / 1e6, same_indices_fraction=float(same))
+                rows.append(row)
+                log(row)
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mem = [r for r in rows if r.get("kind") == "in_memory" and "ms" in r]
+    ooc = [r for r in rows if r.get("kind") == "out_of_core"]
+    lng = [r for r in rows if r.get("kind") == "long_vector"]
+    cpu = [r for r in rows if r.get("kind") == "cpu"]
+    panels = [p for p in (mem, ooc, lng, cpu) if p]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 4 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        kind = panel[0]["kind"]
+        if kind == "in_memory":
+            labels = sorted({(r["n"], r["metric"], r["batch"]) for r in panel})
+            impls = ["tritonrag", "torch", "cupy"]
+            for j, impl in enumerate(impls):
+                vals = [next((r["peak_fraction"] for r in panel if (r["n"], r["metric"], r["batch"]) == lab
+                              and r["impl"] == impl), 0) for lab in labels]
+                ax.bar(np.arange(len(labels)) + j * 0.27, vals, 0.27, label=impl)
+            ax.set_xticks(np.arange(len(labels)) + 0.27, [f"{n/1e6:g}M {m} b{b}" for n, m, b in labels],
+                          rotation=90, fontsize=7)
+            ax.axhline(0.85, color="k", ls="--", lw=0.8)
+            ax.set_ylabel("fraction of peak HBM")
+            ax.legend()
+        elif kind == "out_of_core":
+            ax.bar([f"{r['metric']} b{r['batch']}" for r in panel], [r["h2d_fraction"] for r in panel])
+            ax.axhline(0.8, color="k", ls="--", lw=0.8)
+            ax.set_ylabel("fraction of host->GPU")
+        elif kind == "long_vector":
+            labels = [f"{r['n']:.0e} {r['metric']}" for r in panel]
+            x = np.arange(len(labels))
+            ax.bar(x - 0.2, [r["peak_fraction"] for r in panel], 0.4, label="in GPU memory / peak HBM")
+            ax.bar(x + 0.2, [r["ooc_h2d_fraction"] for r in panel], 0.4, label="streamed / host->GPU")
+            ax.set_xticks(x, labels, rotation=90, fontsize=7)
+            ax.set_ylabel("bandwidth fraction")
+            ax.legend()
+        else:
+            ax.bar([f"{r['n']//1000}k {r['metric']} b{r['batch']}" for r in panel], [r["speedup"] for r in panel])
+            ax.set_ylabel("speedup over NumPy brute force")
+            ax.tick_params(axis="x", rotation=90, labelsize=7)
+        ax.set_title(f"{title}: {kind}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    from sweep import device_name, slug
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS))
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--check", action="store_true", help="GPU: compare with the NumPy path first")
+    parser.add_argument("--ooc-rows", type=int, default=0, help="GPU: out-of-core corpus rows (0: skip)")
+    parser.add_argument("--ooc-budget-gb", type=float, default=4.0)
+    parser.add_argument("--long", type=int, nargs="*", default=[], help="GPU: long-vector lengths")
+    parser.add_argument("--long-budget-gb", type=float, default=1.0)
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+
+    device = device_name()
+    result = dict(command=" ".join(["python", "perf/retrieval_bench.py", *(argv or sys.argv[1:])]),
+                  device=device, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rows=[])
+    if args.device == "cuda":
+        import cupy as cp
+
+        result["peak_hbm_GBps"] = peak = peak_hbm(cp)
+        result["h2d_GBps"] = h2d = host_to_device(cp)
+        log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
+        if args.check:
+            result["check"] = gpu_check(cp)
+        sizes = args.sizes if args.sizes is not None else [1_000_000]
+        result["rows"] += gpu_sweep(cp, sizes, args.batches, args.metrics, args.dim, args.k, peak, args.repeat,
+                                    not args.no_baselines)
+        if args.ooc_rows:
+            result["rows"] += ooc_sweep(cp, args.ooc_rows, args.batches, args.metrics, args.dim, args.k,
+                                        int(args.ooc_budget_gb * (1 << 30)), h2d, max(2, args.repeat // 3))
+        if args.long:
+            result["rows"] += long_sweep(cp, args.long, peak, h2d, int(args.long_budget_gb * (1 << 30)),
+                                         args.repeat)
+    else:
+        sizes = args.sizes if args.sizes is not None else [10_000, 50_000]
+        result["rows"] += cpu_sweep(sizes, args.batches, args.metrics, args.dim, args.k, max(1, args.repeat // 3))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y-%m-%d')}_{slug(device)}_retrieval{('_' + args.tag) if args.tag else ''}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result["rows"], args.out / f"{stem}.png", f"{device} {result['date'][:10]}")
+    log(f"wrote {args.out / stem}.json/.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""CUDA sources for the GPU search (CuPy RawModule), compiled once per variant and cached.
+
+* ``topk_partial``: one block per (query row, segment) keeps a per-thread top-k of
+  64-bit keys (see `tritonrag.topk`), then a bitonic sort in shared memory picks the
+  block's top-k; the same kernel merges those lists (keys in, one segment per row). No
+  score row is ever sorted whole.
+* ``l1_scores``: -sum|q - x| for a tile of corpus rows x queries, register-tiled like a
+  GEMM over shared-memory slices of d; corpus in fp16/bf16/fp32, fp32 accumulation,
+  no [N, d] temporary.
+* ``long_reduce``: per-block partial sums for distances of two long vectors (double
+  accumulators, warp shuffles), summed on the host: a two-level deterministic reduction.
+"""
+
+from __future__ import annotations
+
+import functools
+
+_COMMON = r"""
+#include <cuda_fp16.h>
+typedef unsigned long long u64;
+
+__device__ __forceinline__ u64 make_key(float s, unsigned int idx) {
+    unsigned int u = __float_as_uint(s);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((u64)u << 32) | (u64)(0xFFFFFFFFu - idx);
+}
+
+__device__ __forceinline__ float load_as_float(const STORAGE_T* p, long long i) { return CONVERT(p[i]); }
+"""
+
+_TOPK = r"""
+// KB: per-thread slots (power of two >= k); NT threads; NT*KB keys fit shared memory.
+extern "C" __global__ void __launch_bounds__(NT) topk_partial(
+        const float* __restrict__ scores, const u64* __restrict__ keys_in,
+        const float* __restrict__ norms, float alpha, int mode,
+        long long n, long long row_stride, long long seg_len, unsigned int index_base,
+        int k, u64* __restrict__ out, long long out_row_stride, long long out_offset)
+{
+    __shared__ u64 sm[NT * KB];
+    const int row = blockIdx.y;
+    const long long seg = blockIdx.x;
+    const long long start = seg * seg_len;
+    long long end = start + seg_len; if (end > n) end = n;
+    u64 best[KB];
+#pragma unroll
+    for (int j = 0; j < KB; ++j) best[j] = 0ull;
+    for (long long i = start + threadIdx.x; i < end; i += NT) {
+        u64 key;
+        if (mode == 2) {
+            key = keys_in[row * row_stride + i];
+        } else {
+            float s = scores[row * row_stride + i];
+            if (mode == 1) s = alpha * s - norms[i];
+            key = make_key(s, index_base + (unsigned int)i);
+        }
+        if (key > best[k - 1]) {
+            int j = k - 1;
+            while (j > 0 && best[j - 1] < key) { best[j] = best[j - 1]; --j; }
+            best[j] = key;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < KB; ++j) sm[threadIdx.x * KB + j] = (j < k) ? best[j] : 0ull;
+    const int M = NT * KB;
+    for (int size = 2; size <= M; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (int t = threadIdx.x; t < M / 2; t += NT) {
+                int i = 2 * stride * (t / stride) + (t % stride);
+                int j = i + stride;
+                bool desc = (i & size) == 0;
+                u64 a = sm[i], b = sm[j];
+                if ((a < b) == desc) { sm[i] = b; sm[j] = a; }
+            }
+        }
+    }
+    __syncthreads();
+    u64* dst = out + row * out_row_stride + out_offset + seg * k;
+    for (int t = threadIdx.x; t < k; t += NT) dst[t] = sm[t];
+}
+"""
+
+_L1 = r"""
+// Tile: TR = NRT*RPT corpus rows x TQ queries per block of NT threads; slices of DK dims.
+#define NQG (TQ / QPT)
+#define NRT (NT / NQG)
+#define TR (NRT * RPT)
+extern "C" __global__ void __launch_bounds__(NT) l1_scores(
+        const STORAGE_T* __restrict__ x, const float* __restrict__ q, int nq, long long n, int d,
+        float* __restrict__ out, long long out_stride)
+{
+    __shared__ float sx[TR][DK + 1];
+    __shared__ float sq[TQ][DK + 1];
+    const int tx = threadIdx.x % NRT, ty = threadIdx.x / NRT;
+    const long long row0 = (long long)blockIdx.x * TR;
+    const int q0 = blockIdx.y * TQ;
+    float acc[RPT][QPT];
+#pragma unroll
+    for (int r = 0; r < RPT; ++r)
+#pragma unroll
+        for (int j = 0; j < QPT; ++j) acc[r][j] = 0.f;
+    for (int k0 = 0; k0 < d; k0 += DK) {
+        for (int e = threadIdx.x; e < TR * DK; e += NT) {
+            int r = e / DK, c = e % DK;
+            long long gr = row0 + r;
+            sx[r][c] = (gr < n && k0 + c < d) ? load_as_float(x, gr * d + k0 + c) : 0.f;
+        }
+        for (int e = threadIdx.x; e < TQ * DK; e += NT) {
+            int j = e / DK, c = e % DK;
+            sq[j][c] = (q0 + j < nq && k0 + c < d) ? q[(long long)(q0 + j) * d + k0 + c] : 0.f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int c = 0; c < DK; ++c) {
+            float xv[RPT], qv[QPT];
+#pragma unroll
+            for (int r = 0; r < RPT; ++r) xv[r] = sx[tx + r * NRT][c];
+#pragma unroll
+            for (int j = 0; j < QPT; ++j) qv[j] = sq[ty * QPT + j][c];
+#pragma unroll
+            for (int r = 0; r < RPT; ++r)
+#pragma unroll
+                for (int j = 0; j < QPT; ++j) acc[r][j] += fabsf(xv[r] - qv[j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < QPT; ++j) {
+        int qi = q0 + ty * QPT + j;
+        if (qi >= nq) continue;
+#pragma unroll
+        for (int r = 0; r < RPT; ++r) {
+            long long gr = row0 + tx + r * NRT;
+            if (gr < n) out[qi * out_stride + gr] = -acc[r][j];
+        }
+    }
+}
+"""
+
+_LONG = r"""
+// metric: 0 dot, 1 squared L2, 2 L1, 3 cosine (dot, |a|^2, |b|^2). Partials [blocks, 3].
+extern "C" __global__ void __launch_bounds__(256) long_reduce(
+        const STORAGE_T* __restrict__ a, const STORAGE_T* __restrict__ b, long long n, int metric,
+        double* __restrict__ partial)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float x = load_as_float(a, i), y = load_as_float(b, i);
+        if (metric == 0) s0 += (double)(x * y);
+        else if (metric == 1) { float t = x - y; s0 += (double)(t * t); }
+        else if (metric == 2) s0 += (double)fabsf(x - y);
+        else { s0 += (double)(x * y); s1 += (double)(x * x); s2 += (double)(y * y); }
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        s0 += __shfl_down_sync(0xffffffffu, s0, off);
+        s1 += __shfl_down_sync(0xffffffffu, s1, off);
+        s2 += __shfl_down_sync(0xffffffffu, s2, off);
+    }
+    __shared__ double red[3][8];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) { red[0][warp] = s0; red[1][warp] = s1; red[2][warp] = s2; }
+    __syncthreads();
+    if (threadIdx.x < 3) {
+        double t = 0.0;
+        for (int w = 0; w < 8; ++w) t += red[threadIdx.x][w];
+        partial[blockIdx.x * 3 + threadIdx.x] = t;
+    }
+}
+"""
+
+_STORAGE = {
+    "float16": ("__half", "__half2float"),
+    "bfloat16": ("unsigned short", "bf16_to_float"),
+    "float32": ("float", ""),
+}
+_BF16 = r"""
+__device__ __forceinline__ float bf16_to_float(unsigned short v) { return __uint_as_float(((unsigned int)v) << 16); }
+"""
+
+
+def _source(body: str, storage: str) -> str:
+    ctype, convert = _STORAGE[storage]
+    head = f"#define STORAGE_T {ctype}\n#define CONVERT(v) {convert}(v)\n"
+    return head + _COMMON.replace("__device__ __forceinline__ float load_as_float", _BF16 + "\n__device__ __forceinline__ float load_as_float") + body
+
+
+@functools.lru_cache(maxsize=None)
+def _module(body_name: str, storage: str, defines: tuple[tuple[str, int], ...]):
+    import cupy
+
+    body = {"topk": _TOPK, "l1": _L1, "long": _LONG}[body_name]
+    options = ("-std=c++17",) + tuple(f"-D{name}={value}" for name, value in defines)
+    return cupy.RawModule(code=_source(body, storage), options=options)
+
+
+def topk_kernel(slots: int, threads: int):
+    return _module("topk", "float32", (("KB", slots), ("NT", threads))).get_function("topk_partial")
+
+
+def l1_kernel(storage: str, tq: int, qpt: int, rpt: int, dk: int, threads: int = 256):
+    defines = (("TQ", tq), ("QPT", qpt), ("RPT", rpt), ("DK", dk), ("NT", threads))
+    return _module("l1", storage, defines).get_function("l1_scores")
+
+
+def long_kernel(storage: str):
+    return _module("long", storage, ()).get_function("long_reduce")

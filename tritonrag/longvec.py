@@ -1,0 +1,105 @@
+"""Distances between two very long vectors (dot, squared L2, L1, cosine), CPU or GPU.
+
+On the GPU a reduction kernel (`cuda_kernels.long_reduce`) sums per thread in double,
+then per warp (shuffles) and per block; the host adds the per-block partials: a
+deterministic hierarchical reduction with no atomics. Host arrays larger than the GPU
+memory budget are streamed in chunks through two device buffers, copies overlapped
+with the reduction of the previous chunk. On the CPU the same sums run over slices
+(no full-length temporaries), accumulated in double.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LONG_METRICS = ("dot", "l2", "l1", "cosine")
+_CODES = {"dot": 0, "l2": 1, "l1": 2, "cosine": 3}
+CPU_SLICE = 1 << 22
+_STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+
+
+def _finish(metric: str, sums: np.ndarray) -> float:
+    if metric == "cosine":
+        return float(sums[0] / max(math.sqrt(sums[1]) * math.sqrt(sums[2]), 1e-300))
+    return float(sums[0])
+
+
+def _cpu_sums(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    sums = np.zeros(3)
+    for start in range(0, len(a), CPU_SLICE):
+        x = a[start:start + CPU_SLICE].astype(np.float64)
+        y = b[start:start + CPU_SLICE].astype(np.float64)
+        if metric == "dot":
+            sums[0] += x @ y
+        elif metric == "l2":
+            t = x - y
+            sums[0] += t @ t
+        elif metric == "l1":
+            sums[0] += np.abs(x - y).sum()
+        else:
+            sums += (x @ y, x @ x, y @ y)
+    return sums
+
+
+def long_distance(a, b, metric: str = "l2", device: str = "cpu", budget: int | None = None,
+                  chunk: int | None = None) -> float:
+    """The `metric` between 1-D vectors `a` and `b` (squared for l2; cosine similarity for cosine).
+
+    `a`, `b`: NumPy arrays, or CuPy arrays already on the GPU. With ``device="cuda:N"``
+    host arrays whose two copies exceed `budget` bytes (default: 80 % of free memory)
+    are streamed in chunks of `chunk` elements.
+    """
+    if metric not in LONG_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {LONG_METRICS}")
+    if a.shape != b.shape or len(a.shape) != 1:
+        raise ValueError(f"expected two 1-D vectors of one length, got {a.shape} and {b.shape}")
+    if not device.startswith("cuda"):
+        return _finish(metric, _cpu_sums(np.asarray(a), np.asarray(b), metric))
+    import cupy as cp
+
+    with cp.cuda.Device(int(device.partition(":")[2] or 0)):
+        return _finish(metric, _gpu_sums(cp, a, b, metric, budget, chunk))
+
+
+def _reduce(cp, a, b, metric: str, partial) -> None:
+    from .cuda_kernels import long_kernel
+
+    blocks = partial.shape[0]
+    long_kernel(_STORAGE[np.dtype(a.dtype)])((blocks,), (256,), (a, b, np.int64(a.size), np.int32(_CODES[metric]),
+                                                                 partial))
+
+
+def _gpu_sums(cp, a, b, metric, budget, chunk) -> np.ndarray:
+    if np.dtype(a.dtype) not in _STORAGE or a.dtype != b.dtype:
+        raise ValueError(f"long vectors must both be float32 or float16, got {a.dtype} and {b.dtype}")
+    blocks = 8 * cp.cuda.Device().attributes["MultiProcessorCount"]
+    on_device = isinstance(a, cp.ndarray) and isinstance(b, cp.ndarray)
+    nbytes = a.size * a.itemsize
+    budget = budget or int(cp.cuda.runtime.memGetInfo()[0] * 0.8)
+    if on_device or 2 * nbytes <= budget:
+        x, y = cp.asarray(a), cp.asarray(b)
+        partial = cp.empty((blocks, 3), cp.float64)
+        _reduce(cp, x, y, metric, partial)
+        return partial.sum(axis=0).get()
+    chunk = chunk or max(1 << 20, budget // (4 * a.itemsize))  # 2 vectors x 2 buffers
+    buffers = [(cp.empty(chunk, a.dtype), cp.empty(chunk, a.dtype)) for _ in range(2)]
+    count = math.ceil(a.size / chunk)
+    partial = cp.zeros((count, blocks, 3), cp.float64)
+    copy_stream, compute_stream = cp.cuda.Stream(), cp.cuda.Stream()
+    copied = [cp.cuda.Event(), cp.cuda.Event()]
+    released: list = [None, None]
+    for n, start in enumerate(range(0, a.size, chunk)):
+        which, stop = n % 2, min(a.size, start + chunk)
+        if released[which] is not None:
+            copy_stream.wait_event(released[which])
+        buffers[which][0][:stop - start].set(a[start:stop], stream=copy_stream)
+        buffers[which][1][:stop - start].set(b[start:stop], stream=copy_stream)
+        copied[which].record(copy_stream)
+        compute_stream.wait_event(copied[which])
+        with compute_stream:
+            _reduce(cp, buffers[which][0][:stop - start], buffers[which][1][:stop - start], metric, partial[n])
+            released[which] = compute_stream.record()
+    compute_stream.synchronize()
+    return partial.sum(axis=(0, 1)).get()
