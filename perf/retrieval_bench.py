@@ -146,6 +146,74 @@ def gpu_check(cp) -> list[dict]:
     return rows
 
 
+def event_ms(cp, fn, repeat: int = 10) -> float:
+    """Median GPU time in ms of fn() between two events (no host sync inside)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
+    """Where the time of one ip search goes: cuBLAS product, top-k kernel, the rest."""
+    import math
+
+    import torch
+
+    from tritonrag import cuda_kernels
+    from tritonrag.gpu_search import CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_32F, GpuSearch
+
+    rows = []
+    corpus = random_corpus(cp, n, dim)
+    search = GpuSearch(corpus, "ip", 0, "float16")
+    for batch in batches:
+        q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
+        qh = q.astype(cp.float16)
+        scores = cp.empty((batch, n), cp.float32)
+        row = dict(kind="profile", n=n, d=dim, batch=batch, k=k)
+        row["gemm_fp32_out_ms"] = event_ms(cp, lambda: search._gemm(corpus, qh, scores, n))
+        row["cupy_matmul_fp16_out_ms"] = event_ms(cp, lambda: qh @ corpus.T)
+        xt, qt = torch.from_dlpack(corpus), torch.from_dlpack(qh)
+        row["torch_mm_fp16_out_ms"] = event_ms(cp, lambda: qt @ xt.T)
+        try:
+            row["torch_mm_fp32_out_ms"] = event_ms(cp, lambda: torch.mm(qt, xt.T, out_dtype=torch.float32))
+        except Exception as exc:  # noqa: BLE001 — only newer torch has out_dtype
+            row["torch_mm_fp32_out_ms"] = f"{type(exc).__name__}: {exc}"[:120]
+        s16 = qt @ xt.T
+        row["torch_topk_fp16_ms"] = event_ms(cp, lambda: torch.topk(s16, k, dim=1))
+        sf = torch.from_dlpack(scores)
+        row["torch_topk_fp32_ms"] = event_ms(cp, lambda: torch.topk(sf, k, dim=1))
+        for factor in (1, 4, 16):
+            slots, threads = 16, 256
+            nseg = max(1, math.ceil(factor * search.sms / batch))
+            seg_len = math.ceil(n / nseg)
+            cands = cp.zeros((batch, nseg * k), cp.uint64)
+            kern = cuda_kernels.topk_kernel(slots, threads)
+            row[f"topk_kernel_x{factor}_ms"] = event_ms(cp, lambda: kern(
+                (nseg, batch), (threads,), (scores, scores, scores, np.float32(1), np.int32(0), np.int64(n),
+                                            np.int64(n), np.int64(seg_len), np.uint32(0), np.int32(k), cands,
+                                            np.int64(cands.shape[1]), np.int64(0))))
+        for score_mb in (8, 32, 128, 1024):
+            search.score_bytes = score_mb << 20
+            row[f"search_score{score_mb}MB_ms"] = gpu_time(lambda: search.search(q, k), 10)
+        search.score_bytes = 32 << 20
+        tiny = GpuSearch(corpus[:1000], "ip", 0, "float16")
+        row["search_1000_rows_ms"] = gpu_time(lambda: tiny.search(q, k), 20)
+        row["gemm_fp32_out_peak_fraction"] = corpus.nbytes / row["gemm_fp32_out_ms"] / 1e6 / peak
+        rows.append(row)
+        log(row)
+        del scores, s16, sf
+    del search, corpus
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
 # -- GPU sweeps -------------------------------------------------------------------------------
 _NORMS: dict = {}
 
@@ -395,6 +463,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--check", action="store_true", help="GPU: compare with the NumPy path first")
+    parser.add_argument("--profile", type=int, default=0, help="GPU: break one ip search of N rows down")
     parser.add_argument("--ooc-rows", type=int, default=0, help="GPU: out-of-core corpus rows (0: skip)")
     parser.add_argument("--ooc-budget-gb", type=float, default=4.0)
     parser.add_argument("--long", type=int, nargs="*", default=[], help="GPU: long-vector lengths")
@@ -404,6 +473,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = device_name()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y-%m-%d')}_{slug(device)}_retrieval{('_' + args.tag) if args.tag else ''}"
+
+    def save() -> None:  # after every section, so a run cut short still leaves its numbers
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+
     result = dict(command=" ".join(["python", "perf/retrieval_bench.py", *(argv or sys.argv[1:])]),
                   device=device, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rows=[])
     if args.device == "cuda":
@@ -414,21 +489,25 @@ def main(argv=None) -> int:
         log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
         if args.check:
             result["check"] = gpu_check(cp)
+            save()
+        if args.profile:
+            result["profile"] = gpu_profile(cp, args.profile, args.dim, args.batches, args.k, peak)
+            save()
         sizes = args.sizes if args.sizes is not None else [1_000_000]
         result["rows"] += gpu_sweep(cp, sizes, args.batches, args.metrics, args.dim, args.k, peak, args.repeat,
                                     not args.no_baselines)
+        save()
         if args.ooc_rows:
             result["rows"] += ooc_sweep(cp, args.ooc_rows, args.batches, args.metrics, args.dim, args.k,
                                         int(args.ooc_budget_gb * (1 << 30)), h2d, max(2, args.repeat // 3))
+            save()
         if args.long:
             result["rows"] += long_sweep(cp, args.long, peak, h2d, int(args.long_budget_gb * (1 << 30)),
                                          args.repeat)
     else:
         sizes = args.sizes if args.sizes is not None else [10_000, 50_000]
         result["rows"] += cpu_sweep(sizes, args.batches, args.metrics, args.dim, args.k, max(1, args.repeat // 3))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y-%m-%d')}_{slug(device)}_retrieval{('_' + args.tag) if args.tag else ''}"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    save()
     plot(result["rows"], args.out / f"{stem}.png", f"{device} {result['date'][:10]}")
     log(f"wrote {args.out / stem}.json/.png")
     return 0

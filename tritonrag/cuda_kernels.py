@@ -1,9 +1,10 @@
 """CUDA sources for the GPU search (CuPy RawModule), compiled once per variant and cached.
 
 * ``topk_partial``: one block per (query row, segment) keeps a per-thread top-k of
-  64-bit keys (see `tritonrag.topk`), then a bitonic sort in shared memory picks the
-  block's top-k; the same kernel merges those lists (keys in, one segment per row). No
-  score row is ever sorted whole.
+  64-bit keys (see `tritonrag.topk`), then k rounds of a block-wide max pick the block's
+  top-k; the same kernel merges those lists (keys in, one segment per row). No score row
+  is ever sorted (a first version bitonic-sorted all per-thread lists in shared memory:
+  see perf/README.md for what the rounds saved).
 * ``l1_scores``: -sum|q - x| for a tile of corpus rows x queries, register-tiled like a
   GEMM over shared-memory slices of d; corpus in fp16/bf16/fp32, fp32 accumulation,
   no [N, d] temporary.
@@ -29,14 +30,17 @@ __device__ __forceinline__ float load_as_float(const STORAGE_T* p, long long i) 
 """
 
 _TOPK = r"""
-// KB: per-thread slots (power of two >= k); NT threads; NT*KB keys fit shared memory.
+// KB: per-thread slots (power of two >= k). Each thread keeps its own sorted top-k of the
+// keys it scans; then k rounds of a block-wide max pick the block's top-k from the heads
+// of those lists (a thread whose head wins advances). No sort of the segment, one
+// __syncthreads per round.
 extern "C" __global__ void __launch_bounds__(NT) topk_partial(
         const float* __restrict__ scores, const u64* __restrict__ keys_in,
         const float* __restrict__ norms, float alpha, int mode,
         long long n, long long row_stride, long long seg_len, unsigned int index_base,
         int k, u64* __restrict__ out, long long out_row_stride, long long out_offset)
 {
-    __shared__ u64 sm[NT * KB];
+    __shared__ u64 warp_best[2][NT / 32];
     const int row = blockIdx.y;
     const long long seg = blockIdx.x;
     const long long start = seg * seg_len;
@@ -59,24 +63,27 @@ extern "C" __global__ void __launch_bounds__(NT) topk_partial(
             best[j] = key;
         }
     }
+    u64* dst = out + row * out_row_stride + out_offset + seg * k;
+    int head = 0;
+    u64 mine = best[0];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int r = 0; r < k; ++r) {
+        u64 m = mine;
+        for (int off = 16; off > 0; off >>= 1) {
+            u64 other = __shfl_xor_sync(0xffffffffu, m, off);
+            m = other > m ? other : m;
+        }
+        if (lane == 0) warp_best[r & 1][warp] = m;
+        __syncthreads();
+        u64 top = warp_best[r & 1][0];
 #pragma unroll
-    for (int j = 0; j < KB; ++j) sm[threadIdx.x * KB + j] = (j < k) ? best[j] : 0ull;
-    const int M = NT * KB;
-    for (int size = 2; size <= M; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            __syncthreads();
-            for (int t = threadIdx.x; t < M / 2; t += NT) {
-                int i = 2 * stride * (t / stride) + (t % stride);
-                int j = i + stride;
-                bool desc = (i & size) == 0;
-                u64 a = sm[i], b = sm[j];
-                if ((a < b) == desc) { sm[i] = b; sm[j] = a; }
-            }
+        for (int w = 1; w < NT / 32; ++w) { u64 v = warp_best[r & 1][w]; top = v > top ? v : top; }
+        if (mine == top) {  // keys are unique (index bits), so one thread wins; 0 = empty slots
+            if (top != 0ull || threadIdx.x == 0) dst[r] = top;
+            ++head;
+            mine = head < k ? best[head] : 0ull;
         }
     }
-    __syncthreads();
-    u64* dst = out + row * out_row_stride + out_offset + seg * k;
-    for (int t = threadIdx.x; t < k; t += NT) dst[t] = sm[t];
 }
 """
 
@@ -144,8 +151,24 @@ extern "C" __global__ void __launch_bounds__(256) long_reduce(
         double* __restrict__ partial)
 {
     double s0 = 0.0, s1 = 0.0, s2 = 0.0;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // UNROLL independent loads in flight per thread; float partials per step, double sums.
+    for (; i + (UNROLL - 1) * stride < n; i += UNROLL * stride) {
+        float x[UNROLL], y[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) { x[u] = load_as_float(a, i + u * stride); y[u] = load_as_float(b, i + u * stride); }
+        float p0 = 0.f, p1 = 0.f, p2 = 0.f;
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (metric == 0) p0 += x[u] * y[u];
+            else if (metric == 1) { float t = x[u] - y[u]; p0 += t * t; }
+            else if (metric == 2) p0 += fabsf(x[u] - y[u]);
+            else { p0 += x[u] * y[u]; p1 += x[u] * x[u]; p2 += y[u] * y[u]; }
+        }
+        s0 += p0; s1 += p1; s2 += p2;
+    }
+    for (; i < n; i += stride) {
         float x = load_as_float(a, i), y = load_as_float(b, i);
         if (metric == 0) s0 += (double)(x * y);
         else if (metric == 1) { float t = x - y; s0 += (double)(t * t); }
@@ -203,5 +226,5 @@ def l1_kernel(storage: str, tq: int, qpt: int, rpt: int, dk: int, threads: int =
     return _module("l1", storage, defines).get_function("l1_scores")
 
 
-def long_kernel(storage: str):
-    return _module("long", storage, ()).get_function("long_reduce")
+def long_kernel(storage: str, unroll: int = 8):
+    return _module("long", storage, (("UNROLL", unroll),)).get_function("long_reduce")

@@ -153,7 +153,7 @@ class GpuSearch:
             batch = q.shape[0]
             q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
             slots = max(2, _pow2(k))
-            threads = 256 if slots <= 16 else 4096 // slots
+            threads = 256 if slots <= 32 else 128
             score_rows = max(threads, min(self.count, self.score_bytes // (4 * batch)))
             nseg = max(1, min(math.ceil(4 * self.sms / batch), math.ceil(score_rows / threads)))
             seg_len = math.ceil(score_rows / nseg)
@@ -214,7 +214,7 @@ class GpuSearch:
         elif batch <= 8:
             tq, qpt, rpt, dk = 8, 4, 4, 16
         else:
-            tq, qpt, rpt, dk = 32, 4, 4, 32
+            tq, qpt, rpt, dk = 32, 4, 8, 32
         tile_rows = (256 // (tq // qpt)) * rpt
         kernel = cuda_kernels.l1_kernel(self.dtype, tq, qpt, rpt, dk)
         kernel((math.ceil(rows / tile_rows), math.ceil(batch / tq)), (256,),
