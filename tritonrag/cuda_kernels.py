@@ -48,6 +48,7 @@ extern "C" __global__ void __launch_bounds__(NT) topk_partial(
     u64 best[KB];
 #pragma unroll
     for (int j = 0; j < KB; ++j) best[j] = 0ull;
+    u64 floor_key = 0ull;  // best[k-1] kept in a register: the common case is one compare
     for (long long i = start + threadIdx.x; i < end; i += NT) {
         u64 key;
         if (mode == 2) {
@@ -57,10 +58,11 @@ extern "C" __global__ void __launch_bounds__(NT) topk_partial(
             if (mode == 1) s = alpha * s - norms[i];
             key = make_key(s, index_base + (unsigned int)i);
         }
-        if (key > best[k - 1]) {
+        if (key > floor_key) {
             int j = k - 1;
             while (j > 0 && best[j - 1] < key) { best[j] = best[j - 1]; --j; }
             best[j] = key;
+            floor_key = best[k - 1];
         }
     }
     u64* dst = out + row * out_row_stride + out_offset + seg * k;

@@ -24,7 +24,7 @@ CUBLAS_GEMM_DEFAULT = -1
 _CUDA_TYPES = {"float16": CUDA_R_16F, "bfloat16": CUDA_R_16BF, "float32": CUDA_R_32F}
 _NUMPY_TYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
 MAX_KERNEL_K = 128          # larger k: threshold + lexsort (`tritonrag.topk.top_k_rows`)
-DEFAULT_SCORE_BYTES = 32 << 20
+DEFAULT_SCORE_BYTES = 128 << 20  # H100, 1M x 1024, batch 32: 1.59 ms vs 2.06 ms with 32 MB slices
 CONVERT_ROWS = 1 << 16      # rows converted to the storage dtype per step while loading
 
 
@@ -75,7 +75,8 @@ class GpuSearch:
         cp.cuda.Device(device_id).use()
         self.metric, self.dtype = metric, dtype
         self.count, self.dimension = (int(s) for s in vectors.shape)
-        self.score_bytes = score_bytes
+        # a small budget also bounds the score slices (tests force streaming with ~100 MB)
+        self.score_bytes = score_bytes = min(score_bytes, max(1 << 20, (int(budget) // 8) if budget else score_bytes))
         self.sms = cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
         itemsize = np.dtype(_NUMPY_TYPES[dtype]).itemsize
         row_bytes = self.dimension * itemsize
@@ -135,6 +136,16 @@ class GpuSearch:
                 self.corpus[start:stop] = block
         cp.cuda.Device(self.device_id).synchronize()
 
+    def vectors_at(self, ids: np.ndarray) -> np.ndarray:
+        cp = self.cp
+        ids = np.asarray(ids, dtype=np.int64)
+        with cp.cuda.Device(self.device_id):
+            if self.streamed:
+                rows = cp.asarray(self.host[ids])
+            else:
+                rows = self.corpus[cp.asarray(ids)]
+            return from_storage(cp, rows, self.dtype).get()
+
     # -- searching -------------------------------------------------------------
     def _queries(self, queries):
         cp = self.cp
@@ -160,7 +171,7 @@ class GpuSearch:
             chunk = self.chunk_rows if self.streamed else self.count
             slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
                       for c in range(0, self.count, chunk) for s in range(0, min(chunk, self.count - c), score_rows)]
-            cands = cp.zeros((batch, len(slices) * nseg * k), cp.uint64)
+            cands = cp.empty((batch, len(slices) * nseg * k), cp.uint64)  # every slot is written
             plan = dict(q=q, q_store=q_store, k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len,
                         cands=cands, score_rows=score_rows)
             if self.streamed:
@@ -168,7 +179,7 @@ class GpuSearch:
             else:
                 for n, (start, rows) in enumerate(slices):
                     self._score_slice(self.corpus[start:start + rows], start, rows, n, plan)
-            best = cp.zeros((batch, k), cp.uint64)
+            best = cp.empty((batch, k), cp.uint64)
             cuda_kernels.topk_kernel(slots, threads)(
                 (1, batch), (threads,),
                 (cands, cands, cands, np.float32(1), np.int32(2), np.int64(cands.shape[1]),

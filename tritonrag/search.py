@@ -111,6 +111,12 @@ class ExactSearch:
         indices, ranked = top_k_rows(self.rank_values(q), k)
         return indices, self.to_scores(q, ranked)
 
+    def vectors_at(self, ids: np.ndarray) -> np.ndarray:
+        """Stored corpus rows (normalised for cosine; storage precision on a GPU) as float32 [len(ids), d]."""
+        if self.gpu is not None:
+            return self.gpu.vectors_at(ids)
+        return np.asarray(self.corpus[np.asarray(ids)], dtype=np.float32)
+
     def rank_values(self, q: np.ndarray) -> np.ndarray:
         """[B, N] "larger is better" values on the host (also used by hybrid fusion)."""
         if self.metric == "cosine":
