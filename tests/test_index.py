@@ -125,3 +125,44 @@ def test_atomic_directory_without_replace_keeps_the_first_result(tmp_path):
         (staging / "who").write_text("second")
     assert (tmp_path / "d" / "who").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_a_verified_index_loads_without_hashing_until_a_file_changes(tmp_path, monkeypatch):
+    from tritonrag import index as index_module
+
+    path = tmp_path / "idx"
+    build_index(path, PASSAGES, hash_embed, embedder="enc-A", progress=False)
+    hashed = []
+    real = index_module._sha256
+    monkeypatch.setattr(index_module, "_sha256", lambda file: hashed.append(file.name) or real(file))
+    load_index(path)                      # first load: full check, writes verified.json
+    assert sorted(hashed) == sorted(json.loads((path / "manifest.json").read_text())["checksums"])
+    hashed.clear()
+    load_index(path)                      # hot path: stat only
+    assert hashed == []
+    load_index(path, verify="full")       # asked for: hashes again
+    assert len(hashed) == 4
+    hashed.clear()
+    data = bytearray((path / "embeddings.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "embeddings.npy").write_bytes(bytes(data))  # same size, rewritten: stat changes
+    with pytest.raises(IndexCorruptError, match="embeddings.npy does not match"):
+        load_index(path)
+    assert "embeddings.npy" in hashed
+
+
+def test_bm25_statistics_are_persisted_and_grow_with_add(tmp_path):
+    from tritonrag.index import add_to_index, load_lexical
+    from tritonrag.lexical import BM25Index, TokenizerConfig
+
+    path = tmp_path / "idx"
+    build_index(path, PASSAGES[:6], hash_embed, embedder="enc-A", progress=False)
+    add_to_index(path, PASSAGES[6:], hash_embed, embedder="enc-A", progress=False)
+    index = load_index(path, embedder="enc-A")
+    stored = load_lexical(path, index.passages, TokenizerConfig())
+    whole = BM25Index.build(p.embedding_text() for p in PASSAGES)
+    assert stored.count == 10
+    np.testing.assert_allclose(stored.scores("text number 7 T7"), whole.scores("text number 7 T7"), rtol=1e-6)
+    # another tokenizer than the stored one: built in memory from the passages
+    plain = load_lexical(path, index.passages, TokenizerConfig(stem=False, stop_words=False))
+    assert plain.tokenizer_config == TokenizerConfig(stem=False, stop_words=False) and plain.count == 10

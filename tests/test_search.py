@@ -7,6 +7,8 @@ from tritonrag.search import ExactSearch
 def brute_force(queries, corpus, metric, k):
     if metric == "ip":
         scores = queries @ corpus.T
+    elif metric == "l1":
+        scores = -np.abs(queries[:, None, :] - corpus[None, :, :]).sum(-1)
     elif metric == "cosine":
         scores = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ \
             (corpus / np.linalg.norm(corpus, axis=1, keepdims=True)).T
@@ -16,8 +18,8 @@ def brute_force(queries, corpus, metric, k):
     return order, np.take_along_axis(scores, order, axis=1)
 
 
-@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
-@pytest.mark.parametrize("k", [1, 5, 50])
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
+@pytest.mark.parametrize("k", [1, 5, 50, 300])
 def test_matches_brute_force(metric, k):
     rng = np.random.default_rng(0)
     corpus = rng.normal(size=(300, 16)).astype(np.float32)
@@ -25,7 +27,7 @@ def test_matches_brute_force(metric, k):
     indices, scores = ExactSearch(corpus, metric).search(queries, k)
     ref_indices, ref_scores = brute_force(queries, corpus, metric, k)
     np.testing.assert_array_equal(indices, ref_indices)
-    expected = -ref_scores if metric == "l2" else ref_scores  # l2 reports distances
+    expected = -ref_scores if metric in ("l2", "l1") else ref_scores  # distances for l2 and l1
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -55,3 +57,46 @@ def test_a_gpu_instance_without_cupy_still_searches_on_the_cpu(monkeypatch):
     search = ExactSearch(np.eye(3, dtype=np.float32), "ip", device="cuda:0")
     assert search.device == "cpu" and search.xp is np
     assert search.search(np.array([[0, 1, 0]], dtype=np.float32), 1)[0].tolist() == [[1]]
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
+def test_ties_at_the_k_boundary_keep_the_lowest_indices(metric):
+    """1200 copies of 3 vectors: for k up to 1024 the tied block is cut at the lowest indices."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(3, 8)).astype(np.float32)
+    corpus = np.tile(base, (400, 1))  # row i is base[i % 3]
+    query = base[1:2] + np.float32(0.01)
+    for k in (1, 7, 400, 401, 1024):
+        indices, scores = ExactSearch(corpus, metric).search(query, k)
+        ref, _ = brute_force(query, corpus, metric, k)
+        assert indices.tolist() == ref.tolist()
+        best = int(indices[0, 0]) % 3
+        assert indices[0, :min(k, 400)].tolist() == list(range(best, 1200, 3))[:min(k, 400)]
+
+
+def test_keys_order_like_score_then_lower_index():
+    from tritonrag.topk import decode_keys, encode_keys
+
+    scores = np.array([-2.5, -0.0, 0.0, 1e-30, 3.0, 3.0, np.float32(-1e30), 7.25], np.float32)
+    index = np.array([5, 1, 0, 9, 4, 2, 3, 8])
+    keys = encode_keys(scores, index)
+    order = sorted(range(len(keys)), key=lambda i: int(keys[i]), reverse=True)
+    expected = sorted(range(len(keys)), key=lambda i: (-float(scores[i]), index[i]))
+    # -0.0 and 0.0 compare equal as floats but the keys put +0.0 first; both orders are deterministic
+    assert [index[i] for i in order if scores[i] != 0] == [index[i] for i in expected if scores[i] != 0]
+    got_index, got_scores, valid = decode_keys(keys)
+    assert got_index.tolist() == index.tolist() and valid.all()
+    np.testing.assert_array_equal(got_scores, scores)
+    assert not decode_keys(np.zeros(1, np.uint64))[2][0]
+
+
+def test_gpu_arrays_are_accepted_on_the_cpu_path():
+    torch = pytest.importorskip("torch")
+    corpus = np.eye(4, dtype=np.float32)
+    indices, _ = ExactSearch(corpus, "ip").search(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), 1)
+    assert indices.tolist() == [[2]]
+
+
+def test_unknown_storage_dtype_is_refused():
+    with pytest.raises(ValueError, match="storage dtype"):
+        ExactSearch(np.zeros((2, 2), np.float32), "ip", dtype="int8")

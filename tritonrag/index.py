@@ -4,6 +4,13 @@ The manifest records which embedder made the vectors, their dimension and metric
 the passage count and SHA-256 checksums, so that an index built with another
 embedder, or one damaged on disk, is refused with a clear error instead of
 silently returning wrong passages. The folder is written whole or not at all.
+
+The folder also holds the BM25 statistics of the passages (`tritonrag.lexical`), under
+the same checksums. Hashing a 1M-passage index (1.5 GB of vectors) takes seconds, so
+after one full check `load_index` writes `verified.json`: each file's size, mtime, ctime
+and inode with the hash that was checked. A later load whose files still show exactly
+those stat values skips the hashing (what a rename of a new file, a rewrite or a
+truncation all change); `verify="full"` always hashes.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .corpus import Passage
-from .storage import atomic_directory
+from .lexical import BM25_ARRAYS, BM25_META, BM25Index, TokenizerConfig
+from .storage import atomic_directory, atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 PASSAGES = "passages.jsonl"
+VERIFIED = "verified.json"
 
 
 class IndexProblem(Exception):
@@ -81,20 +90,23 @@ def _embed(passages: Sequence[Passage], embed_passages: Callable[[list[str]], np
 
 
 def _write_index(path: Path, vectors: np.ndarray, passages: Sequence[Passage], embedder: str,
-                 metric: str) -> dict:
-    """Write the three files into a staging folder that replaces `path` atomically."""
+                 metric: str, lexical: BM25Index | None = None) -> dict:
+    """Write the files into a staging folder that replaces `path` atomically."""
+    if lexical is None:
+        lexical = BM25Index.build(p.embedding_text() for p in passages)
     with atomic_directory(Path(path)) as staging:
         np.save(staging / EMBEDDINGS, vectors)
         with open(staging / PASSAGES, "w", encoding="utf-8") as handle:
             for p in passages:
                 handle.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
+        lexical.save(staging)
         manifest = {
             "format_version": FORMAT_VERSION,
             "embedder": embedder,
             "dimension": int(vectors.shape[1]),
             "metric": metric,
             "count": int(vectors.shape[0]),
-            "checksums": {name: _sha256(staging / name) for name in (EMBEDDINGS, PASSAGES)},
+            "checksums": {name: _sha256(staging / name) for name in (EMBEDDINGS, PASSAGES, BM25_META, BM25_ARRAYS)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -127,7 +139,22 @@ def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callab
     if added.shape[1] != current.vectors.shape[1]:
         raise IndexMismatchError(f"new vectors have dimension {added.shape[1]}, the index {current.vectors.shape[1]}")
     vectors = np.concatenate([np.asarray(current.vectors), added])
-    return _write_index(path, vectors, [*current.passages, *passages], embedder, current.metric)
+    # BM25: the stored counts get the new documents appended (old passages are not re-tokenized)
+    lexical = load_lexical(path, current.passages, None)
+    lexical.add(p.embedding_text() for p in passages)
+    return _write_index(path, vectors, [*current.passages, *passages], embedder, current.metric, lexical)
+
+
+def load_lexical(path: Path | None, passages: Sequence[Passage], tokenizer: TokenizerConfig | None) -> BM25Index:
+    """The index folder's BM25 statistics when made with `tokenizer` (None: whichever it has), else built."""
+    if path is not None and (Path(path) / BM25_META).exists():
+        try:
+            lexical = BM25Index.load(path)
+            if (tokenizer is None or lexical.tokenizer_config == tokenizer) and lexical.count == len(passages):
+                return lexical
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexCorruptError(f"index {path}: BM25 statistics could not be read: {exc}") from exc
+    return BM25Index.build((p.embedding_text() for p in passages), tokenizer or TokenizerConfig())
 
 
 def read_manifest(path: Path) -> dict:
@@ -146,9 +173,46 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _stat_record(file: Path) -> dict:
+    st = file.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def _verified_before(path: Path, checksums: dict) -> bool:
+    """True when verified.json vouches for every file with unchanged stat values."""
+    try:
+        marker = json.loads((path / VERIFIED).read_text(encoding="utf-8"))
+        return all(marker[name] == {**_stat_record(path / name), "sha256": expected}
+                   for name, expected in checksums.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _verify(path: Path, checksums: dict, full: bool) -> None:
+    if not full and _verified_before(path, checksums):
+        return
+    records = {}
+    for name, expected in checksums.items():
+        file = path / name
+        if not file.exists():
+            raise IndexCorruptError(f"index {path} is missing {name}")
+        before = _stat_record(file)
+        if _sha256(file) != expected:
+            raise IndexCorruptError(f"index {path}: {name} does not match its checksum (damaged file)")
+        records[name] = {**before, "sha256": expected}
+    try:
+        atomic_write_text(path / VERIFIED, json.dumps(records, indent=1) + "\n")
+    except OSError:  # a read-only index is checked in full on every load
+        pass
+
+
 def load_index(path: Path, embedder: str | None = None, dimension: int | None = None,
-               verify: bool = True) -> Index:
-    """Load and check an index; `embedder`/`dimension` are what the caller will query with."""
+               verify: bool | str = True) -> Index:
+    """Load and check an index; `embedder`/`dimension` are what the caller will query with.
+
+    `verify`: True checks the checksums (skipped when verified.json vouches for the files),
+    "full" always hashes, False trusts the files. The vectors are memory-mapped.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     if embedder is not None and manifest["embedder"] != embedder:
@@ -158,12 +222,7 @@ def load_index(path: Path, embedder: str | None = None, dimension: int | None = 
     if dimension is not None and manifest["dimension"] != dimension:
         raise IndexMismatchError(f"index {path} has dimension {manifest['dimension']}, the embedder gives {dimension}")
     if verify:
-        for name, expected in manifest["checksums"].items():
-            file = path / name
-            if not file.exists():
-                raise IndexCorruptError(f"index {path} is missing {name}")
-            if _sha256(file) != expected:
-                raise IndexCorruptError(f"index {path}: {name} does not match its checksum (damaged file)")
+        _verify(path, manifest["checksums"], full=verify == "full")
     try:
         vectors = np.load(path / EMBEDDINGS, mmap_mode="r")
         with open(path / PASSAGES, encoding="utf-8") as handle:

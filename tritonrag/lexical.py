@@ -2,8 +2,10 @@
 
 Lexical analysis decides much of BM25's quality on natural questions: plain lower-case
 word tokens miss "founded"/"founding" and let "the"/"what" add noise, so the tokenizer
-can stem (Snowball English, the pure-Python `snowballstemmer` package) and drop stop
-words. The index stores raw counts only (postings with term frequencies, document
+can stem (Snowball English, the pure-Python `snowballstemmer` package), drop stop
+words, and add word pairs (bigrams of the remaining tokens), which reward a passage
+for a question's phrases ("Duchy of Normandy" -> "duchi_normandi"): on the SQuAD
+questions they lifted the hybrid's R@1 from .836 to .86 (perf/README.md). The index stores raw counts only (postings with term frequencies, document
 lengths); k1 and b are applied at query time, so they are configuration, and appending
 documents only appends postings (no re-tokenizing of the old ones).
 """
@@ -40,13 +42,15 @@ would you your yours yourself yourselves s t don
 class TokenizerConfig:
     stem: bool = True
     stop_words: bool = True
+    bigrams: bool = True
 
     def tag(self) -> str:
-        return f"words{'+stem' if self.stem else ''}{'+stop' if self.stop_words else ''}"
+        return (f"words{'+stem' if self.stem else ''}{'+stop' if self.stop_words else ''}"
+                f"{'+bigrams' if self.bigrams else ''}")
 
 
 class Tokenizer:
-    """Lower-case word tokens, optionally without stop words and Snowball-stemmed."""
+    """Lower-case word tokens, optionally without stop words, Snowball-stemmed, plus bigrams."""
 
     def __init__(self, config: TokenizerConfig = TokenizerConfig()):
         self.config = config
@@ -61,15 +65,17 @@ class Tokenizer:
         words = _WORD.findall(text.lower())
         if self.config.stop_words:
             words = [w for w in words if w not in STOP_WORDS]
-        if self._stem is None:
-            return words
-        out = []
-        for w in words:  # stemming is the slow part: cache per distinct word
-            stem = self._cache.get(w)
-            if stem is None:
-                stem = self._cache[w] = self._stem.stemWord(w)
-            out.append(stem)
-        return out
+        if self._stem is not None:
+            out = []
+            for w in words:  # stemming is the slow part: cache per distinct word
+                stem = self._cache.get(w)
+                if stem is None:
+                    stem = self._cache[w] = self._stem.stemWord(w)
+                out.append(stem)
+            words = out
+        if self.config.bigrams:
+            words = words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
+        return words
 
 
 class BM25Index:

@@ -1,4 +1,4 @@
-"""Triton glue for exact retrieval: EMBEDDING (+ top_k) -> sources, scores, passages."""
+"""Triton glue for retrieval: EMBEDDING (+ question, top_k, fusion) -> sources, scores, passages."""
 
 import os
 import sys
@@ -11,12 +11,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.index import load_index
-from tritonrag.limits import RequestError, check_embeddings, check_range
+from tritonrag.limits import RequestError, check_embeddings, check_range, decode_question
 from tritonrag.model_sources import DEFAULT_EMBEDDER, model_name
 from tritonrag.params import model_param
-from tritonrag.search import ExactSearch
-from tritonrag.triton_glue import (bytes_tensor, instance_device, optional_rows, parse_config, read_limits,
-                                   required_array, serve_batch)
+from tritonrag.retrieval import Retriever, RetrieverSettings, Row
+from tritonrag.triton_glue import (bytes_tensor, input_array, instance_device, optional_rows, parse_config,
+                                   read_limits, required_array, serve_batch)
 
 
 class TritonPythonModel:
@@ -29,10 +29,20 @@ class TritonPythonModel:
                 "retriever: parameter index_path is not set (`tritonrag serve` sets it)")
         embedder = model_name(model_param(config, "embedder_model", DEFAULT_EMBEDDER))
         self.index = load_index(index_path, embedder=embedder)
-        self.search = ExactSearch(np.asarray(self.index.vectors), self.index.metric, instance_device(args))
+        self.retriever = Retriever(self.index, RetrieverSettings.from_config(config), instance_device(args),
+                                   index_path)
 
     def execute(self, requests):
-        return serve_batch(requests, self._parse, self._run, self._respond)
+        return serve_batch(requests, self._parse, self.retriever.search, self._respond)
+
+    def _texts(self, request, name, rows):
+        array = input_array(request, name)
+        if array is None:
+            return [None] * rows
+        flat = array.reshape(-1)
+        if len(flat) != rows:
+            raise RequestError(f"{name} must have one value per row, got shape {list(array.shape)}")
+        return [decode_question(v, self.limits.max_question_bytes) for v in flat]
 
     def _parse(self, request):
         vectors = check_embeddings(required_array(request, "EMBEDDING"), self.index.manifest["dimension"],
@@ -41,11 +51,9 @@ class TritonPythonModel:
               for k in optional_rows(request, "top_k", len(vectors))]
         if len(set(ks)) > 1:
             raise RequestError("top_k must be the same for every row of one request")
-        return list(zip(vectors, ks))
-
-    def _run(self, rows):
-        indices, scores = self.search.search(np.stack([v for v, _ in rows]), max(k for _, k in rows))
-        return [(i[:k], s[:k]) for (i, s), (_, k) in zip(zip(indices, scores), rows)]
+        texts = self._texts(request, "question", len(vectors))
+        fusions = [None if f is None else f.strip().lower() for f in self._texts(request, "fusion", len(vectors))]
+        return [Row(v, k, t, self.retriever.row_fusion(t, f)) for v, k, t, f in zip(vectors, ks, texts, fusions)]
 
     def _respond(self, results):
         passages = [[self.index.passages[i] for i in idx] for idx, _ in results]

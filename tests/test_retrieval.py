@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from tritonrag.corpus import Passage
+from tritonrag.index import build_index, load_index
+from tritonrag.limits import RequestError
+from tritonrag.retrieval import Retriever, RetrieverSettings, Row
+
+from test_index import hash_embed  # noqa: E402  (tests/ is on sys.path)
+
+PASSAGES = [Passage(f"p{i}", "", f"passage {i} about {w}") for i, w in
+            enumerate(["cats", "dogs", "the Normans", "rivers", "Python generators", "mountains"])]
+
+
+@pytest.fixture
+def retriever(tmp_path):
+    build_index(tmp_path / "idx", PASSAGES, hash_embed, embedder="toy", progress=False)
+    index = load_index(tmp_path / "idx")
+    config = {"parameters": {"fusion": {"string_value": "zscore"}, "fusion_weight": {"string_value": "0.9"},
+                             "bm25_k1": {"string_value": "1.5"}, "storage_dtype": {"string_value": ""}}}
+    settings = RetrieverSettings.from_config(config)
+    assert settings.hybrid.weight == 0.9 and settings.hybrid.k1 == 1.5 and settings.storage_dtype == "float16"
+    return Retriever(index, settings, "cpu", tmp_path / "idx")
+
+
+def test_rows_without_text_are_dense_and_explicit_fusions_need_text(retriever):
+    assert retriever.row_fusion(None, None) == "dense"
+    assert retriever.row_fusion("who were the Normans", None) == "zscore"
+    assert retriever.row_fusion("who", "rrf") == "rrf"
+    with pytest.raises(RequestError, match="needs the question text"):
+        retriever.row_fusion(None, "bm25")
+    with pytest.raises(RequestError, match="fusion must be one of"):
+        retriever.row_fusion("who", "max")
+
+
+def test_a_mixed_batch_gets_each_row_its_own_fusion_and_k(retriever):
+    vectors = hash_embed([p.embedding_text() for p in PASSAGES])
+    rows = [Row(vectors[0], 2, None, "dense"),
+            Row(vectors[0], 3, "Normans", "bm25"),
+            Row(vectors[1], 1, "Python generators", "zscore")]
+    results = retriever.search(rows)
+    assert [len(i) for i, _ in results] == [2, 3, 1]
+    assert results[0][0][0] == 0                     # its own vector, dense
+    assert results[1][0][0] == 2                     # the lexical match
+    assert results[2][0].tolist() == [4]             # weight 0.9 on BM25 wins over the dense match
+
+
+def test_bad_storage_dtype_is_refused():
+    with pytest.raises(ValueError, match="storage_dtype"):
+        RetrieverSettings.from_config({"parameters": {"storage_dtype": {"string_value": "int4"}}})
