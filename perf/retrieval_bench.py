@@ -139,6 +139,24 @@ def gpu_check(cp) -> list[dict]:
                              streamed_overlap=float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a[0], b[0])])),
                              streamed_max_score_diff=float(np.max(np.abs(a[1] - b[1])))))
             log(rows[-2], rows[-1])
+    # hybrid fusion over a GPU dense search (vectors_at gathers from the GPU copy) vs the CPU
+    from tritonrag.hybrid import HybridConfig, HybridSearch
+    from tritonrag.lexical import BM25Index
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    texts = [" ".join(rng.choice(words, size=5)) + f" doc{i}" for i in range(3000)]
+    lexical = BM25Index.build(texts)
+    vecs = rng.standard_normal((3000, 64)).astype(np.float32)
+    q = vecs[:5] + 0.1
+    asked = [f"doc{i} alpha" for i in range(5)]
+    for metric in METRICS:
+        for fusion, cands in (("zscore", 10_000), ("zscore", 100), ("rrf", 100)):
+            config = HybridConfig(fusion=fusion, candidates=cands)
+            got = HybridSearch(ExactSearch(vecs, metric, "cuda:0", dtype="float32"), lexical).search(q, asked, 10, config)
+            want = HybridSearch(ExactSearch(vecs, metric), lexical).search(q, asked, 10, config)
+            rows.append(dict(metric=metric, hybrid=fusion, candidates=cands, hybrid_gpu_equals_cpu=bool(
+                (got[0] == want[0]).all()), max_score_diff=float(np.max(np.abs(got[1] - want[1])))))
+            log(rows[-1])
     # ties: duplicated rows must come back lowest index first
     dup = np.repeat(rng.standard_normal((50, 64)).astype(np.float32), 4, axis=0)
     for metric in METRICS:

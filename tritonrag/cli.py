@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="build an index folder from corpora")
     _add_model_options(index)
     index.add_argument("--out", type=Path, required=True)
-    index.add_argument("--metric", default="ip", choices=["ip", "cosine", "l2"])
+    index.add_argument("--metric", default="ip", choices=["ip", "cosine", "l2", "l1"])
     index.add_argument("--add", action="store_true",
                        help="append the corpora's passages to the existing index at --out (only they are embedded)")
     index.set_defaults(func=cmd_index)
