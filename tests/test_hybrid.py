@@ -28,7 +28,7 @@ def test_zscore_mix_over_all_passages_matches_the_formula():
     config = HybridConfig(fusion="zscore", weight=0.3)
     got, scores = hybrid.search(q, questions, 5, config)
     for row in range(3):
-        fused = 0.3 * zscore(lexical.scores(questions[row]).astype(np.float64)) + \
+        fused = 0.3 * zscore(lexical.scores(questions[row], config.k1, config.b).astype(np.float64)) + \
             0.7 * zscore((vectors @ q[row]).astype(np.float64))
         expected = np.lexsort((np.arange(len(fused)), -fused))[:5]
         assert got[row].tolist() == expected.tolist()

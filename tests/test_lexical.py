@@ -55,3 +55,14 @@ def test_add_equals_building_everything_and_save_load_round_trips(tmp_path):
         np.testing.assert_allclose(grown.scores(q), whole.scores(q), rtol=1e-6)
         np.testing.assert_allclose(loaded.scores(q), whole.scores(q), rtol=1e-6)
     assert loaded.tokenizer_config == TokenizerConfig() and loaded.count == len(DOCS)
+
+
+def test_without_snowballstemmer_bm25_falls_back_to_unstemmed_words(monkeypatch, tmp_path):
+    from tritonrag.corpus import Passage
+    from tritonrag.index import load_lexical
+    from tritonrag.lexical import usable
+
+    monkeypatch.setitem(__import__("sys").modules, "snowballstemmer", None)  # import -> ImportError
+    assert usable(TokenizerConfig()) == TokenizerConfig(stem=False)
+    lexical = load_lexical(None, [Passage("a", "", "running dogs")], TokenizerConfig())
+    assert lexical.tokenizer_config.stem is False and lexical.scores("running")[0] > 0

@@ -48,3 +48,14 @@ def test_a_mixed_batch_gets_each_row_its_own_fusion_and_k(retriever):
 def test_bad_storage_dtype_is_refused():
     with pytest.raises(ValueError, match="storage_dtype"):
         RetrieverSettings.from_config({"parameters": {"storage_dtype": {"string_value": "int4"}}})
+
+
+def test_config_pbtxt_defaults_are_the_settings_defaults():
+    """The integration test and the docs rely on config.pbtxt and RetrieverSettings() agreeing."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "model_repository" / "retriever" / "config.pbtxt").read_text()
+    params = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
+    parsed = RetrieverSettings.from_config({"parameters": {k: {"string_value": v} for k, v in params.items()}})
+    assert parsed == RetrieverSettings()

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .corpus import Passage
-from .lexical import BM25_ARRAYS, BM25_META, BM25Index, TokenizerConfig
+from .lexical import BM25_ARRAYS, BM25_META, BM25Index, TokenizerConfig, usable
 from .storage import atomic_directory, atomic_write_text
 
 FORMAT_VERSION = 1
@@ -93,7 +93,7 @@ def _write_index(path: Path, vectors: np.ndarray, passages: Sequence[Passage], e
                  metric: str, lexical: BM25Index | None = None) -> dict:
     """Write the files into a staging folder that replaces `path` atomically."""
     if lexical is None:
-        lexical = BM25Index.build(p.embedding_text() for p in passages)
+        lexical = BM25Index.build((p.embedding_text() for p in passages), usable(TokenizerConfig()))
     with atomic_directory(Path(path)) as staging:
         np.save(staging / EMBEDDINGS, vectors)
         with open(staging / PASSAGES, "w", encoding="utf-8") as handle:
@@ -148,13 +148,14 @@ def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callab
 def load_lexical(path: Path | None, passages: Sequence[Passage], tokenizer: TokenizerConfig | None) -> BM25Index:
     """The index folder's BM25 statistics when made with `tokenizer` (None: whichever it has), else built."""
     if path is not None and (Path(path) / BM25_META).exists():
+        tokenizer = usable(tokenizer) if tokenizer is not None else None
         try:
             lexical = BM25Index.load(path)
             if (tokenizer is None or lexical.tokenizer_config == tokenizer) and lexical.count == len(passages):
                 return lexical
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorruptError(f"index {path}: BM25 statistics could not be read: {exc}") from exc
-    return BM25Index.build((p.embedding_text() for p in passages), tokenizer or TokenizerConfig())
+    return BM25Index.build((p.embedding_text() for p in passages), usable(tokenizer or TokenizerConfig()))
 
 
 def read_manifest(path: Path) -> dict:

@@ -13,14 +13,17 @@ documents only appends postings (no re-tokenizing of the old ones).
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from .storage import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 BM25_META = "bm25.json"
 BM25_ARRAYS = "bm25.npz"
@@ -47,6 +50,22 @@ class TokenizerConfig:
     def tag(self) -> str:
         return (f"words{'+stem' if self.stem else ''}{'+stop' if self.stop_words else ''}"
                 f"{'+bigrams' if self.bigrams else ''}")
+
+
+def usable(config: TokenizerConfig) -> TokenizerConfig:
+    """`config`, without stemming when `snowballstemmer` is not installed (a warning says so).
+
+    A host without the package (e.g. a GPU box with a fixed environment) still serves hybrid
+    retrieval, with somewhat lower recall, instead of failing to load the retriever.
+    """
+    if not config.stem:
+        return config
+    try:
+        import snowballstemmer  # noqa: F401
+    except ImportError:
+        log.warning("snowballstemmer is not installed: BM25 runs without stemming (pip install snowballstemmer)")
+        return replace(config, stem=False)
+    return config
 
 
 class Tokenizer:
