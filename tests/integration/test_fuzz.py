@@ -222,7 +222,7 @@ def test_fuzz_missing_and_unknown_inputs(client, model, present, extra):
         "EMBEDDING": lambda n: raw_input(n, "FP32", [1, DIM], np.full((1, DIM), 0.05, np.float32).tobytes()),
     }
     declared = {"rag_retrieve": {"question", "top_k"}, "rag_ensemble": {"question", "top_k", "max_tokens"},
-                "embedder": {"question"}, "retriever": {"EMBEDDING", "top_k"}}[model]
+                "embedder": {"question"}, "retriever": {"EMBEDDING", "top_k", "question"}}[model]
     required = {"rag_retrieve": {"question"}, "rag_ensemble": {"question"}, "embedder": {"question"},
                 "retriever": {"EMBEDDING"}}[model]
     extra = [n for n in extra if n not in declared]
