@@ -89,13 +89,29 @@ def _embed(passages: Sequence[Passage], embed_passages: Callable[[list[str]], np
     return vectors
 
 
-def _write_index(path: Path, vectors: np.ndarray, passages: Sequence[Passage], embedder: str,
+def _save_vectors(file: Path, parts: Sequence[np.ndarray], rows_per_copy: int = 1 << 16) -> tuple[int, int]:
+    """Write the row-wise concatenation of `parts` as one .npy, a slice at a time (no joined copy in RAM)."""
+    count, dim = sum(len(p) for p in parts), int(parts[0].shape[1])
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=(count, dim))
+    row = 0
+    for part in parts:
+        for start in range(0, len(part), rows_per_copy):
+            block = np.asarray(part[start:start + rows_per_copy], dtype=np.float32)
+            out[row:row + len(block)] = block
+            row += len(block)
+    out.flush()
+    del out
+    return count, dim
+
+
+def _write_index(path: Path, vectors: np.ndarray | Sequence[np.ndarray], passages: Sequence[Passage], embedder: str,
                  metric: str, lexical: BM25Index | None = None) -> dict:
     """Write the files into a staging folder that replaces `path` atomically."""
     if lexical is None:
         lexical = BM25Index.build((p.embedding_text() for p in passages), usable(TokenizerConfig()))
+    parts = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
     with atomic_directory(Path(path)) as staging:
-        np.save(staging / EMBEDDINGS, vectors)
+        count, dimension = _save_vectors(staging / EMBEDDINGS, parts)
         with open(staging / PASSAGES, "w", encoding="utf-8") as handle:
             for p in passages:
                 handle.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
@@ -103,9 +119,9 @@ def _write_index(path: Path, vectors: np.ndarray, passages: Sequence[Passage], e
         manifest = {
             "format_version": FORMAT_VERSION,
             "embedder": embedder,
-            "dimension": int(vectors.shape[1]),
+            "dimension": dimension,
             "metric": metric,
-            "count": int(vectors.shape[0]),
+            "count": count,
             "checksums": {name: _sha256(staging / name) for name in (EMBEDDINGS, PASSAGES, BM25_META, BM25_ARRAYS)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -138,7 +154,7 @@ def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callab
     added = _embed(passages, embed_passages, batch_size, progress)
     if added.shape[1] != current.vectors.shape[1]:
         raise IndexMismatchError(f"new vectors have dimension {added.shape[1]}, the index {current.vectors.shape[1]}")
-    vectors = np.concatenate([np.asarray(current.vectors), added])
+    vectors = [current.vectors, added]  # the old rows are copied from the memory map, a slice at a time
     # BM25: the stored counts get the new documents appended (old passages are not re-tokenized)
     lexical = load_lexical(path, current.passages, None)
     lexical.add(p.embedding_text() for p in passages)
