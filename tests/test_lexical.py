@@ -13,7 +13,9 @@ def test_tokenizer_stems_and_drops_stop_words():
     plain = TokenizerConfig(stem=False, stop_words=False, bigrams=False)
     assert Tokenizer(plain)("The Dogs, running!") == ["the", "dogs", "running"]
     assert Tokenizer(TokenizerConfig(bigrams=False))("The Dogs, running!") == ["dog", "run"]
-    assert Tokenizer()("The Dogs, running!") == ["dog", "run", "dog_run"]
+    assert Tokenizer()("The Dogs running!") == ["dog", "run", "dog_run"]
+    # pairs skip stop words but never cross punctuation
+    assert Tokenizer()("Duchy of Normandy, founded") == ["duchi", "normandi", "found", "duchi_normandi"]
     assert Tokenizer(TokenizerConfig(bigrams=False))("founded founding") == ["found", "found"]
 
 

@@ -28,9 +28,9 @@ FUSIONS = ("dense", "bm25", "zscore", "rrf")
 class HybridConfig:
     # defaults chosen on half of the SQuAD questions (perf/retrieval_quality.py)
     fusion: str = "zscore"
-    weight: float = 0.35      # share of BM25 in the mix
+    weight: float = 0.45      # share of BM25 in the mix
     k1: float = 0.6
-    b: float = 1.0
+    b: float = 0.75
     rrf_c: float = 60.0
     candidates: int = 1000    # per list, before fusion
 

@@ -3,9 +3,9 @@
 Lexical analysis decides much of BM25's quality on natural questions: plain lower-case
 word tokens miss "founded"/"founding" and let "the"/"what" add noise, so the tokenizer
 can stem (Snowball English, the pure-Python `snowballstemmer` package), drop stop
-words, and add word pairs (bigrams of the remaining tokens), which reward a passage
-for a question's phrases ("Duchy of Normandy" -> "duchi_normandi"): on the SQuAD
-questions they lifted the hybrid's R@1 from .836 to .86 (perf/README.md). The index stores raw counts only (postings with term frequencies, document
+words, and add word pairs (bigrams of the remaining tokens within one clause: no pair
+across punctuation), which reward a passage for a question's phrases ("Duchy of
+Normandy" -> "duchi_normandi"); perf/README.md has what each choice did to recall. The index stores raw counts only (postings with term frequencies, document
 lengths); k1 and b are applied at query time, so they are configuration, and appending
 documents only appends postings (no re-tokenizing of the old ones).
 """
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 BM25_META = "bm25.json"
 BM25_ARRAYS = "bm25.npz"
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Bigrams never span these: "... an \"if\" statement), Python will ..." must not pair statement_python.
+_CLAUSE = re.compile(r"[.,;:!?()\[\]{}<>|=\n]+")
 
 # A common English stop list (articles, pronouns, auxiliaries, question words, prepositions).
 STOP_WORDS = frozenset("""
@@ -81,6 +83,17 @@ class Tokenizer:
             self._stem = snowballstemmer.stemmer("english")
 
     def __call__(self, text: str) -> list[str]:
+        if not self.config.bigrams:
+            return self._words(text)
+        tokens: list[str] = []
+        pairs: list[str] = []
+        for clause in _CLAUSE.split(text):
+            words = self._words(clause)
+            tokens += words
+            pairs += [f"{a}_{b}" for a, b in zip(words, words[1:])]
+        return tokens + pairs
+
+    def _words(self, text: str) -> list[str]:
         words = _WORD.findall(text.lower())
         if self.config.stop_words:
             words = [w for w in words if w not in STOP_WORDS]
@@ -92,8 +105,6 @@ class Tokenizer:
                     stem = self._cache[w] = self._stem.stemWord(w)
                 out.append(stem)
             words = out
-        if self.config.bigrams:
-            words = words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
         return words
 
 
