@@ -42,7 +42,9 @@ class TritonPythonModel:
         flat = array.reshape(-1)
         if len(flat) != rows:
             raise RequestError(f"{name} must have one value per row, got shape {list(array.shape)}")
-        return [decode_question(v, self.limits.max_question_bytes) for v in flat]
+        if name == "question":
+            return [decode_question(v, self.limits.max_question_bytes) for v in flat]
+        return [v.decode("utf-8", "replace")[:32] if isinstance(v, bytes) else str(v)[:32] for v in flat]
 
     def _parse(self, request):
         vectors = check_embeddings(required_array(request, "EMBEDDING"), self.index.manifest["dimension"],
