@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tritonrag.cli import build_parser
 from tritonrag.index import load_index
 
@@ -25,3 +27,17 @@ def test_synth_and_index_commands_build_a_loadable_index(tmp_path):
     index = load_index(out, embedder="all-MiniLM-L6-v2")
     assert json.loads((out / "manifest.json").read_text())["metric"] == "ip"
     assert [p.id for p in index.passages] == [f"synthetic:{n}" for n in range(20)]
+
+
+def test_param_option_sets_one_models_config_parameters(monkeypatch):
+    from tritonrag.cli import _settings
+
+    monkeypatch.delenv("TRITONRAG_PARAMS", raising=False)
+    args = build_parser().parse_args(["serve", "--param", "retriever.fusion=dense",
+                                      "--param", "generator_stream.ignore_eos=true"])
+    assert _settings(args).extra_parameters == {"retriever": {"fusion": "dense"},
+                                                "generator_stream": {"ignore_eos": "true"}}
+    monkeypatch.setenv("TRITONRAG_PARAMS", "retriever.fusion=bm25")
+    assert _settings(build_parser().parse_args(["serve"])).extra_parameters == {"retriever": {"fusion": "bm25"}}
+    with pytest.raises(SystemExit):
+        _settings(build_parser().parse_args(["serve", "--param", "fusion=dense"]))

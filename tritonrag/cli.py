@@ -52,6 +52,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-timeout", action="append", default=None, metavar="MODEL=SECONDS",
                         help="a request queued this long for MODEL is rejected (env TRITONRAG_QUEUE_TIMEOUT; "
                              "default: config.pbtxt, generator=60)")
+    parser.add_argument("--param", action="append", default=None, metavar="MODEL.KEY=VALUE",
+                        help="set a config.pbtxt parameter of one model, e.g. retriever.fusion=dense or "
+                             "generator_stream.ignore_eos=true (env TRITONRAG_PARAMS, comma-separated)")
     parser.add_argument("--no-supervise", action="store_true",
                         help="do not restart a dead server or reload a model whose stub died")
     parser.add_argument("--allow-admin-api", action="append", default=[], metavar="API",
@@ -74,7 +77,19 @@ def _settings(args: argparse.Namespace):
         open_apis=set(ADMIN_APIS) if "all" in args.allow_admin_api else set(args.allow_admin_api),
         admin_key=args.admin_key or None, supervise=not args.no_supervise,
         max_queue=_model_values(args.max_queue, "TRITONRAG_MAX_QUEUE", int),
-        queue_timeout_s=_model_values(args.queue_timeout, "TRITONRAG_QUEUE_TIMEOUT", float))
+        queue_timeout_s=_model_values(args.queue_timeout, "TRITONRAG_QUEUE_TIMEOUT", float),
+        extra_parameters=_model_parameters(args.param))
+
+
+def _model_parameters(given: list[str] | None) -> dict[str, dict[str, str]]:
+    """{model: {key: value}} from repeated MODEL.KEY=VALUE options, else TRITONRAG_PARAMS."""
+    parameters: dict[str, dict[str, str]] = {}
+    for model_key, value in _model_values(given, "TRITONRAG_PARAMS", str).items():
+        model, dot, key = model_key.partition(".")
+        if not dot or not model or not key:
+            raise SystemExit(f"expected MODEL.KEY=VALUE, got {model_key}={value}")
+        parameters.setdefault(model, {})[key] = value
+    return parameters
 
 
 def _model_values(given: list[str] | None, env: str, kind) -> dict:
