@@ -210,12 +210,12 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         row["torch_topk_fp16_ms"] = event_ms(cp, lambda: torch.topk(s16, k, dim=1))
         sf = torch.from_dlpack(scores)
         row["torch_topk_fp32_ms"] = event_ms(cp, lambda: torch.topk(sf, k, dim=1))
-        for factor in (1, 4, 16):
-            slots, threads = 16, 256
+        for factor in (1, 4, 8, 16):
+            slots, threads = (16 if GpuSearch.topk_variant == "v2" else k), 256
             nseg = max(1, math.ceil(factor * search.sms / batch))
             seg_len = math.ceil(n / nseg)
             cands = cp.zeros((batch, nseg * k), cp.uint64)
-            kern = cuda_kernels.topk_kernel(slots, threads)
+            kern = cuda_kernels.topk_kernel(slots, threads, GpuSearch.topk_variant)
             row[f"topk_kernel_x{factor}_ms"] = event_ms(cp, lambda: kern(
                 (nseg, batch), (threads,), (scores, scores, scores, np.float32(1), np.int32(0), np.int64(n),
                                             np.int64(n), np.int64(seg_len), np.uint32(0), np.int32(k), cands,
@@ -489,6 +489,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ooc-budget-gb", type=float, default=4.0)
     parser.add_argument("--long", type=int, nargs="*", default=[], help="GPU: long-vector lengths")
     parser.add_argument("--long-budget-gb", type=float, default=1.0)
+    parser.add_argument("--topk-variant", choices=["v3", "v2"], default="v3",
+                        help="GPU: top-k kernel (v2: the previous one, 4 blocks/SM)")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -504,6 +506,13 @@ def main(argv=None) -> int:
                   device=device, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rows=[])
     if args.device == "cuda":
         import cupy as cp
+
+        from tritonrag.gpu_search import GpuSearch
+
+        GpuSearch.topk_variant = args.topk_variant
+        if args.topk_variant == "v2":
+            GpuSearch.blocks_per_sm = 4
+        result["topk_variant"] = args.topk_variant
 
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)
