@@ -313,6 +313,39 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
     return rows
 
 
+def torch_path(cp, n, batches, metrics, dim, k, peak, repeat) -> list[dict]:
+    """`TorchSearch` (the path of CUDA instances without CuPy): exactness vs NumPy, then speed."""
+    from tritonrag.torch_search import TorchSearch
+
+    rows = []
+    rng = np.random.default_rng(5)
+    corpus = rng.integers(-3, 4, size=(20011, 256)).astype(np.float32)  # exact in fp16: equal results
+    queries = rng.integers(-3, 4, size=(7, 256)).astype(np.float32)
+    for metric in metrics:
+        for k_check in (10, 1000):
+            want = ExactSearch(corpus, metric).search(queries, k_check)
+            got = TorchSearch(corpus, metric, "cuda:0", "float16").search(queries, k_check)
+            got_s = TorchSearch(corpus, metric, "cuda:0", "float16", budget=8 << 20, score_bytes=1 << 20)
+            streamed = got_s.search(queries, k_check)
+            rows.append(dict(kind="torch_check", metric=metric, k=k_check, streamed=got_s.streamed,
+                             equal_numpy=bool((got[0] == want[0]).all()), streamed_equal=bool((streamed[0] == got[0]).all()),
+                             max_score_diff=float(np.max(np.abs(got[1] - want[1])))))
+            log(rows[-1])
+    base = random_corpus(cp, n, dim)
+    for metric in metrics:
+        search = TorchSearch(base, metric, "cuda:0", "float16")
+        for batch in batches:
+            q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
+            ms = gpu_time(lambda: search.search(q, k), repeat)
+            rows.append(dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl="tritonrag_torch",
+                             ms=ms, GBps=base.nbytes / ms / 1e6, peak_fraction=base.nbytes / ms / 1e6 / peak))
+            log(rows[-1])
+        del search
+    del base
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
 def ooc_sweep(cp, n, batches, metrics, dim, k, budget, h2d, repeat) -> list[dict]:
     from tritonrag.gpu_search import pinned_empty
 
@@ -440,12 +473,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         kind = panel[0]["kind"]
         if kind == "in_memory":
             labels = sorted({(r["n"], r["metric"], r["batch"]) for r in panel})
-            impls = ["tritonrag", "torch", "cupy"]
+            impls = [i for i in ("tritonrag", "tritonrag_torch", "torch", "cupy") if any(r["impl"] == i for r in panel)]
+            width = 0.8 / len(impls)
             for j, impl in enumerate(impls):
                 vals = [next((r["peak_fraction"] for r in panel if (r["n"], r["metric"], r["batch"]) == lab
                               and r["impl"] == impl), 0) for lab in labels]
-                ax.bar(np.arange(len(labels)) + j * 0.27, vals, 0.27, label=impl)
-            ax.set_xticks(np.arange(len(labels)) + 0.27, [f"{n/1e6:g}M {m} b{b}" for n, m, b in labels],
+                ax.bar(np.arange(len(labels)) + j * width, vals, width, label=impl)
+            ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, [f"{n/1e6:g}M {m} b{b}" for n, m, b in labels],
                           rotation=90, fontsize=7)
             ax.axhline(0.85, color="k", ls="--", lw=0.8)
             ax.set_ylabel("fraction of peak HBM")
@@ -489,8 +523,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ooc-budget-gb", type=float, default=4.0)
     parser.add_argument("--long", type=int, nargs="*", default=[], help="GPU: long-vector lengths")
     parser.add_argument("--long-budget-gb", type=float, default=1.0)
-    parser.add_argument("--topk-variant", choices=["v3", "v2"], default="v3",
-                        help="GPU: top-k kernel (v2: the previous one, 4 blocks/SM)")
+    parser.add_argument("--topk-variant", choices=["v3", "v3a", "v2"], default="v3",
+                        help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
+    parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -527,6 +562,10 @@ def main(argv=None) -> int:
         result["rows"] += gpu_sweep(cp, sizes, args.batches, args.metrics, args.dim, args.k, peak, args.repeat,
                                     not args.no_baselines)
         save()
+        if args.torch_path:
+            result["rows"] += torch_path(cp, args.torch_path, args.batches, args.metrics, args.dim, args.k, peak,
+                                         args.repeat)
+            save()
         if args.ooc_rows:
             result["rows"] += ooc_sweep(cp, args.ooc_rows, args.batches, args.metrics, args.dim, args.k,
                                         int(args.ooc_budget_gb * (1 << 30)), h2d, max(2, args.repeat // 3))
