@@ -226,6 +226,11 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         search.score_bytes = 32 << 20
         tiny = GpuSearch(corpus[:1000], "ip", 0, "float16")
         row["search_1000_rows_ms"] = gpu_time(lambda: tiny.search(q, k), 20)
+        # where the per-call overhead goes (host wall time, synced): queries in, one launch, keys out
+        row["overhead_queries_ms"] = gpu_time(lambda: tiny._queries(q).astype(cp.float16), 20)
+        small = cp.zeros((batch, k), cp.uint64)
+        row["overhead_keys_to_host_ms"] = gpu_time(lambda: small.get(), 20)
+        row["overhead_empty_launch_ms"] = gpu_time(lambda: small.fill(0), 20)
         row["gemm_fp32_out_peak_fraction"] = corpus.nbytes / row["gemm_fp32_out_ms"] / 1e6 / peak
         rows.append(row)
         log(row)
