@@ -10,12 +10,15 @@ its own stream while chunk i is scored (events order the reuse of each buffer).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from . import cuda_kernels
 from .topk import decode_keys
+
+log = logging.getLogger(__name__)
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 CUBLAS_COMPUTE_32F = 68
@@ -26,6 +29,7 @@ _NUMPY_TYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.floa
 MAX_KERNEL_K = 128          # larger k: threshold + lexsort (`tritonrag.topk.top_k_rows`)
 DEFAULT_SCORE_BYTES = 128 << 20  # H100, 1M x 1024, batch 32: 1.59 ms vs 2.06 ms with 32 MB slices
 CONVERT_ROWS = 1 << 16      # rows converted to the storage dtype per step while loading
+GRAPH_CACHE = 4             # CUDA graphs kept, one per (batch, k)
 TOPK_BLOCKS_PER_SM = 8      # partial top-k blocks per SM over the batch (fewer: a partial last wave)
 
 
@@ -69,6 +73,7 @@ def pinned_empty(shape, dtype) -> np.ndarray:
 class GpuSearch:
     topk_variant = "v3"                   # the benchmark A/Bs the previous kernel ("v2", 4 blocks/SM)
     blocks_per_sm = TOPK_BLOCKS_PER_SM
+    use_graph = False                     # the search as a CUDA graph per (batch, k): the bench A/Bs it
 
     def __init__(self, vectors, metric: str, device_id: int = 0, dtype: str = "float16",
                  budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES):
@@ -101,7 +106,8 @@ class GpuSearch:
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
         self._score_buffer = None  # one flat fp32 buffer of score_bytes, viewed as [batch, rows] per call
-        self._buffers: dict = {}   # (batch, k, slots) -> candidate and result key buffers
+        self._buffers: dict = {}   # (batch, k, width) -> candidate and result key buffers
+        self._graphs: dict = {}    # (batch, k, score_bytes) -> captured graph and its static buffers
 
     # -- loading -------------------------------------------------------------
     def _load(self, vectors) -> None:
@@ -167,33 +173,88 @@ class GpuSearch:
             k = min(int(k), self.count)
             if k > MAX_KERNEL_K:
                 return self._search_large_k(q, k)
-            batch = q.shape[0]
-            q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
-            # exactly k register slots up to 32 (no local memory), else a power of two
-            slots = k if (k <= 32 and self.topk_variant != "v2") else max(2, _pow2(k))
-            threads = 256 if slots <= 32 else 128
-            score_rows = max(threads, min(self.count, self.score_bytes // (4 * batch)))
-            nseg = max(1, min(math.ceil(self.blocks_per_sm * self.sms / batch), math.ceil(score_rows / threads)))
-            seg_len = math.ceil(score_rows / nseg)
-            chunk = self.chunk_rows if self.streamed else self.count
-            slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
-                      for c in range(0, self.count, chunk) for s in range(0, min(chunk, self.count - c), score_rows)]
-            cands, best = self._key_buffers(batch, k, len(slices) * nseg * k)
-            plan = dict(q=q, q_store=q_store, k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len,
-                        cands=cands, score_rows=score_rows,
-                        kernel=cuda_kernels.topk_kernel(slots, threads, self.topk_variant))
-            if self.streamed:
-                self._stream(plan, chunk)
+            if self.use_graph and not self.streamed and self.metric != "l1" and self.dtype != "bfloat16":
+                try:
+                    best = self._run_graph(q, k)
+                except Exception as exc:  # noqa: BLE001 — capture unsupported here: search eagerly
+                    log.warning("CUDA graph of the search failed (%s); searching without graphs", exc)
+                    self.use_graph = False
+                    best = None
             else:
-                for n, (start, rows) in enumerate(slices):
-                    self._score_slice(self.corpus[start:start + rows], start, rows, n, plan)
-            plan["kernel"](
-                (1, batch), (threads,),
-                (cands, cands, cands, np.float32(1), np.int32(2), np.int64(cands.shape[1]),
-                 np.int64(cands.shape[1]), np.int64(cands.shape[1]), np.uint32(0), np.int32(k), best,
-                 np.int64(k), np.int64(0)))
+                best = None
+            if best is None:
+                plan = self._plan(q.shape[0], k)
+                q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
+                self._launch(plan, q, q_store)
+                best = plan["best"]
             indices, ranked, _ = decode_keys(best.get())
             return indices, self._to_scores(q, ranked)
+
+    def _plan(self, batch: int, k: int, own_buffers: bool = False) -> dict:
+        """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""
+        # exactly k register slots up to 32 (no local memory), else a power of two
+        slots = k if (k <= 32 and self.topk_variant != "v2") else max(2, _pow2(k))
+        threads = 256 if slots <= 32 else 128
+        score_rows = max(threads, min(self.count, self.score_bytes // (4 * batch)))
+        nseg = max(1, min(math.ceil(self.blocks_per_sm * self.sms / batch), math.ceil(score_rows / threads)))
+        seg_len = math.ceil(score_rows / nseg)
+        chunk = self.chunk_rows if self.streamed else self.count
+        slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
+                  for c in range(0, self.count, chunk) for s in range(0, min(chunk, self.count - c), score_rows)]
+        width = len(slices) * nseg * k
+        if own_buffers:
+            cands, best = self.cp.empty((batch, width), self.cp.uint64), self.cp.empty((batch, k), self.cp.uint64)
+        else:
+            cands, best = self._key_buffers(batch, k, width)
+        return dict(k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len, cands=cands, best=best,
+                    score_rows=score_rows, slices=slices, chunk=chunk,
+                    kernel=cuda_kernels.topk_kernel(slots, threads, self.topk_variant))
+
+    def _launch(self, plan: dict, q, q_store) -> None:
+        """All GPU work of one search on the current stream: scores, partial and final top-k."""
+        plan = dict(plan, q=q, q_store=q_store)
+        cands, best, k, batch = plan["cands"], plan["best"], plan["k"], q.shape[0]
+        if self.streamed:
+            self._stream(plan, plan["chunk"])
+        else:
+            for n, (start, rows) in enumerate(plan["slices"]):
+                block = self.corpus if rows == self.count else self.corpus[start:start + rows]
+                self._score_slice(block, start, rows, n, plan)
+        plan["kernel"](
+            (1, batch), (plan["threads"],),
+            (cands, cands, cands, np.float32(1), np.int32(2), np.int64(cands.shape[1]),
+             np.int64(cands.shape[1]), np.int64(cands.shape[1]), np.uint32(0), np.int32(k), best,
+             np.int64(k), np.int64(0)))
+
+    def _run_graph(self, q, k: int):
+        """The search as one CUDA graph per (batch, k): copy the queries in, one graph launch."""
+        cp = self.cp
+        batch = q.shape[0]
+        entry = self._graphs.get((batch, k, self.score_bytes))
+        if entry is None:
+            if len(self._graphs) >= GRAPH_CACHE:
+                self._graphs.pop(next(iter(self._graphs)))
+            plan = self._plan(batch, k, own_buffers=True)
+            q_static = cp.empty((batch, self.dimension), cp.float32)
+            q_store = q_static if self.dtype == "float32" else cp.empty((batch, self.dimension), cp.float16)
+            self._scores(batch, plan["score_rows"])  # allocate before the capture
+            stream = cp.cuda.Stream()
+            with stream:
+                stream.begin_capture()
+                try:
+                    if q_store is not q_static:
+                        cp.copyto(q_store, q_static, casting="unsafe")
+                    self._launch(plan, q_static, q_store)
+                finally:
+                    graph = stream.end_capture()
+            # the graph keeps raw pointers: hold every buffer it uses (the score buffer may be replaced)
+            entry = self._graphs[(batch, k, self.score_bytes)] = (graph, stream, q_static, q_store, plan, self._score_buffer)
+        graph, stream, q_static, _, plan, _ = entry
+        with stream:  # a blocking stream: ordered after the null-stream work that made q
+            q_static[...] = q
+            graph.launch(stream)
+        stream.synchronize()
+        return plan["best"]
 
     def _key_buffers(self, batch: int, k: int, width: int):
         """Reused candidate/result key buffers (every slot is written each call); a few shapes kept."""
@@ -214,7 +275,6 @@ class GpuSearch:
 
     def _score_slice(self, block, start: int, rows: int, slot: int, plan: dict) -> None:
         """Score `rows` corpus rows (a device view) and leave nseg*k candidate keys at `slot`."""
-        cp = self.cp
         q, batch = plan["q"], plan["q"].shape[0]
         scores = self._scores(batch, rows)
         mode = 0
@@ -237,7 +297,9 @@ class GpuSearch:
         from cupy.cuda import cublas, device
 
         kind = _CUDA_TYPES[self.dtype]
-        cublas.gemmEx(device.get_cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
+        handle = device.get_cublas_handle()
+        cublas.setStream(handle, self.cp.cuda.get_current_stream().ptr)  # CuPy sets it per call of its own only
+        cublas.gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
                       self.dimension, self._alpha.ctypes.data, block.data.ptr, kind, self.dimension,
                       q_store.data.ptr, kind, self.dimension, self._beta.ctypes.data, scores.data.ptr,
                       CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
