@@ -530,7 +530,6 @@ def main(argv=None) -> int:
     parser.add_argument("--long-budget-gb", type=float, default=1.0)
     parser.add_argument("--topk-variant", choices=["v3", "v3a", "v2"], default="v3",
                         help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
-    parser.add_argument("--graph", action="store_true", help="GPU: search through a CUDA graph per (batch, k)")
     parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -554,7 +553,6 @@ def main(argv=None) -> int:
         if args.topk_variant == "v2":
             GpuSearch.blocks_per_sm = 4
         result["topk_variant"] = args.topk_variant
-        GpuSearch.use_graph = result["graph"] = args.graph
 
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)

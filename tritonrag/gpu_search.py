@@ -10,15 +10,12 @@ its own stream while chunk i is scored (events order the reuse of each buffer).
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 
 from . import cuda_kernels
 from .topk import decode_keys
-
-log = logging.getLogger(__name__)
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 CUBLAS_COMPUTE_32F = 68
@@ -29,7 +26,6 @@ _NUMPY_TYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.floa
 MAX_KERNEL_K = 128          # larger k: threshold + lexsort (`tritonrag.topk.top_k_rows`)
 DEFAULT_SCORE_BYTES = 128 << 20  # H100, 1M x 1024, batch 32: 1.59 ms vs 2.06 ms with 32 MB slices
 CONVERT_ROWS = 1 << 16      # rows converted to the storage dtype per step while loading
-GRAPH_CACHE = 4             # CUDA graphs kept, one per (batch, k)
 TOPK_BLOCKS_PER_SM = 8      # partial top-k blocks per SM over the batch (fewer: a partial last wave)
 
 
@@ -73,7 +69,6 @@ def pinned_empty(shape, dtype) -> np.ndarray:
 class GpuSearch:
     topk_variant = "v3"                   # the benchmark A/Bs the previous kernel ("v2", 4 blocks/SM)
     blocks_per_sm = TOPK_BLOCKS_PER_SM
-    use_graph = False                     # the search as a CUDA graph per (batch, k): the bench A/Bs it
 
     def __init__(self, vectors, metric: str, device_id: int = 0, dtype: str = "float16",
                  budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES):
@@ -107,7 +102,6 @@ class GpuSearch:
         self._beta = np.zeros(1, np.float32)
         self._score_buffer = None  # one flat fp32 buffer of score_bytes, viewed as [batch, rows] per call
         self._buffers: dict = {}   # (batch, k, width) -> candidate and result key buffers
-        self._graphs: dict = {}    # (batch, k, score_bytes) -> captured graph and its static buffers
 
     # -- loading -------------------------------------------------------------
     def _load(self, vectors) -> None:
@@ -173,24 +167,13 @@ class GpuSearch:
             k = min(int(k), self.count)
             if k > MAX_KERNEL_K:
                 return self._search_large_k(q, k)
-            if self.use_graph and not self.streamed and self.metric != "l1" and self.dtype != "bfloat16":
-                try:
-                    best = self._run_graph(q, k)
-                except Exception as exc:  # noqa: BLE001 — capture unsupported here: search eagerly
-                    log.warning("CUDA graph of the search failed (%s); searching without graphs", exc)
-                    self.use_graph = False
-                    best = None
-            else:
-                best = None
-            if best is None:
-                plan = self._plan(q.shape[0], k)
-                q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
-                self._launch(plan, q, q_store)
-                best = plan["best"]
-            indices, ranked, _ = decode_keys(best.get())
+            plan = self._plan(q.shape[0], k)
+            q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
+            self._launch(plan, q, q_store)
+            indices, ranked, _ = decode_keys(plan["best"].get())
             return indices, self._to_scores(q, ranked)
 
-    def _plan(self, batch: int, k: int, own_buffers: bool = False) -> dict:
+    def _plan(self, batch: int, k: int) -> dict:
         """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""
         # exactly k register slots up to 32 (no local memory), else a power of two
         slots = k if (k <= 32 and self.topk_variant != "v2") else max(2, _pow2(k))
@@ -202,10 +185,7 @@ class GpuSearch:
         slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
                   for c in range(0, self.count, chunk) for s in range(0, min(chunk, self.count - c), score_rows)]
         width = len(slices) * nseg * k
-        if own_buffers:
-            cands, best = self.cp.empty((batch, width), self.cp.uint64), self.cp.empty((batch, k), self.cp.uint64)
-        else:
-            cands, best = self._key_buffers(batch, k, width)
+        cands, best = self._key_buffers(batch, k, width)
         return dict(k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len, cands=cands, best=best,
                     score_rows=score_rows, slices=slices, chunk=chunk,
                     kernel=cuda_kernels.topk_kernel(slots, threads, self.topk_variant))
@@ -225,36 +205,6 @@ class GpuSearch:
             (cands, cands, cands, np.float32(1), np.int32(2), np.int64(cands.shape[1]),
              np.int64(cands.shape[1]), np.int64(cands.shape[1]), np.uint32(0), np.int32(k), best,
              np.int64(k), np.int64(0)))
-
-    def _run_graph(self, q, k: int):
-        """The search as one CUDA graph per (batch, k): copy the queries in, one graph launch."""
-        cp = self.cp
-        batch = q.shape[0]
-        entry = self._graphs.get((batch, k, self.score_bytes))
-        if entry is None:
-            if len(self._graphs) >= GRAPH_CACHE:
-                self._graphs.pop(next(iter(self._graphs)))
-            plan = self._plan(batch, k, own_buffers=True)
-            q_static = cp.empty((batch, self.dimension), cp.float32)
-            q_store = q_static if self.dtype == "float32" else cp.empty((batch, self.dimension), cp.float16)
-            self._scores(batch, plan["score_rows"])  # allocate before the capture
-            stream = cp.cuda.Stream()
-            with stream:
-                stream.begin_capture()
-                try:
-                    if q_store is not q_static:
-                        cp.copyto(q_store, q_static, casting="unsafe")
-                    self._launch(plan, q_static, q_store)
-                finally:
-                    graph = stream.end_capture()
-            # the graph keeps raw pointers: hold every buffer it uses (the score buffer may be replaced)
-            entry = self._graphs[(batch, k, self.score_bytes)] = (graph, stream, q_static, q_store, plan, self._score_buffer)
-        graph, stream, q_static, _, plan, _ = entry
-        with stream:  # a blocking stream: ordered after the null-stream work that made q
-            q_static[...] = q
-            graph.launch(stream)
-        stream.synchronize()
-        return plan["best"]
 
     def _key_buffers(self, batch: int, k: int, width: int):
         """Reused candidate/result key buffers (every slot is written each call); a few shapes kept."""
@@ -298,7 +248,10 @@ class GpuSearch:
 
         kind = _CUDA_TYPES[self.dtype]
         handle = device.get_cublas_handle()
-        cublas.setStream(handle, self.cp.cuda.get_current_stream().ptr)  # CuPy sets it per call of its own only
+        # CuPy sets the handle's stream only in its own calls: without this the streamed path's
+        # products ran on whichever stream CuPy used last. (CuPy refuses cuBLAS calls during a
+        # stream capture, so this search cannot be a CUDA graph: tried on the H100, call 4.)
+        cublas.setStream(handle, self.cp.cuda.get_current_stream().ptr)
         cublas.gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
                       self.dimension, self._alpha.ctypes.data, block.data.ptr, kind, self.dimension,
                       q_store.data.ptr, kind, self.dimension, self._beta.ctypes.data, scores.data.ptr,

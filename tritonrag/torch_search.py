@@ -107,8 +107,10 @@ class TorchSearch:
         q = torch.as_tensor(queries, device=self.device).to(torch.float32)
         if self.metric == "cosine":
             q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        per_row = 4 * q.shape[0] * (self.dimension if self.metric == "l1" else 1)
-        rows = max(k, self.score_bytes // per_row)
+        rows = self.score_bytes // (4 * q.shape[0])
+        if self.metric == "l1":  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
+            rows = min(rows, self.score_bytes // (4 * self.dimension))
+        rows = max(k, rows)
         if self.streamed:
             rows = min(rows, self.slice_rows)
         best = []
