@@ -7,7 +7,9 @@ in the same run by a device-to-device copy; beside it torch (matmul + torch.topk
 L1) and CuPy (matmul + argpartition). Out of core: the corpus in pinned host memory through
 a small GPU budget, against the host->GPU copy bandwidth of the same run. Long vectors:
 `long_distance` in GPU memory (fraction of peak HBM) and streamed from the host (fraction of
-host->GPU), with the speedup over NumPy on the host CPU.
+host->GPU), with the speedup over NumPy on the host CPU. ``--torch-path N`` checks and times
+`TorchSearch` (GPU instances without CuPy); ``--topk-variant v2|v3a`` runs earlier top-k
+kernels for an A/B.
 
 CPU (``--device cpu``): the same search at small N against NumPy brute force (full argsort).
 
@@ -128,7 +130,9 @@ def gpu_check(cp) -> list[dict]:
                 rows.append(dict(metric=metric, k=k, dtype=dtype, overlap=float(overlap),
                                  same_order=bool((got_i == ref_i).all()),
                                  max_score_err=float(np.max(np.abs(got_s - ref_s) / (1 + np.abs(ref_s))))))
-            streamed = ExactSearch(corpus, metric, "cuda:0", dtype="float16", gpu_memory_budget=100 << 20)
+            # 60 MB: 41 MB of fp16 corpus + 31 MB of score workspace do not fit, so ~7000-row chunks
+            # stream (100 MB stopped streaming once score slices were bounded by budget/8)
+            streamed = ExactSearch(corpus, metric, "cuda:0", dtype="float16", gpu_memory_budget=60 << 20)
             resident = ExactSearch(corpus, metric, "cuda:0", dtype="float16")
             q_torch = torch.from_numpy(queries).cuda()
             a = streamed.search(q_torch, k)
