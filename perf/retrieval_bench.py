@@ -7,7 +7,9 @@ in the same run by a device-to-device copy; beside it torch (matmul + torch.topk
 L1) and CuPy (matmul + argpartition). Out of core: the corpus in pinned host memory through
 a small GPU budget, against the host->GPU copy bandwidth of the same run. Long vectors:
 `long_distance` in GPU memory (fraction of peak HBM) and streamed from the host (fraction of
-host->GPU), with the speedup over NumPy on the host CPU.
+host->GPU), with the speedup over NumPy on the host CPU. ``--torch-path N`` checks and times
+`TorchSearch` (GPU instances without CuPy); ``--topk-variant v2|v3a`` runs earlier top-k
+kernels for an A/B.
 
 CPU (``--device cpu``): the same search at small N against NumPy brute force (full argsort).
 
@@ -128,7 +130,9 @@ def gpu_check(cp) -> list[dict]:
                 rows.append(dict(metric=metric, k=k, dtype=dtype, overlap=float(overlap),
                                  same_order=bool((got_i == ref_i).all()),
                                  max_score_err=float(np.max(np.abs(got_s - ref_s) / (1 + np.abs(ref_s))))))
-            streamed = ExactSearch(corpus, metric, "cuda:0", dtype="float16", gpu_memory_budget=100 << 20)
+            # 60 MB: 41 MB of fp16 corpus + 31 MB of score workspace do not fit, so ~7000-row chunks
+            # stream (100 MB stopped streaming once score slices were bounded by budget/8)
+            streamed = ExactSearch(corpus, metric, "cuda:0", dtype="float16", gpu_memory_budget=60 << 20)
             resident = ExactSearch(corpus, metric, "cuda:0", dtype="float16")
             q_torch = torch.from_numpy(queries).cuda()
             a = streamed.search(q_torch, k)
@@ -210,12 +214,12 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         row["torch_topk_fp16_ms"] = event_ms(cp, lambda: torch.topk(s16, k, dim=1))
         sf = torch.from_dlpack(scores)
         row["torch_topk_fp32_ms"] = event_ms(cp, lambda: torch.topk(sf, k, dim=1))
-        for factor in (1, 4, 16):
-            slots, threads = 16, 256
+        for factor in (1, 4, 8, 16):
+            slots, threads = (16 if GpuSearch.topk_variant == "v2" else k), 256
             nseg = max(1, math.ceil(factor * search.sms / batch))
             seg_len = math.ceil(n / nseg)
             cands = cp.zeros((batch, nseg * k), cp.uint64)
-            kern = cuda_kernels.topk_kernel(slots, threads)
+            kern = cuda_kernels.topk_kernel(slots, threads, GpuSearch.topk_variant)
             row[f"topk_kernel_x{factor}_ms"] = event_ms(cp, lambda: kern(
                 (nseg, batch), (threads,), (scores, scores, scores, np.float32(1), np.int32(0), np.int64(n),
                                             np.int64(n), np.int64(seg_len), np.uint32(0), np.int32(k), cands,
@@ -226,6 +230,11 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         search.score_bytes = 32 << 20
         tiny = GpuSearch(corpus[:1000], "ip", 0, "float16")
         row["search_1000_rows_ms"] = gpu_time(lambda: tiny.search(q, k), 20)
+        # where the per-call overhead goes (host wall time, synced): queries in, one launch, keys out
+        row["overhead_queries_ms"] = gpu_time(lambda: tiny._queries(q).astype(cp.float16), 20)
+        small = cp.zeros((batch, k), cp.uint64)
+        row["overhead_keys_to_host_ms"] = gpu_time(lambda: small.get(), 20)
+        row["overhead_empty_launch_ms"] = gpu_time(lambda: small.fill(0), 20)
         row["gemm_fp32_out_peak_fraction"] = corpus.nbytes / row["gemm_fp32_out_ms"] / 1e6 / peak
         rows.append(row)
         log(row)
@@ -310,6 +319,39 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
             cp.get_default_memory_pool().free_all_blocks()
         del base
         cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def torch_path(cp, n, batches, metrics, dim, k, peak, repeat) -> list[dict]:
+    """`TorchSearch` (the path of CUDA instances without CuPy): exactness vs NumPy, then speed."""
+    from tritonrag.torch_search import TorchSearch
+
+    rows = []
+    rng = np.random.default_rng(5)
+    corpus = rng.integers(-3, 4, size=(20011, 256)).astype(np.float32)  # exact in fp16: equal results
+    queries = rng.integers(-3, 4, size=(7, 256)).astype(np.float32)
+    for metric in metrics:
+        for k_check in (10, 1000):
+            want = ExactSearch(corpus, metric).search(queries, k_check)
+            got = TorchSearch(corpus, metric, "cuda:0", "float16").search(queries, k_check)
+            got_s = TorchSearch(corpus, metric, "cuda:0", "float16", budget=8 << 20, score_bytes=1 << 20)
+            streamed = got_s.search(queries, k_check)
+            rows.append(dict(kind="torch_check", metric=metric, k=k_check, streamed=got_s.streamed,
+                             equal_numpy=bool((got[0] == want[0]).all()), streamed_equal=bool((streamed[0] == got[0]).all()),
+                             max_score_diff=float(np.max(np.abs(got[1] - want[1])))))
+            log(rows[-1])
+    base = random_corpus(cp, n, dim)
+    for metric in metrics:
+        search = TorchSearch(base, metric, "cuda:0", "float16")
+        for batch in batches:
+            q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
+            ms = gpu_time(lambda: search.search(q, k), repeat)
+            rows.append(dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl="tritonrag_torch",
+                             ms=ms, GBps=base.nbytes / ms / 1e6, peak_fraction=base.nbytes / ms / 1e6 / peak))
+            log(rows[-1])
+        del search
+    del base
+    cp.get_default_memory_pool().free_all_blocks()
     return rows
 
 
@@ -440,12 +482,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         kind = panel[0]["kind"]
         if kind == "in_memory":
             labels = sorted({(r["n"], r["metric"], r["batch"]) for r in panel})
-            impls = ["tritonrag", "torch", "cupy"]
+            impls = [i for i in ("tritonrag", "tritonrag_torch", "torch", "cupy") if any(r["impl"] == i for r in panel)]
+            width = 0.8 / len(impls)
             for j, impl in enumerate(impls):
                 vals = [next((r["peak_fraction"] for r in panel if (r["n"], r["metric"], r["batch"]) == lab
                               and r["impl"] == impl), 0) for lab in labels]
-                ax.bar(np.arange(len(labels)) + j * 0.27, vals, 0.27, label=impl)
-            ax.set_xticks(np.arange(len(labels)) + 0.27, [f"{n/1e6:g}M {m} b{b}" for n, m, b in labels],
+                ax.bar(np.arange(len(labels)) + j * width, vals, width, label=impl)
+            ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, [f"{n/1e6:g}M {m} b{b}" for n, m, b in labels],
                           rotation=90, fontsize=7)
             ax.axhline(0.85, color="k", ls="--", lw=0.8)
             ax.set_ylabel("fraction of peak HBM")
@@ -489,6 +532,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ooc-budget-gb", type=float, default=4.0)
     parser.add_argument("--long", type=int, nargs="*", default=[], help="GPU: long-vector lengths")
     parser.add_argument("--long-budget-gb", type=float, default=1.0)
+    parser.add_argument("--topk-variant", choices=["v3", "v3a", "v2"], default="v3",
+                        help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
+    parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -505,6 +551,13 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         import cupy as cp
 
+        from tritonrag.gpu_search import GpuSearch
+
+        GpuSearch.topk_variant = args.topk_variant
+        if args.topk_variant == "v2":
+            GpuSearch.blocks_per_sm = 4
+        result["topk_variant"] = args.topk_variant
+
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)
         log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
@@ -518,6 +571,10 @@ def main(argv=None) -> int:
         result["rows"] += gpu_sweep(cp, sizes, args.batches, args.metrics, args.dim, args.k, peak, args.repeat,
                                     not args.no_baselines)
         save()
+        if args.torch_path:
+            result["rows"] += torch_path(cp, args.torch_path, args.batches, args.metrics, args.dim, args.k, peak,
+                                         args.repeat)
+            save()
         if args.ooc_rows:
             result["rows"] += ooc_sweep(cp, args.ooc_rows, args.batches, args.metrics, args.dim, args.k,
                                         int(args.ooc_budget_gb * (1 << 30)), h2d, max(2, args.repeat // 3))

@@ -26,6 +26,7 @@ _NUMPY_TYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.floa
 MAX_KERNEL_K = 128          # larger k: threshold + lexsort (`tritonrag.topk.top_k_rows`)
 DEFAULT_SCORE_BYTES = 128 << 20  # H100, 1M x 1024, batch 32: 1.59 ms vs 2.06 ms with 32 MB slices
 CONVERT_ROWS = 1 << 16      # rows converted to the storage dtype per step while loading
+TOPK_BLOCKS_PER_SM = 8      # partial top-k blocks per SM over the batch (fewer: a partial last wave)
 
 
 def _pow2(x: int) -> int:
@@ -66,6 +67,9 @@ def pinned_empty(shape, dtype) -> np.ndarray:
 
 
 class GpuSearch:
+    topk_variant = "v3"                   # the benchmark A/Bs the previous kernel ("v2", 4 blocks/SM)
+    blocks_per_sm = TOPK_BLOCKS_PER_SM
+
     def __init__(self, vectors, metric: str, device_id: int = 0, dtype: str = "float16",
                  budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES):
         import cupy as cp
@@ -96,6 +100,8 @@ class GpuSearch:
         self._load(vectors)
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
+        self._score_buffer = None  # one flat fp32 buffer of score_bytes, viewed as [batch, rows] per call
+        self._buffers: dict = {}   # (batch, k, width) -> candidate and result key buffers
 
     # -- loading -------------------------------------------------------------
     def _load(self, vectors) -> None:
@@ -161,38 +167,66 @@ class GpuSearch:
             k = min(int(k), self.count)
             if k > MAX_KERNEL_K:
                 return self._search_large_k(q, k)
-            batch = q.shape[0]
+            plan = self._plan(q.shape[0], k)
             q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
-            slots = max(2, _pow2(k))
-            threads = 256 if slots <= 32 else 128
-            score_rows = max(threads, min(self.count, self.score_bytes // (4 * batch)))
-            nseg = max(1, min(math.ceil(4 * self.sms / batch), math.ceil(score_rows / threads)))
-            seg_len = math.ceil(score_rows / nseg)
-            chunk = self.chunk_rows if self.streamed else self.count
-            slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
-                      for c in range(0, self.count, chunk) for s in range(0, min(chunk, self.count - c), score_rows)]
-            cands = cp.empty((batch, len(slices) * nseg * k), cp.uint64)  # every slot is written
-            plan = dict(q=q, q_store=q_store, k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len,
-                        cands=cands, score_rows=score_rows)
-            if self.streamed:
-                self._stream(plan, chunk)
-            else:
-                for n, (start, rows) in enumerate(slices):
-                    self._score_slice(self.corpus[start:start + rows], start, rows, n, plan)
-            best = cp.empty((batch, k), cp.uint64)
-            cuda_kernels.topk_kernel(slots, threads)(
-                (1, batch), (threads,),
-                (cands, cands, cands, np.float32(1), np.int32(2), np.int64(cands.shape[1]),
-                 np.int64(cands.shape[1]), np.int64(cands.shape[1]), np.uint32(0), np.int32(k), best,
-                 np.int64(k), np.int64(0)))
-            indices, ranked, _ = decode_keys(best.get())
+            self._launch(plan, q, q_store)
+            indices, ranked, _ = decode_keys(plan["best"].get())
             return indices, self._to_scores(q, ranked)
+
+    def _plan(self, batch: int, k: int) -> dict:
+        """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""
+        # exactly k register slots up to 32 (no local memory), else a power of two
+        slots = k if (k <= 32 and self.topk_variant != "v2") else max(2, _pow2(k))
+        threads = 256 if slots <= 32 else 128
+        score_rows = max(threads, min(self.count, self.score_bytes // (4 * batch)))
+        nseg = max(1, min(math.ceil(self.blocks_per_sm * self.sms / batch), math.ceil(score_rows / threads)))
+        seg_len = math.ceil(score_rows / nseg)
+        chunk = self.chunk_rows if self.streamed else self.count
+        slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
+                  for c in range(0, self.count, chunk) for s in range(0, min(chunk, self.count - c), score_rows)]
+        width = len(slices) * nseg * k
+        cands, best = self._key_buffers(batch, k, width)
+        return dict(k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len, cands=cands, best=best,
+                    score_rows=score_rows, slices=slices, chunk=chunk,
+                    kernel=cuda_kernels.topk_kernel(slots, threads, self.topk_variant))
+
+    def _launch(self, plan: dict, q, q_store) -> None:
+        """All GPU work of one search on the current stream: scores, partial and final top-k."""
+        plan = dict(plan, q=q, q_store=q_store)
+        cands, best, k, batch = plan["cands"], plan["best"], plan["k"], q.shape[0]
+        if self.streamed:
+            self._stream(plan, plan["chunk"])
+        else:
+            for n, (start, rows) in enumerate(plan["slices"]):
+                block = self.corpus if rows == self.count else self.corpus[start:start + rows]
+                self._score_slice(block, start, rows, n, plan)
+        plan["kernel"](
+            (1, batch), (plan["threads"],),
+            (cands, cands, cands, np.float32(1), np.int32(2), np.int64(cands.shape[1]),
+             np.int64(cands.shape[1]), np.int64(cands.shape[1]), np.uint32(0), np.int32(k), best,
+             np.int64(k), np.int64(0)))
+
+    def _key_buffers(self, batch: int, k: int, width: int):
+        """Reused candidate/result key buffers (every slot is written each call); a few shapes kept."""
+        key = (batch, k, width)
+        if key not in self._buffers:
+            if len(self._buffers) >= 8:
+                self._buffers.pop(next(iter(self._buffers)))
+            self._buffers[key] = (self.cp.empty((batch, width), self.cp.uint64), self.cp.empty((batch, k), self.cp.uint64))
+        return self._buffers[key]
+
+    def _scores(self, batch: int, rows: int):
+        """A [batch, rows] fp32 view of the one reused score buffer (rows <= score_rows)."""
+        cp = self.cp
+        need = batch * rows
+        if self._score_buffer is None or self._score_buffer.size < need:
+            self._score_buffer = cp.empty(max(need, self.score_bytes // 4), cp.float32)
+        return self._score_buffer[:need].reshape(batch, rows)
 
     def _score_slice(self, block, start: int, rows: int, slot: int, plan: dict) -> None:
         """Score `rows` corpus rows (a device view) and leave nseg*k candidate keys at `slot`."""
-        cp = self.cp
         q, batch = plan["q"], plan["q"].shape[0]
-        scores = cp.empty((batch, rows), cp.float32)
+        scores = self._scores(batch, rows)
         mode = 0
         if self.metric == "l1":
             self._l1(block, q, scores, rows)
@@ -202,7 +236,7 @@ class GpuSearch:
                 mode = 1
         norms = self.norms[start:start + rows] if self.norms is not None else scores
         k, nseg = plan["k"], plan["nseg"]
-        cuda_kernels.topk_kernel(plan["slots"], plan["threads"])(
+        plan["kernel"](
             (nseg, batch), (plan["threads"],),
             (scores, scores, norms, np.float32(2), np.int32(mode), np.int64(rows), np.int64(rows),
              np.int64(plan["seg_len"]), np.uint32(start), np.int32(k), plan["cands"],
@@ -213,7 +247,12 @@ class GpuSearch:
         from cupy.cuda import cublas, device
 
         kind = _CUDA_TYPES[self.dtype]
-        cublas.gemmEx(device.get_cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
+        handle = device.get_cublas_handle()
+        # CuPy sets the handle's stream only in its own calls: without this the streamed path's
+        # products ran on whichever stream CuPy used last. (CuPy refuses cuBLAS calls during a
+        # stream capture, so this search cannot be a CUDA graph: tried on the H100, call 4.)
+        cublas.setStream(handle, self.cp.cuda.get_current_stream().ptr)
+        cublas.gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
                       self.dimension, self._alpha.ctypes.data, block.data.ptr, kind, self.dimension,
                       q_store.data.ptr, kind, self.dimension, self._beta.ctypes.data, scores.data.ptr,
                       CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)

@@ -9,7 +9,8 @@ batch, chunk or device it was computed on.
 On a ``cuda`` device the corpus lives on the GPU in fp16 (or bf16/fp32), cuBLAS does the
 ip/cosine/l2 products with fp32 accumulation, a fused kernel does L1, and a block-wise
 partial top-k replaces sorting (`tritonrag.gpu_search`). A corpus larger than the GPU
-memory budget is streamed from pinned host memory.
+memory budget is streamed from pinned host memory. Where CuPy cannot be imported but torch
+sees the GPU, a smaller torch path does the same search (`tritonrag.torch_search`).
 """
 
 from __future__ import annotations
@@ -29,15 +30,26 @@ STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 _CPU_L1_ELEMENTS = 1 << 22
 
 
-def _cupy_or_none(device: str):
+def gpu_backend(device: str) -> str | None:
+    """"cupy" (fast path), "torch" (CUDA without an importable CuPy), or None (search on the CPU)."""
     if not device.startswith("cuda"):
         return None
     try:
-        import cupy
-    except ImportError as exc:  # a GPU instance without CuPy still serves, on the CPU
-        log.warning("CuPy is not usable (%s); searching on the CPU. pip install 'tritonrag[gpu]'", exc)
-        return None
-    return cupy
+        import cupy  # noqa: F401
+        return "cupy"
+    except ImportError as exc:  # e.g. CuPy 14 under Triton's NumPy 1.x stubs
+        reason = exc
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            log.warning("CuPy is not usable (%s); searching on %s with torch", reason, device)
+            return "torch"
+    except ImportError:
+        pass
+    log.warning("CuPy is not usable (%s) and torch has no CUDA; searching on the CPU. "
+                "pip install 'tritonrag[gpu]'", reason)
+    return None
 
 
 def to_host(array) -> np.ndarray:
@@ -69,13 +81,21 @@ class ExactSearch:
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
         self.metric = metric
-        cupy = _cupy_or_none(device)
-        self.xp = cupy if cupy is not None else np
-        self.device = device if cupy is not None else "cpu"
-        if cupy is not None:
+        self.backend = gpu_backend(device)
+        self.xp = np
+        self.device = device if self.backend else "cpu"
+        if self.backend == "cupy":
+            import cupy
+
             from .gpu_search import GpuSearch
 
+            self.xp = cupy
             self.gpu = GpuSearch(vectors, metric, int(device.partition(":")[2] or 0), dtype, gpu_memory_budget)
+        elif self.backend == "torch":
+            from .torch_search import TorchSearch
+
+            self.gpu = TorchSearch(vectors, metric, device if ":" in device else "cuda:0", dtype, gpu_memory_budget)
+        if self.backend:
             self.count, self.dimension = self.gpu.count, self.gpu.dimension
             return
         self.gpu = None
