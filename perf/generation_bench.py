@@ -250,16 +250,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50, help="decode steps timed per batch size")
-    parser.add_argument("--attention", nargs="+", default=["sdpa", "matmul"])
+    parser.add_argument("--variants", nargs="+", default=["sdpa", "sdpa+compile"],
+                        help="decode-step variants: attention sdpa|matmul, +compile for torch.compile before capture")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, help="only draw the PNG of a results JSON written earlier")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+        return {}
     if args.cpu_quick:
         args.model, args.device, args.prompt, args.output = "builtin:SmolLM2-135M-Instruct", "cpu", 64, 8
         args.concurrency, args.requests_per_client, args.steps = [1, 4], 2, 5
-        args.attention, args.hf_batches = ["sdpa"], [4]
+        args.variants, args.hf_batches = ["sdpa"], [4]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
@@ -282,8 +287,16 @@ def main(argv=None) -> dict:
               "peak_bandwidth_GBps": round(bandwidth / 1e9, 1) if bandwidth else None,
               "decode_step": {}, "graph_capture_s": {}, "serving": [], "hf_generate": []}
     engines = {}
-    for variant in args.attention:
-        engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant)
+    for variant in args.variants:
+        start = time.perf_counter()
+        try:
+            engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
+                                          compile="+compile" in variant)
+        except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
+            result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
+            print(variant, "failed:", result["errors"][variant], flush=True)
+            continue
+        result.setdefault("engine_build_s", {})[variant] = round(time.perf_counter() - start, 2)
         result["graph_capture_s"][variant] = round(engine.warmup_s, 2)
         result.setdefault("agreement_with_hf", {})[variant] = agreement(model, engine, device, 64)
         print(variant, result["agreement_with_hf"][variant], "capture s", engine.warmup_s, flush=True)
@@ -327,7 +340,10 @@ def save(result: dict, args, device, partial: bool) -> None:
     result["complete"] = not partial
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     if not partial:
-        plot(result, args.out / f"{stem}.png")
+        try:
+            plot(result, args.out / f"{stem}.png")
+        except ImportError:  # a GPU host without matplotlib: `--plot JSON` draws it later
+            print("matplotlib missing: no plot")
         print(f"wrote {args.out / stem}.json/.png")
 
 

@@ -2,8 +2,11 @@
 
 One code path for CPU and CUDA. On CUDA the decode step is captured as a CUDA graph
 per (batch bucket, cache-length bucket) at load time, so a step is one graph launch
-instead of ~20 kernel launches per layer from Python; on the CPU it runs eagerly
-over exactly the rows and positions in use.
+instead of hundreds of kernel launches from Python; on the CPU it runs eagerly over
+exactly the rows and positions in use. Inside a graph the step's cost beyond the
+matmuls is the number of small kernels, so the step is written with few of them
+(rotary embedding of q, k and v in three, one K/V store, residual adds fused into the
+output matmuls); `compile=True` also lets torch.compile fuse the rest before capture.
 
 Attention is grouped-query-aware without copying: a decode step's query heads are
 viewed as `[B, kv_heads, group, head_dim]`, i.e. the `group` query heads that share a
@@ -41,7 +44,7 @@ class DecodeEngine:
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "sdpa",
-                 min_length_bucket: int = 256):
+                 min_length_bucket: int = 256, compile: bool = False):
         import torch
 
         self.w = weights
@@ -52,6 +55,15 @@ class DecodeEngine:
         self.attention = attention
         self.cos = rope_cos.to(self.device, dtype)     # [max_len, head_dim]
         self.sin = rope_sin.to(self.device, dtype)
+        # per-head tables over the fused q|k|v heads, v heads left as they are (cos 1, sin 0),
+        # sin signed so that rotate_half(x) * sin == swap_halves(x) * signed_sin
+        half = weights.head_dim // 2
+        signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
+        heads_qk, heads_v = weights.n_heads + weights.n_kv_heads, weights.n_kv_heads
+        self.cos_heads = torch.cat((self.cos[:, None].expand(-1, heads_qk, -1),
+                                    torch.ones_like(self.cos)[:, None].expand(-1, heads_v, -1)), dim=1)
+        self.sin_heads = torch.cat((signed[:, None].expand(-1, heads_qk, -1),
+                                    torch.zeros_like(self.sin)[:, None].expand(-1, heads_v, -1)), dim=1)
         self.cache = KVCache(weights.n_layers, slots, weights.n_kv_heads, max_len, weights.head_dim,
                              dtype, self.device)
         self.group = weights.n_heads // weights.n_kv_heads
@@ -61,6 +73,9 @@ class DecodeEngine:
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
         self.warmup_s = 0.0
+        self._step = self._decode_forward
+        if compile and self.device.type == "cuda":
+            self._step = torch.compile(self._decode_forward, dynamic=True)
         if cuda_graphs and self.device.type == "cuda":
             self.capture_graphs()
 
@@ -79,12 +94,11 @@ class DecodeEngine:
     # -- building blocks -------------------------------------------------------------
 
     def _norm(self, x, weight):
-        import torch
+        import torch.nn.functional as F
 
-        # as transformers' LlamaRMSNorm/Qwen2RMSNorm: statistics in fp32
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.w.eps)
-        return weight * h.to(x.dtype)
+        # transformers' RMSNorm takes the statistics in fp32 too; the fused op rounds once
+        # instead of twice in bf16 (the logits agree with transformers', see the benchmark)
+        return F.rms_norm(x, (x.shape[-1],), weight, self.w.eps)
 
     @staticmethod
     def _rope(x, cos, sin):
@@ -149,27 +163,28 @@ class DecodeEngine:
         import torch.nn.functional as F
 
         w = self.w
+        heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         ar = torch.arange(rows, device=self.device)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]   # [B, 1, D]
+        cos, sin = self.cos_heads[positions], self.sin_heads[positions]          # [B, Hq + 2 Hkv, D]
         mask = (self._key_index[:length][None] <= positions[:, None])[:, None, None]  # [B,1,1,L]
         x = F.embedding(tokens, w.embed)
         for index, layer in enumerate(w.layers):
-            q, k, v = self._qkv(layer, self._norm(x, layer.input_norm))
-            q = self._rope(q.view(rows, w.n_heads, w.head_dim), cos, sin)
-            k = self._rope(k.view(rows, w.n_kv_heads, w.head_dim), cos, sin)
-            k_cache, v_cache = self.cache.k[index], self.cache.v[index]
-            k_cache[ar, :, positions] = k
-            v_cache[ar, :, positions] = v.view(rows, w.n_kv_heads, w.head_dim)
-            keys, values = k_cache[:rows, :, :length], v_cache[:rows, :, :length]
-            q = q.view(rows, w.n_kv_heads, self.group, w.head_dim)   # query heads sharing a KV head
+            qkv = F.linear(self._norm(x, layer.input_norm), layer.qkv, layer.qkv_bias)
+            qkv = qkv.view(rows, heads + 2 * kv_heads, 2, dim // 2)
+            qkv = torch.addcmul(qkv.flatten(2) * cos, qkv.flip(2).flatten(2), sin)   # rotary on q and k
+            cache = self.cache.kv[index]
+            cache[ar, :, positions] = qkv[:, heads:]                # this token's K and V, one store
+            keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
+            q = qkv[:, :heads].view(rows, kv_heads, self.group, dim)   # query heads sharing a KV head
             if self.attention == "sdpa":
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             else:  # explicit batched matmuls, for comparison
                 scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale
                 scores = scores.masked_fill(~mask, float("-inf"))
                 att = torch.matmul(scores.softmax(-1).to(values.dtype), values)
-            x = x + F.linear(att.reshape(rows, -1), layer.o)
-            x = x + self._mlp(layer, self._norm(x, layer.post_norm))
+            x = torch.addmm(x, att.reshape(rows, -1), layer.o.t())      # residual add inside the matmul
+            gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
+            x = torch.addmm(x, F.silu(gate) * up, layer.down.t())
         logits = F.linear(self._norm(x, w.final_norm), w.lm_head)
         return logits, logits.argmax(-1)
 
@@ -197,7 +212,7 @@ class DecodeEngine:
         with torch.inference_mode():
             t = torch.tensor(tokens, device=self.device)
             p = torch.tensor(positions, device=self.device)
-            return self._decode_forward(t, p, rows, length)
+            return self._step(t, p, rows, length)
 
     def capture_graphs(self) -> None:
         """Capture the decode step for every (batch, length) bucket; logs the time it took."""
@@ -214,11 +229,11 @@ class DecodeEngine:
                     args = (self._tokens[:rows], self._positions[:rows], rows, length)
                     stream.wait_stream(torch.cuda.current_stream(self.device))
                     with torch.cuda.stream(stream):
-                        self._decode_forward(*args)      # warm-up: kernels chosen, workspaces allocated
+                        self._step(*args)      # warm-up: kernels chosen (compiled), workspaces allocated
                     torch.cuda.current_stream(self.device).wait_stream(stream)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool):
-                        logits, greedy = self._decode_forward(*args)
+                        logits, greedy = self._step(*args)
                     self._graphs[(rows, length)] = (graph, logits, greedy)
         torch.cuda.synchronize(self.device)
         self.warmup_s = time.perf_counter() - start

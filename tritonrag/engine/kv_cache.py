@@ -1,7 +1,9 @@
 """A static key/value cache: one preallocated row of `max_len` positions per batch slot.
 
-Layout `[layers, slots, kv_heads, max_len, head_dim]`: the decode step for a batch
-bucket of B rows reads `cache[layer, :B]` in place (a view, no gather, no copy), and
+Layout `[layers, slots, 2 * kv_heads, max_len, head_dim]`, keys in the first half of
+the head axis and values in the second, so a decode step writes a token's K and V
+with one indexed store. The step for a batch bucket of B rows reads
+`cache[layer, :B]` in place (a view, no gather, no copy), and
 attention reads the KV heads as they are stored (no repeat_kv expansion). Slots are
 handed out lowest-first so that the running batch stays packed at the front and the
 smallest bucket covers it.
@@ -17,9 +19,10 @@ class KVCache:
                  dtype, device):
         import torch
 
-        shape = (n_layers, slots, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # zeros, not empty: masked-out positions still enter attention's products
+        self.kv = torch.zeros((n_layers, slots, 2 * n_kv_heads, max_len, head_dim), dtype=dtype, device=device)
+        self.k = self.kv[:, :, :n_kv_heads]
+        self.v = self.kv[:, :, n_kv_heads:]
         self.slots = slots
         self.max_len = max_len
         self._free = list(range(slots))
@@ -27,8 +30,8 @@ class KVCache:
 
     def nbytes_per_token(self) -> int:
         """K and V bytes of one position over all layers."""
-        n_layers, _, heads, _, dim = self.k.shape
-        return 2 * n_layers * heads * dim * self.k.element_size()
+        n_layers, _, heads, _, dim = self.kv.shape
+        return n_layers * heads * dim * self.kv.element_size()
 
     @property
     def free_slots(self) -> int:
