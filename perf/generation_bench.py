@@ -225,9 +225,11 @@ def plot(result: dict, path: Path) -> None:
     left.set_ylabel("ms per decode step")
     left.legend()
     left.set_title("decode step")
-    serving = result["serving"]
-    right.plot([r["concurrency"] for r in serving], [r["requests_per_s"] for r in serving], "o-",
-               label="engine, continuous batching")
+    for key in [k for k in result if k.startswith("serving") and isinstance(result[k], list)]:
+        serving = result[key]
+        variant = key.partition("_")[2] or result["variants"][0]
+        right.plot([r["concurrency"] for r in serving], [r["requests_per_s"] for r in serving], "o-",
+                   label=f"engine ({variant}), continuous batching")
     if result["hf_generate"]:
         right.plot([r["batch"] for r in result["hf_generate"]], [r["requests_per_s"] for r in result["hf_generate"]],
                    "s:", label="HF generate (static batch)")
@@ -256,6 +258,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--deadline-s", type=float, default=240, help="time budget for the later variants")
     parser.add_argument("--plot", type=Path, help="only draw the PNG of a results JSON written earlier")
     args = parser.parse_args(argv)
     if args.plot:
@@ -285,52 +288,67 @@ def main(argv=None) -> dict:
               "torch": torch.__version__, "model": args.model, "dtype": str(dtype).replace("torch.", ""),
               "prompt": args.prompt, "output": args.output, "model_build_s": round(load_s, 2),
               "peak_bandwidth_GBps": round(bandwidth / 1e9, 1) if bandwidth else None,
-              "decode_step": {}, "graph_capture_s": {}, "serving": [], "hf_generate": []}
-    engines = {}
-    for variant in args.variants:
-        start = time.perf_counter()
-        try:
-            engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
-                                          compile="+compile" in variant)
-        except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
-            result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
-            print(variant, "failed:", result["errors"][variant], flush=True)
-            continue
-        result.setdefault("engine_build_s", {})[variant] = round(time.perf_counter() - start, 2)
-        result["graph_capture_s"][variant] = round(engine.warmup_s, 2)
-        result.setdefault("agreement_with_hf", {})[variant] = agreement(model, engine, device, 64)
-        print(variant, result["agreement_with_hf"][variant], "capture s", engine.warmup_s, flush=True)
-        rows = step_times(engine, batches, args.prompt, args.output, args.steps, device)
-        for row in rows:
-            row["roofline_ms"] = round(row["bytes_per_step"] / bandwidth * 1000, 3) if bandwidth else None
-        result["decode_step"][variant] = rows
-        save(result, args, device, partial=True)
-        print(variant, json.dumps(rows), flush=True)
-        engines[variant] = engine
-    best = min(engines, key=lambda v: sum(r["ms_per_step"] for r in result["decode_step"][v]))
-    result["serving_attention"] = best
-    for variant in list(engines):
-        if variant != best:
-            del engines[variant]
+              "variants": args.variants, "decode_step": {}, "graph_capture_s": {}, "serving": [],
+              "hf_generate": []}
     vocab = min(model.config.vocab_size, 32000)
-    for concurrency in args.concurrency:
-        batcher = ContinuousBatcher(engines[best], max_batch=concurrency)
-        batcher.start()
-        serve(batcher, concurrency, concurrency, args.prompt, args.output, vocab, seed=1)   # warm-up
-        row = serve(batcher, concurrency, concurrency * args.requests_per_client, args.prompt, args.output,
-                    vocab, seed=2)
-        batcher.stop()
-        result["serving"].append(row)
-        save(result, args, device, partial=True)
-        print(json.dumps(row), flush=True)
-    del engines
-    for batch in args.hf_batches:
-        row = hf_generate(model, batch, args.prompt, args.output, device)
-        result["hf_generate"].append(row)
-        print("hf", json.dumps(row), flush=True)
-
+    t0 = time.perf_counter()
+    # the first variant is served and compared with transformers; later ones (torch.compile:
+    # slow to build) only if the run is still inside its --deadline-s
+    for n, variant in enumerate(args.variants):
+        if n and time.perf_counter() - t0 > args.deadline_s / 2:
+            result.setdefault("errors", {})[variant] = "skipped: past half the deadline"
+            continue
+        engine = measure_variant(result, args, model, variant, slots, max_len, batches, bandwidth, device)
+        if engine is None:
+            continue
+        batcher = None
+        if n == 0 or time.perf_counter() - t0 < args.deadline_s * 0.8:
+            key = "serving" if n == 0 else f"serving_{variant}"
+            for concurrency in args.concurrency:
+                batcher = ContinuousBatcher(engine, max_batch=concurrency)
+                batcher.start()
+                serve(batcher, concurrency, concurrency, args.prompt, args.output, vocab, seed=1)   # warm-up
+                row = serve(batcher, concurrency, concurrency * args.requests_per_client, args.prompt,
+                            args.output, vocab, seed=2)
+                batcher.stop()
+                result.setdefault(key, []).append(row)
+                save(result, args, device, partial=True)
+                print(variant, json.dumps(row), flush=True)
+        del engine, batcher
+        if n == 0:
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            for batch in args.hf_batches:
+                row = hf_generate(model, batch, args.prompt, args.output, device)
+                result["hf_generate"].append(row)
+                save(result, args, device, partial=True)
+                print("hf", json.dumps(row), flush=True)
     save(result, args, device, partial=False)
     return result
+
+
+def measure_variant(result, args, model, variant, slots, max_len, batches, bandwidth, device):
+    """Build an engine variant, check it against transformers, time its decode step."""
+    from tritonrag.engine import DecodeEngine
+
+    start = time.perf_counter()
+    try:
+        engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
+                                      compile="+compile" in variant)
+    except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
+        result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(variant, "failed:", result["errors"][variant], flush=True)
+        return None
+    result.setdefault("engine_build_s", {})[variant] = round(time.perf_counter() - start, 2)
+    result["graph_capture_s"][variant] = round(engine.warmup_s, 2)
+    result.setdefault("agreement_with_hf", {})[variant] = agreement(model, engine, device, 64)
+    print(variant, result["agreement_with_hf"][variant], "capture s", engine.warmup_s, flush=True)
+    rows = step_times(engine, batches, args.prompt, args.output, args.steps, device)
+    for row in rows:
+        row["roofline_ms"] = round(row["bytes_per_step"] / bandwidth * 1000, 3) if bandwidth else None
+    result["decode_step"][variant] = rows
+    save(result, args, device, partial=True)
+    print(variant, json.dumps(rows), flush=True)
+    return engine
 
 
 def save(result: dict, args, device, partial: bool) -> None:

@@ -73,9 +73,13 @@ class DecodeEngine:
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
         self.warmup_s = 0.0
-        self._step = self._decode_forward
         if compile and self.device.type == "cuda":
-            self._step = torch.compile(self._decode_forward, dynamic=True)
+            # the per-layer pieces, not the whole 28-layer step (that took > 4 min to compile on
+            # an H100 host); all layers share one compiled graph, the cache store and attention
+            # stay outside so the compiler never copies a cache it would have to functionalise
+            self._qkv_part = torch.compile(self._qkv_part, dynamic=True)
+            self._mlp_part = torch.compile(self._mlp_part, dynamic=True)
+        self._step = self._decode_forward
         if cuda_graphs and self.device.type == "cuda":
             self.capture_graphs()
 
@@ -166,12 +170,13 @@ class DecodeEngine:
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         ar = torch.arange(rows, device=self.device)
         cos, sin = self.cos_heads[positions], self.sin_heads[positions]          # [B, Hq + 2 Hkv, D]
-        mask = (self._key_index[:length][None] <= positions[:, None])[:, None, None]  # [B,1,1,L]
+        # additive mask, built once per step rather than converted from a boolean one in every layer
+        visible = self._key_index[:length][None] <= positions[:, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill(~visible, float("-inf"))[:, None, None]         # [B, 1, 1, L]
         x = F.embedding(tokens, w.embed)
         for index, layer in enumerate(w.layers):
-            qkv = F.linear(self._norm(x, layer.input_norm), layer.qkv, layer.qkv_bias)
-            qkv = qkv.view(rows, heads + 2 * kv_heads, 2, dim // 2)
-            qkv = torch.addcmul(qkv.flatten(2) * cos, qkv.flip(2).flatten(2), sin)   # rotary on q and k
+            qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
             cache = self.cache.kv[index]
             cache[ar, :, positions] = qkv[:, heads:]                # this token's K and V, one store
             keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
@@ -179,14 +184,30 @@ class DecodeEngine:
             if self.attention == "sdpa":
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             else:  # explicit batched matmuls, for comparison
-                scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale + mask
                 att = torch.matmul(scores.softmax(-1).to(values.dtype), values)
-            x = torch.addmm(x, att.reshape(rows, -1), layer.o.t())      # residual add inside the matmul
-            gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate) * up, layer.down.t())
+            x = self._mlp_part(x, att.reshape(rows, -1), layer.o, layer.post_norm, layer.gate_up, layer.down)
         logits = F.linear(self._norm(x, w.final_norm), w.lm_head)
         return logits, logits.argmax(-1)
+
+    def _qkv_part(self, x, norm, qkv_weight, qkv_bias, cos, sin):
+        """Norm, fused q/k/v projection and rotary embedding (v heads pass unchanged)."""
+        import torch
+        import torch.nn.functional as F
+
+        w = self.w
+        qkv = F.linear(self._norm(x, norm), qkv_weight, qkv_bias)
+        qkv = qkv.view(x.shape[0], w.n_heads + 2 * w.n_kv_heads, 2, w.head_dim // 2)
+        return torch.addcmul(qkv.flatten(2) * cos, qkv.flip(2).flatten(2), sin)
+
+    def _mlp_part(self, x, att, o, norm, gate_up, down):
+        """Output projection and the MLP, each residual add inside its matmul."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.addmm(x, att, o.t())
+        gate, up = F.linear(self._norm(x, norm), gate_up).chunk(2, dim=-1)
+        return torch.addmm(x, F.silu(gate) * up, down.t())
 
     def bucket(self, rows: int, length: int) -> tuple[int, int]:
         return (next(b for b in self.batch_buckets if b >= rows), next(b for b in self.length_buckets if b >= length))
