@@ -227,7 +227,7 @@ def plot(result: dict, path: Path) -> None:
     left.set_title("decode step")
     for key in [k for k in result if k.startswith("serving") and isinstance(result[k], list)]:
         serving = result[key]
-        variant = key.partition("_")[2] or result["variants"][0]
+        variant = key.partition("_")[2] or result.get("variants", ["sdpa"])[0]
         right.plot([r["concurrency"] for r in serving], [r["requests_per_s"] for r in serving], "o-",
                    label=f"engine ({variant}), continuous batching")
     if result["hf_generate"]:

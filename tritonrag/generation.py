@@ -44,6 +44,20 @@ class EngineSettings:
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
     cuda_graphs: bool = True
     ignore_eos: bool = False        # every answer runs to its max_tokens (capacity benchmarks)
+    max_waiting: int = 256          # requests waiting for a slot before new ones are refused
+
+    @classmethod
+    def from_config(cls, config: dict, device: str) -> "EngineSettings":
+        """From a model's `config.pbtxt` parameters; max_running 0 means 8 on a CPU, 256 on a GPU."""
+        from .params import model_param
+
+        defaults = cls()
+        values = {name: model_param(config, name, getattr(defaults, name)) for name in defaults.__dataclass_fields__
+                  if name != "max_new_tokens"}
+        values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)
+        if values["max_running"] <= 0:
+            values["max_running"] = 256 if device.startswith("cuda") else 8
+        return cls(**values)
 
 
 class Generator:
@@ -101,8 +115,6 @@ class Generator:
             piece = text.push(token, final=finished)
             if text.stopped and not finished:
                 seq.cancel("stop")   # the engine ends it before its next step
-                return
-            seq.text = text
             if on_text is not None and (piece or finished):
                 on_text(piece, finished, seq)
 
@@ -110,6 +122,8 @@ class Generator:
                              stop_ids=frozenset() if self.settings.ignore_eos else frozenset(self.eos_ids),
                              on_token=on_token)
         seq.text = text
+        if len(self.batcher.waiting) >= self.settings.max_waiting:
+            raise OverloadedError(f"the generator already has {self.settings.max_waiting} requests waiting")
         try:
             return self.batcher.submit(seq)
         except SequenceError as exc:
@@ -123,13 +137,18 @@ class Generator:
         for seq in seqs:
             if seq.finish_reason == "error":
                 raise RuntimeError(f"generation failed: {seq.error}")
-        return [self._answer(seq) for seq in seqs]
+        return [self.answer(seq) for seq in seqs]
 
     @staticmethod
-    def _answer(seq: EngineSequence) -> str:
+    def answer(seq: EngineSequence) -> str:
+        """The whole answer of a finished sequence, cut before any stop string."""
         full = seq.text.text()
         cut = min((full.find(s) for s in seq.text.stop if s in full), default=len(full))
         return full[:cut].strip()
+
+
+class OverloadedError(RequestError):
+    """Too many requests wait for a slot; the client should retry later."""
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
