@@ -43,6 +43,7 @@ class EngineSettings:
     max_tokens_in_flight: int = 0   # reserved prompt + max_tokens over the running batch (0: no bound)
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
     cuda_graphs: bool = True
+    torch_compile: bool = False     # fuse each layer's small ops with torch.compile before capture (GPU)
     ignore_eos: bool = False        # every answer runs to its max_tokens (capacity benchmarks)
     max_waiting: int = 256          # requests waiting for a slot before new ones are refused
 
@@ -78,7 +79,7 @@ class Generator:
         self.system_prompt = system_prompt
         self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
-                                           cuda_graphs=settings.cuda_graphs)
+                                           cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile)
         if self.engine.warmup_s:
             log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)
         self.batcher = ContinuousBatcher(self.engine, max_tokens_in_flight=settings.max_tokens_in_flight or None,
