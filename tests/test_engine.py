@@ -163,3 +163,13 @@ def test_generator_with_dummy_weights_and_forced_length(tmp_path):
         assert all(isinstance(a, str) for a in generator.generate(requests))
     finally:
         generator.close()
+
+
+def test_embedder_takes_dummy_specs():
+    from tritonrag.embedding import Embedder, detect_family
+
+    embedder = Embedder("dummy:all-MiniLM-L6-v2")
+    vectors = embedder.embed_queries(["a question", "another question"])
+    assert vectors.shape == (2, 384) and abs(float((vectors[0] ** 2).sum()) - 1) < 1e-4
+    assert embedder.model_id == "dummy:all-MiniLM-L6-v2"   # never taken for the real model's index
+    assert detect_family("dummy:multilingual-e5-large-instruct").name == "e5-instruct"

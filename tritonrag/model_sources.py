@@ -43,10 +43,9 @@ def cache_dir() -> Path:
 
 def model_name(spec: str) -> str:
     """The name a spec is known by in manifests (the spec without its prefix)."""
-    for prefix in (BUILTIN_PREFIX, DUMMY_PREFIX):
-        if spec.startswith(prefix):
-            return spec[len(prefix):]
-    return spec
+    # dummy: specs keep their prefix, so an index built with random weights never
+    # passes for one built with the real model
+    return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else spec
 
 
 def _package_dir(package: str) -> Path:
@@ -110,7 +109,7 @@ def dummy_config(spec: str):
 
     from transformers import AutoConfig
 
-    name = model_name(spec)
+    name = spec[len(DUMMY_PREFIX):]
     shipped = CONFIGS / f"{name}.json"
     if shipped.exists():
         path = shipped
@@ -146,5 +145,5 @@ def load_model(spec: str, device, dtype, causal: bool, seed: int = 0):
     torch.manual_seed(seed)
     with torch.device(device):  # initialise where the model runs (seconds on a GPU for 1.5B)
         model = cls.from_config(config, dtype=dtype)
-    log.info("built %s with random weights (%s)", model_name(spec), config.model_type)
+    log.info("built %s with random weights (%s)", spec, config.model_type)
     return model.eval()
