@@ -173,3 +173,22 @@ def test_embedder_takes_dummy_specs():
     assert vectors.shape == (2, 384) and abs(float((vectors[0] ** 2).sum()) - 1) < 1e-4
     assert embedder.model_id == "dummy:all-MiniLM-L6-v2"   # never taken for the real model's index
     assert detect_family("dummy:multilingual-e5-large-instruct").name == "e5-instruct"
+
+
+def test_generation_bench_cpu_mode_writes_its_results(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("generation_bench", model_sources.CONFIGS.parents[1] / "perf" /
+                                                  "generation_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--model", "builtin:SmolLM2-135M-Instruct", "--device", "cpu", "--prompt", "8", "--output", "3",
+                "--concurrency", "2", "--requests-per-client", "1", "--steps", "2", "--variants", "sdpa",
+                "--hf-batches", "2", "--out", str(tmp_path)])
+    [path] = tmp_path.glob("*_generation.json")
+    result = json.loads(path.read_text())
+    assert result["complete"] and path.with_suffix(".png").exists()
+    assert result["agreement_with_hf"]["sdpa"]["argmax_agreement"] == 1.0   # fp32: the same logits
+    assert result["serving"][0]["requests"] == 2 and result["serving"][0]["output_tokens_per_s"] > 0
+    assert result["hf_generate"][0]["batch"] == 2 and result["decode_step"]["sdpa"][0]["ms_per_step"] > 0
