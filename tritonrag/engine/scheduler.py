@@ -41,6 +41,7 @@ class Sequence:
     finish_reason: str | None = None   # "length", "stop", "cancelled", "error"
     error: str | None = None
     slot: int | None = None
+    text: object = None                # the caller's decoded-text state (generation.IncrementalText)
     _stop_request: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
