@@ -12,7 +12,10 @@ def test_every_stage_batches_dynamically_up_to_32():
         text = (SOURCE_REPOSITORY / model / "config.pbtxt").read_text()
         assert "max_batch_size: 32" in text
         assert re.search(r"dynamic_batching \{\s*max_queue_delay_microseconds: \d+", text)
-        assert "kind: KIND_AUTO" in text
+        # the generator is a model-less forwarder on CPU instances; its engine model follows the device
+        assert ("kind: KIND_CPU" if model == "generator" else "kind: KIND_AUTO") in text
+    engine = (SOURCE_REPOSITORY / "generator_stream" / "config.pbtxt").read_text()
+    assert "kind: KIND_AUTO" in engine and "decoupled: true" in engine
     for ensemble in ("rag_ensemble", "rag_retrieve"):
         assert (SOURCE_REPOSITORY / ensemble / "1").is_dir()
         assert 'platform: "ensemble"' in (SOURCE_REPOSITORY / ensemble / "config.pbtxt").read_text()

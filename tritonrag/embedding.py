@@ -59,16 +59,17 @@ class Embedder:
     def __init__(self, model: str, device: str = "cpu", max_length: int = 256,
                  family: EmbeddingFamily | None = None, batch_size: int = 32):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.model_id = model_sources.model_name(model)
         self.family = family or detect_family(model)
         self.device = _torch_device(device)
         self.batch_size = batch_size
-        path = model_sources.resolve(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        # dummy: specs (random weights of a real shape) borrow the builtin MiniLM tokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(model_sources.tokenizer_source(model, causal=False),
+                                                       trust_remote_code=False)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(self.device).eval()
+        self.model = model_sources.load_model(model, self.device, dtype, causal=False)
         self.max_length = min(max_length, self.tokenizer.model_max_length or max_length)
         self.dimension = int(self.model.config.hidden_size)
 

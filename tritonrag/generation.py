@@ -1,77 +1,155 @@
-"""Batched greedy generation with a causal LM from transformers.
+"""Answer generation on the package's decode engine, with continuous batching.
 
-One `generate` call serves a whole dynamic batch: prompts are left-padded, the
-batch runs to the largest `max_tokens` asked for, and each answer is cut at its
-own request's limit, so mixed limits in one batch are each honoured.
+The model loads through transformers (`builtin:`, a folder, a Hub id, or ``dummy:``
+random weights); `tritonrag.engine` runs the decode with a static KV cache and
+iteration-level batching in one background thread. `submit` hands one request to
+that thread and returns at once (streaming and decoupled serving use it);
+`generate` submits a list and waits, so requests from concurrent callers share the
+running batch and each finishes at its own `max_tokens` or end token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 from . import model_sources
+from .engine import ContinuousBatcher, DecodeEngine
+from .engine import Sequence as EngineSequence
+from .engine.scheduler import SequenceError
+from .engine.text import IncrementalText
+from .limits import RequestError
 from .prompting import SYSTEM_PROMPT, render_prompt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt_ids: list[int]
     max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class EngineSettings:
+    """Sizes of the decode engine (config.pbtxt parameters of the generator)."""
+    max_running: int = 8            # KV-cache slots: sequences decoded at once
+    max_new_tokens: int = 512       # with max_prompt_tokens, the positions of one slot
+    max_tokens_in_flight: int = 0   # reserved prompt + max_tokens over the running batch (0: no bound)
+    prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
+    cuda_graphs: bool = True
+    torch_compile: bool = False     # fuse each layer's small ops with torch.compile before capture (GPU)
+    ignore_eos: bool = False        # every answer runs to its max_tokens (capacity benchmarks)
+    max_waiting: int = 256          # requests waiting for a slot before new ones are refused
+
+    @classmethod
+    def from_config(cls, config: dict, device: str) -> "EngineSettings":
+        """From a model's `config.pbtxt` parameters; max_running 0 means 8 on a CPU, 256 on a GPU."""
+        from .params import model_param
+
+        defaults = cls()
+        values = {name: model_param(config, name, getattr(defaults, name)) for name in defaults.__dataclass_fields__
+                  if name != "max_new_tokens"}
+        values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)
+        if values["max_running"] <= 0:
+            values["max_running"] = 256 if device.startswith("cuda") else 8
+        return cls(**values)
 
 
 class Generator:
     def __init__(self, model: str, device: str = "cpu", max_prompt_tokens: int = 1024,
-                 system_prompt: str = SYSTEM_PROMPT):
+                 system_prompt: str = SYSTEM_PROMPT, settings: EngineSettings | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        self.settings = settings = settings or EngineSettings()
         self.model_id = model_sources.model_name(model)
         self.device = torch.device(device)
-        path = model_sources.resolve(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
-        self.model = self.model.to(self.device).eval()
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_sources.tokenizer_source(model, causal=True),
+                                                       trust_remote_code=False)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        hf_model = model_sources.load_model(model, self.device, self.dtype, causal=True)
+        self.eos_ids = _eos_ids(hf_model, self.tokenizer)
         self.max_prompt_tokens = max_prompt_tokens
         self.system_prompt = system_prompt
+        self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
+                                           max_len=max_prompt_tokens + settings.max_new_tokens,
+                                           cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile)
+        if self.engine.warmup_s:
+            log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)
+        self.batcher = ContinuousBatcher(self.engine, max_tokens_in_flight=settings.max_tokens_in_flight or None,
+                                         prefill_tokens=settings.prefill_tokens)
+        self.batcher.start()
 
-    def prepare(self, question: str, passages: Sequence[str], max_tokens: int) -> GenerationRequest:
+    def close(self) -> None:
+        """Stop the engine thread (pending requests end as cancelled)."""
+        self.batcher.stop()
+
+    def prepare(self, question: str, passages: Sequence[str], max_tokens: int, temperature: float = 0.0,
+                top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
         """Tokenise one request's prompt (raises PromptTooLongError if it cannot fit)."""
         ids = render_prompt(self.tokenizer, question, passages, self.max_prompt_tokens, self.system_prompt)
-        return GenerationRequest(ids, max_tokens)
+        return self.request(ids, max_tokens, temperature, top_p, stop)
+
+    def request(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
+                top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
+        if not 0.0 <= temperature <= 100.0:
+            raise RequestError(f"temperature must be in [0, 100], got {temperature}")
+        if not 0.0 < top_p <= 1.0:
+            raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+        if max_tokens > self.settings.max_new_tokens:
+            raise RequestError(f"max_tokens must be at most {self.settings.max_new_tokens}, got {max_tokens}")
+        return GenerationRequest(list(prompt_ids), max_tokens, float(temperature), float(top_p), tuple(stop))
+
+    def submit(self, request: GenerationRequest,
+               on_text: Callable[[str, bool, EngineSequence], None] | None = None) -> EngineSequence:
+        """Start one request; `on_text(piece, finished, seq)` is called from the engine thread
+        with each new piece of answer text (the last call has finished=True)."""
+        text = IncrementalText(self.tokenizer, request.stop, self.eos_ids)
+
+        def on_token(seq: EngineSequence, token: int | None, finished: bool) -> None:
+            piece = text.push(token, final=finished)
+            if text.stopped and not finished:
+                seq.cancel("stop")   # the engine ends it before its next step
+            if on_text is not None and (piece or finished):
+                on_text(piece, finished, seq)
+
+        seq = EngineSequence(request.prompt_ids, request.max_tokens, request.temperature, request.top_p,
+                             stop_ids=frozenset() if self.settings.ignore_eos else frozenset(self.eos_ids),
+                             on_token=on_token)
+        seq.text = text
+        if len(self.batcher.waiting) >= self.settings.max_waiting:
+            raise OverloadedError(f"the generator already has {self.settings.max_waiting} requests waiting")
+        try:
+            return self.batcher.submit(seq)
+        except SequenceError as exc:
+            raise RequestError(str(exc)) from exc
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        """Greedy answers, one per request, in order."""
-        import torch
+        """Answers, one per request, in order (greedy unless a request asks for sampling)."""
+        seqs = [self.submit(r) for r in requests]
+        for seq in seqs:
+            seq.done.wait()
+        for seq in seqs:
+            if seq.finish_reason == "error":
+                raise RuntimeError(f"generation failed: {seq.error}")
+        return [self.answer(seq) for seq in seqs]
 
-        if not requests:
-            return []
-        prompts = [r.prompt_ids for r in requests]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention[row, width - len(ids):] = 1
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                max_new_tokens=max(r.max_tokens for r in requests), do_sample=False,
-                pad_token_id=self.pad_id, eos_token_id=self.eos_ids)
-        new_tokens = output[:, width:].tolist()
-        return [self._decode(tokens[:r.max_tokens]) for tokens, r in zip(new_tokens, requests)]
+    @staticmethod
+    def answer(seq: EngineSequence) -> str:
+        """The whole answer of a finished sequence, cut before any stop string."""
+        full = seq.text.text()
+        cut = min((full.find(s) for s in seq.text.stop if s in full), default=len(full))
+        return full[:cut].strip()
 
-    def _decode(self, tokens: list[int]) -> str:
-        for n, token in enumerate(tokens):
-            if token in self.eos_ids:
-                tokens = tokens[:n]
-                break
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+class OverloadedError(RequestError):
+    """Too many requests wait for a slot; the client should retry later."""
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

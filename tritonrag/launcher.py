@@ -222,6 +222,7 @@ class TritonServer:
             "embedder": {"embedder_model": s.embedder},
             "retriever": {"embedder_model": s.embedder, "index_path": str(self.index_path)},
             "generator": {"generator_model": s.generator},
+            "generator_stream": {"generator_model": s.generator},
         }
         for model, params in s.extra_parameters.items():
             overrides.setdefault(model, {}).update(params)

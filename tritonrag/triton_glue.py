@@ -114,3 +114,82 @@ def serve_batch(requests: Sequence, parse: Callable[[Any], list], run: Callable[
                 except RequestError as exc:
                     responses[slot] = error_response(str(exc))
     return responses
+
+
+class ResponsePump:
+    """Sends a decoupled model's responses from one thread, and notices cancellations.
+
+    The engine thread only enqueues (sending costs an IPC round trip, which would
+    stall every sequence of the batch); this thread sends, and every `poll_s` asks
+    each live request's sender whether the client cancelled, so that the engine frees
+    its slot (`on_cancel(handle)`) even while a non-streaming request has nothing to send.
+    """
+
+    def __init__(self, on_cancel: Callable[[Any], None], poll_s: float = 0.1,
+                 on_idle: Callable[[], None] | None = None):
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue()
+        self._live: dict[int, tuple[Any, Any]] = {}
+        self._on_cancel, self._on_idle, self._poll_s = on_cancel, on_idle, poll_s
+        self._thread = threading.Thread(target=self._run, name="response-pump", daemon=True)
+        self._thread.start()
+
+    def track(self, sender, handle) -> None:
+        self._queue.put(("track", sender, handle, None, False))
+
+    def send(self, sender, handle, response, final: bool) -> None:
+        self._queue.put(("send", sender, handle, response, final))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import queue
+
+        import time
+
+        final_flag = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        last_poll = 0.0
+        while True:
+            try:
+                item = self._queue.get(timeout=self._poll_s)
+            except queue.Empty:
+                item = "poll"
+            if item is None:
+                return
+            if item != "poll":
+                kind, sender, handle, response, final = item
+                if kind == "track":
+                    self._live[id(sender)] = (sender, handle)
+                    continue
+                if id(sender) not in self._live:   # already ended (cancelled)
+                    continue
+                try:
+                    if response is None:
+                        sender.send(flags=final_flag)
+                    else:
+                        sender.send(response, flags=final_flag if final else 0)
+                except Exception:  # noqa: BLE001 — the client went away: end it
+                    final = True
+                    self._on_cancel(handle)
+                if final:
+                    self._live.pop(id(sender), None)
+                if not self._queue.empty() or time.monotonic() - last_poll < self._poll_s:
+                    continue
+            last_poll = time.monotonic()
+            for key, (sender, handle) in list(self._live.items()):
+                if sender.is_cancelled():
+                    self._on_cancel(handle)
+                    del self._live[key]
+                    try:
+                        sender.send(flags=final_flag)
+                    except Exception:  # noqa: BLE001
+                        pass
+            if self._on_idle is not None:
+                try:
+                    self._on_idle()
+                except Exception:  # noqa: BLE001 — metrics must never stop the responses
+                    pass
