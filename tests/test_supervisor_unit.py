@@ -1,5 +1,6 @@
 """The supervisor's view of processes, and the queue-limit rendering, without a server."""
 
+import collections
 import os
 import subprocess
 import sys
@@ -62,3 +63,34 @@ def test_model_values_from_options_or_environment(monkeypatch):
         _model_values(["generator"], "X", int)
     with pytest.raises(SystemExit, match="not a valid number"):
         _model_values(["generator=lots"], "X", int)
+
+
+class _FakeServer:
+    """Just enough of TritonServer for Supervisor._check_once: a live process and its stubs."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        self.relaunched = 0
+
+    def relaunch(self, grace_s: float = 30.0) -> None:
+        self.relaunched += 1
+
+
+@pytest.mark.parametrize("dead, expected", [("generator_stream", "server-restart"), ("embedder", "model-reload")])
+def test_a_dead_bls_target_restarts_the_server_other_stubs_are_reloaded(monkeypatch, dead, expected):
+    from tritonrag.supervisor import Supervisor
+
+    server = _FakeServer()
+    try:
+        supervisor = Supervisor(server)
+        supervisor.expected = collections.Counter({"generator_stream": 1, "embedder": 1, "generator": 4})
+        alive = {"generator_stream": 1, "embedder": 1, "generator": 4, dead: 0}
+        monkeypatch.setattr(supervisor, "_stub_counts", lambda: collections.Counter(alive))
+        reloaded = []
+        monkeypatch.setattr(supervisor, "_reload_model", reloaded.append)
+        supervisor._check_once()
+        assert [kind for _, kind, _ in supervisor.events] == [expected]
+        assert (server.relaunched, reloaded) == ((1, []) if expected == "server-restart" else (0, [dead]))
+    finally:
+        server.process.kill()
+        server.process.wait()

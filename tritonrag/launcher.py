@@ -269,9 +269,9 @@ class TritonServer:
             self._terminate()
             raise
 
-    def relaunch(self) -> None:
-        """Start the server again after it died (the supervisor calls this)."""
-        self._terminate()
+    def relaunch(self, grace_s: float = 30.0) -> None:
+        """Start the server again after it died or got stuck (the supervisor calls this)."""
+        self._terminate(grace_s)
         self._launch()
 
     def is_ready(self) -> bool:

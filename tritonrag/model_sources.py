@@ -71,7 +71,7 @@ def resolve(spec: str) -> str:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(sorted(_BUILTINS))}")
     package, subdir, gguf_file = _BUILTINS[name]
     converted = cache_dir() / "models" / name
-    if gguf_file is not None and (converted / "config.json").exists():
+    if (converted / "config.json").exists():
         return str(converted)   # converted before (or copied there: hosts without the package)
     source = _package_dir(package) / subdir
     if gguf_file is None:

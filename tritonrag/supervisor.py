@@ -6,9 +6,11 @@ model and the server keep reporting ready while every request to that model fail
 server that dies stays dead. The supervisor watches the server process and its stub
 processes. A missing stub: unload the model (readiness turns false at once, other models
 keep serving, e.g. `rag_retrieve` while the generator is down), then load it again
-(2.6 s for the builtin generator on 2 CPU cores). A dead server: start it again on the
-same ports. Repeated failures within a window end supervision, so that the process
-exits and its own supervisor (Kubernetes, compose, systemd) takes over.
+(2.6 s for the builtin generator on 2 CPU cores). An unload that cannot finish (its
+in-flight requests wait on a dead stub) falls back to a server restart after
+`unload_timeout_s`, and so does the death of a model that others call through BLS
+(`restart_server_for`). A dead server: start it again on the same ports. Repeated
+failures within a window end supervision, so that the process exits and its own supervisor (Kubernetes, compose, systemd) takes over.
 """
 
 from __future__ import annotations
@@ -73,6 +75,15 @@ class SupervisorPolicy:
     max_recoveries: int = 5          # within window_s; one more and supervision ends
     window_s: float = 300.0
     load_timeout_s: float = 600.0
+    # An unload waits for the model's in-flight requests; one whose requests can never
+    # finish (a BLS caller's stub died mid-stream, say) would wait for good: past this,
+    # the server is restarted instead.
+    unload_timeout_s: float = 15.0
+    # Models that others call through BLS (the generator forwarder streams from
+    # generator_stream): when such a stub dies, its callers' in-flight calls never return
+    # (seen with Triton 2.51: the reloaded model answers, the stranded callers wait for
+    # good), so a reload would leave them stuck: restart the whole server instead.
+    restart_server_for: tuple[str, ...] = ("generator_stream",)
 
 
 class Supervisor:
@@ -124,6 +135,10 @@ class Supervisor:
             return
         counts = self._stub_counts()
         for model, expected in self.expected.items():
+            if counts[model] < expected and model in self.policy.restart_server_for:
+                self._recover("server-restart", f"{model}: {counts[model]} of {expected} stub processes alive "
+                              "(a BLS target)", self._restart_server)
+                return
             if counts[model] < expected:
                 self._recover("model-reload", f"{model}: {counts[model]} of {expected} stub processes alive",
                               lambda model=model: self._reload_model(model))
@@ -153,26 +168,36 @@ class Supervisor:
         return stubs_per_model(child_processes(self.server.process.pid))
 
     def _restart_server(self) -> None:
-        self.server.relaunch()
+        # short grace: a dead server needs none, and a stuck one cannot drain its requests
+        self.server.relaunch(grace_s=5.0)
         self.expected = self._stub_counts()
 
     def _reload_model(self, model: str) -> None:
         # Unload first: loading a loaded model with an unchanged config is a no-op in
         # Triton, and unloading makes readiness false while the model is away.
-        self._repository(model, "unload")
-        deadline = time.monotonic() + self.policy.load_timeout_s
+        deadline = time.monotonic() + self.policy.unload_timeout_s
+        try:
+            self._repository(model, "unload", self.policy.unload_timeout_s)
+        except OSError as exc:  # a timeout or a dropped connection: the unload hangs
+            log.warning("unloading %s did not return (%s)", model, exc)
         while self._stub_counts()[model] and time.monotonic() < deadline:
             time.sleep(0.1)
+        if self._stub_counts()[model]:
+            log.warning("%s is still unloading after %.0f s (requests that cannot finish): restarting the server",
+                        model, self.policy.unload_timeout_s)
+            self.events.append((time.monotonic(), "unload-stuck", model))
+            self._restart_server()
+            return
         self._repository(model, "load")
         if self._stub_counts()[model] < self.expected[model]:
             raise RuntimeError(f"{model} loaded but has {self._stub_counts()[model]} stub processes")
 
-    def _repository(self, model: str, action: str) -> None:
+    def _repository(self, model: str, action: str, timeout_s: float | None = None) -> None:
         request = urllib.request.Request(
             f"http://{self.server.http_url}/v2/repository/models/{model}/{action}", data=json.dumps({}).encode(),
             headers={"Content-Type": "application/json", **self.server.admin_headers("http")}, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.policy.load_timeout_s) as reply:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.policy.load_timeout_s) as reply:
                 reply.read()
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"{action} {model}: HTTP {exc.code} {exc.read()[:300]!r}") from exc
