@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stats  # noqa: E402
-from inputs import load_questions, write_inputs  # noqa: E402
+from inputs import load_questions  # noqa: E402
 from tritonrag.storage import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
