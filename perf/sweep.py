@@ -406,8 +406,8 @@ def sweep(args, host: str, http_port: int, grpc_port: int) -> list[dict]:
                 points += [(None, r, d) for d in args.distribution for r in args.request_rate]
                 for concurrency, rate, distribution in points:
                     if distribution == "bursty":
-                        if "question" not in names or set(names) - {"question", "top_k", "max_tokens"}:
-                            continue  # loadgen speaks the pipeline's inputs only
+                        if "max_tokens" not in names or set(names) - {"question", "top_k", "max_tokens"}:
+                            continue  # loadgen asks the pipeline's questions for answers only
                         row = run_bursty(model, url, protocol, questions, rate, args)
                     else:
                         row = run_point(binary, env, model, url, protocol, data_path, tmp, concurrency, rate,
