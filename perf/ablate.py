@@ -170,9 +170,12 @@ def _http_send(url: str, load: Load):
 
 def run_baseline(index: Path, embedder: str, generator: str, questions: list[str], load: Load) -> dict:
     """Start the FastAPI baseline on a free loopback port, measure it, stop it."""
+    import torch
+
     (port,) = free_ports(1)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where Triton's KIND_AUTO would put them
     command = [sys.executable, str(ROOT / "perf" / "baselines" / "fastapi_rag.py"), "--index", str(index),
-               "--embedder", embedder, "--generator", generator, "--port", str(port)]
+               "--embedder", embedder, "--generator", generator, "--port", str(port), "--device", device]
     started = time.perf_counter()
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
