@@ -30,6 +30,13 @@ def test_given_values_are_kept_and_checked():
         request_values(question("a?", "b?"), None, np.array([[7]], np.int32), LIMITS)
 
 
+def test_bad_questions_are_refused_before_any_stage():
+    with pytest.raises(RequestError, match="question is empty"):
+        request_values(question("ok?", " "), None, None, LIMITS)
+    with pytest.raises(RequestError, match="the limit is 4096"):
+        request_values(question("x" * 5000), None, None, LIMITS)
+
+
 def test_a_missing_question_is_a_clear_error():
     with pytest.raises(RequestError, match="input 'question' is missing"):
         request_values(None, np.array([[5]], np.int32), None, LIMITS)

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Mapping
 
 import numpy as np
 
-from .limits import Limits, RequestError, check_range
+from .limits import Limits, RequestError, check_range, decode_question
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,16 @@ def request_values(question: np.ndarray | None, top_k: np.ndarray | None, max_to
     """The pipeline's starting values for one request, every optional input filled.
 
     `question` is the request's [n, 1] BYTES array; `top_k` / `max_tokens` its INT32
-    arrays or None. Values out of range are refused here, with the stages' messages.
+    arrays or None. Bad questions and values out of range are refused here, with the
+    stages' own messages (a stage's error reaches the client through BLS as INTERNAL).
     """
     if question is None:
         raise RequestError("input 'question' is missing")
     rows = int(question.shape[0]) if question.ndim else 0
     if rows == 0:
         raise RequestError("the request holds no rows")
+    for raw in np.asarray(question).reshape(-1):  # refused here with a clear code, not deep in a stage
+        decode_question(raw if isinstance(raw, bytes) else str(raw).encode("utf-8"), limits.max_question_bytes)
 
     def filled(name: str, array: np.ndarray | None, default: int, maximum: int) -> np.ndarray:
         if array is None:
