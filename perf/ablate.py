@@ -89,14 +89,22 @@ class Load:
     max_tokens: int = 32
 
 
-def measure(send, questions: list[str], load: Load) -> dict:
-    """Warm up one at a time, then the closed loop; the numbers of the measured part."""
+def measure(sender, questions: list[str], load: Load) -> dict:
+    """Warm up one at a time, then the closed loop; the numbers of the measured part.
+
+    `sender` is (send, close): send(question) answers one question, close() ends the session.
+    """
+    send, close = sender
+
     async def run():
-        await closed_loop_with(send, questions[-load.warmup:] or questions, 1, requests=load.warmup)
-        started = time.perf_counter()
-        outcomes = await closed_loop_with(send, questions, load.concurrency, duration_s=load.max_seconds,
-                                          requests=load.requests)
-        return outcomes, time.perf_counter() - started
+        try:
+            await closed_loop_with(send, questions[-load.warmup:] or questions, 1, requests=load.warmup)
+            started = time.perf_counter()
+            outcomes = await closed_loop_with(send, questions, load.concurrency, duration_s=load.max_seconds,
+                                              requests=load.requests)
+            return outcomes, time.perf_counter() - started
+        finally:
+            await close()
 
     outcomes, wall = asyncio.run(run())
     ok = [o.latency_s for o in outcomes if o.kind == "ok"]
@@ -135,37 +143,45 @@ def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str],
 
 
 def _triton_send(url: str, model: str, load: Load):
-    """A send() that opens its tritonclient inside the event loop that uses it."""
+    """(send, close) over Triton's HTTP endpoint; the client opens inside the loop that uses it."""
     from tritonrag_client.aio import AsyncRagClient
 
-    clients: dict[int, AsyncRagClient] = {}
+    holder: dict[str, AsyncRagClient] = {}
 
     async def send(question: str):
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in clients:
-            clients[loop_id] = AsyncRagClient(url, protocol="http", timeout_s=load.max_seconds, model=model)
-        await clients[loop_id].ask(question, top_k=load.top_k, max_tokens=load.max_tokens)
+        if "client" not in holder:
+            # no timeout_s: over HTTP tritonclient sends it to the server as a request parameter
+            holder["client"] = AsyncRagClient(url, protocol="http", model=model)
+        await holder["client"].ask(question, top_k=load.top_k, max_tokens=load.max_tokens)
 
-    return send
+    async def close():
+        if "client" in holder:
+            await holder.pop("client").close()
+
+    return send, close
 
 
 def _http_send(url: str, load: Load):
+    """(send, close) for the baseline's JSON endpoint, over aiohttp like tritonclient's HTTP client."""
     import aiohttp
 
-    sessions: dict[int, aiohttp.ClientSession] = {}
+    holder: dict[str, aiohttp.ClientSession] = {}
 
     async def send(question: str):
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in sessions:
-            sessions[loop_id] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=load.max_seconds),
+        if "session" not in holder:
+            holder["session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=load.max_seconds),
                                                       connector=aiohttp.TCPConnector(limit=0))
-        async with sessions[loop_id].post(f"http://{url}/ask", json={
+        async with holder["session"].post(f"http://{url}/ask", json={
                 "question": question, "top_k": load.top_k, "max_tokens": load.max_tokens}) as reply:
             if reply.status != 200:
                 raise RuntimeError(f"HTTP {reply.status}: {(await reply.text())[:200]}")
             await reply.json()
 
-    return send
+    async def close():
+        if "session" in holder:
+            await holder.pop("session").close()
+
+    return send, close
 
 
 def run_baseline(index: Path, embedder: str, generator: str, questions: list[str], load: Load) -> dict:

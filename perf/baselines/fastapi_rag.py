@@ -18,8 +18,10 @@ import argparse
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -71,17 +73,19 @@ class PipelineRag:
                 "scores": [float(scores[i]) for i in top]}
 
 
+class Ask(BaseModel):
+    """The request body (FastAPI resolves it by name at module level)."""
+
+    question: str
+    top_k: Optional[int] = None
+    max_tokens: Optional[int] = None
+
+
 def create_app(rag: PipelineRag):
     from fastapi import FastAPI, HTTPException
-    from pydantic import BaseModel
 
     app = FastAPI(title="hand-rolled RAG baseline")
     lock = threading.Lock()
-
-    class Ask(BaseModel):
-        question: str
-        top_k: int | None = None
-        max_tokens: int | None = None
 
     @app.get("/health")
     def health() -> dict:
