@@ -1,11 +1,16 @@
 """rag_bls's pipeline logic in-process: defaults filled, bad values refused, stages fed in order."""
 
-import asyncio
-
 import numpy as np
 import pytest
 
-from tritonrag.bls import STAGES, StageError, request_values, run_pipeline
+from tritonrag.bls import (
+    STAGES,
+    StageError,
+    group_requests,
+    request_values,
+    run_pipeline,
+    split_rows,
+)
 from tritonrag.limits import Limits, RequestError
 
 LIMITS = Limits(default_top_k=3, max_top_k=100, default_max_tokens=32, max_max_tokens=512)
@@ -45,17 +50,31 @@ def test_a_missing_question_is_a_clear_error():
 def test_the_pipeline_feeds_each_stage_what_it_declares():
     seen = []
 
-    async def call(model, inputs, outputs):
+    def call(model, inputs, outputs):
         seen.append((model, sorted(inputs)))
         if model == "fail-generator":
             raise StageError(model, "boom")
         return {name: np.array([[model]], dtype=np.object_) for name in outputs}
 
     start = request_values(question("a?"), None, None, LIMITS)
-    values = asyncio.run(run_pipeline(start, {"generator": "gen-x"}, call))
+    values = run_pipeline(start, {"generator": "gen-x"}, call)
     assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "top_k"]),
                     ("gen-x", ["max_tokens", "passages", "question"])]
     assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["retriever"]]
     assert [s.role for s in STAGES] == ["embedder", "retriever", "generator"]
     with pytest.raises(StageError, match="fail-generator: boom"):
-        asyncio.run(run_pipeline(start, {"generator": "fail-generator"}, call))
+        run_pipeline(start, {"generator": "fail-generator"}, call)
+
+
+def test_requests_merge_into_one_call_per_top_k_and_split_back():
+    requests = [request_values(question("a?"), None, None, LIMITS),
+                request_values(question("b?", "c?"), np.array([[5], [5]], np.int32), None, LIMITS),
+                request_values(question("d?"), np.array([[3]], np.int32), np.array([[4]], np.int32), LIMITS)]
+    groups = group_requests(requests)
+    assert [members for members, _ in groups] == [[0, 2], [1]]
+    merged = groups[0][1]
+    assert merged["question"].reshape(-1).tolist() == [b"a?", b"d?"] and merged["max_tokens"].tolist() == [[32], [4]]
+    parts = split_rows({"answer": np.array([["A"], ["B"], ["C"]])}, ["answer"], [2, 1])
+    assert [p["answer"].tolist() for p in parts] == [[["A"], ["B"]], [["C"]]]
+    with pytest.raises(RequestError, match="same for every row"):
+        request_values(question("a?", "b?"), np.array([[2], [3]], np.int32), None, LIMITS)

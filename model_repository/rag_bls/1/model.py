@@ -1,6 +1,5 @@
 """Triton glue for the BLS-wired pipeline: question (+ top_k, max_tokens) -> answer, sources, scores."""
 
-import asyncio
 import os
 import sys
 
@@ -10,7 +9,15 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrag.bls import OUTPUTS, STAGES, StageError, request_values, run_pipeline
+from tritonrag.bls import (
+    OUTPUTS,
+    STAGES,
+    StageError,
+    group_requests,
+    request_values,
+    run_pipeline,
+    split_rows,
+)
 from tritonrag.limits import RequestError
 from tritonrag.params import model_param
 from tritonrag.triton_glue import error_response, input_array, parse_config, read_limits
@@ -22,30 +29,40 @@ class TritonPythonModel:
         self.limits = read_limits(config)
         self.models = {s.role: model_param(config, f"{s.role}_model_name", s.role) for s in STAGES}
 
-    async def execute(self, requests):
-        # All requests of this execution go through the stages at once, so each
-        # stage's dynamic batcher can batch them.
-        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        valid = []  # (slot, values)
+        for slot, request in enumerate(requests):
+            try:
+                valid.append((slot, request_values(input_array(request, "question"), input_array(request, "top_k"),
+                                                   input_array(request, "max_tokens"), self.limits)))
+            except RequestError as exc:
+                responses[slot] = error_response(str(exc))
+        # All valid requests of this batch go to each stage in one call (one per top_k).
+        for members, merged in group_requests([values for _, values in valid]):
+            slots = [valid[i][0] for i in members]
+            try:
+                out = run_pipeline(merged, self.models, _call)
+            except StageError as exc:
+                for slot in slots:
+                    responses[slot] = error_response(str(exc), exc.code)
+                continue
+            except Exception as exc:  # noqa: BLE001 — this group's requests only
+                for slot in slots:
+                    responses[slot] = error_response(f"internal error: {type(exc).__name__}: {exc}",
+                                                     pb_utils.TritonError.INTERNAL)
+                continue
+            rows = [len(valid[i][1]["question"]) for i in members]
+            for slot, part in zip(slots, split_rows(out, OUTPUTS, rows)):
+                responses[slot] = pb_utils.InferenceResponse([pb_utils.Tensor(n, part[n]) for n in OUTPUTS])
+        return responses
 
-    async def _serve(self, request):
-        try:
-            values = request_values(input_array(request, "question"), input_array(request, "top_k"),
-                                    input_array(request, "max_tokens"), self.limits)
-            values = await run_pipeline(values, self.models, _call)
-        except RequestError as exc:
-            return error_response(str(exc))
-        except StageError as exc:
-            return error_response(str(exc), exc.code)
-        except Exception as exc:  # noqa: BLE001 — this request only
-            return error_response(f"internal error: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
-        return pb_utils.InferenceResponse([pb_utils.Tensor(name, values[name]) for name in OUTPUTS])
 
-
-async def _call(model, inputs, outputs):
+def _call(model, inputs, outputs):
     request = pb_utils.InferenceRequest(
         model_name=model, inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
         requested_output_names=list(outputs))
-    response = await request.async_exec()
+    response = request.exec()
     if response.has_error():
         error = response.error()
         code = error.code() if hasattr(error, "code") else None
