@@ -3,14 +3,16 @@
 #
 #   EMBEDDER=SPEC GENERATOR=SPEC bash perf/run_gpu.sh STEP [RESULTS_DIR]
 #
-# STEP: sweep (every stage and both pipelines, gRPC + HTTP, concurrency 1..256),
+# STEP: sweep (every stage and both pipelines over gRPC, concurrency 1..256), sweep-http
+#       (the same over HTTP),
 #       rate (rag_ensemble at constant/Poisson/bursty arrivals), ablate (batching,
 #       delays, instances, BLS, and the FastAPI baseline when fastapi/uvicorn import),
 #       or all. RESULTS_DIR defaults to $OUT (device tool) or perf/results.
 # On the device tool's GPU host carry `.carry` (bash ../shared/gpu/make-carry.sh) and
 # `.whl` (NumPy 1.26 for the stubs, see scripts/gpu/README.md); both are used when present.
 # Each step ends well inside 10 minutes with small dummy models; raise or lower the
-# levels with CONCURRENCY="1 4 16 64 256", RATES="8 32 128", REQUESTS=512, MAX_TOKENS=32.
+# levels with CONCURRENCY="1 8 32 128 256", RATES="8 32 128", COUNT=64 (requests per
+# perf_analyzer window, 3 windows a point), REQUESTS=512 (per ablation variant), MAX_TOKENS=32.
 set -euo pipefail
 STEP=${1:-all}
 RESULTS=${2:-${OUT:-perf/results}}
@@ -26,20 +28,26 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 SPECS=()
 [ -n "${EMBEDDER:-}" ] && SPECS+=(--embedder "$EMBEDDER")
 [ -n "${GENERATOR:-}" ] && SPECS+=(--generator "$GENERATOR")
-CONCURRENCY=${CONCURRENCY:-1 4 16 64 256}
+CONCURRENCY=${CONCURRENCY:-1 8 32 128 256}
+COUNT=${COUNT:-64}
 RATES=${RATES:-8 32 128}
 REQUESTS=${REQUESTS:-512}
 MAX_TOKENS=${MAX_TOKENS:-32}
 TAG=${TAG:-gpu}
 mkdir -p "$RESULTS"
-if [ "$STEP" = sweep ] || [ "$STEP" = all ]; then
-  $PY perf/sweep.py --start-server "${SPECS[@]}" --max-queue generator=4096 --max-queue rag_bls=4096 \
-    --models rag_ensemble rag_bls embedder retriever generator --protocols grpc http \
-    --concurrency $CONCURRENCY --max-tokens "$MAX_TOKENS" --timeout 90 --results "$RESULTS" --tag "$TAG"
-fi
+for PROTOCOL in grpc http; do
+  NAME=sweep; [ $PROTOCOL = http ] && NAME=sweep-http
+  if [ "$STEP" = $NAME ] || [ "$STEP" = all ]; then
+    $PY perf/sweep.py --start-server "${SPECS[@]}" --max-queue generator=4096 --max-queue rag_bls=4096 \
+      --models rag_ensemble rag_bls embedder retriever generator --protocols $PROTOCOL \
+      --concurrency $CONCURRENCY --request-count "$COUNT" --max-tokens "$MAX_TOKENS" --timeout 90 \
+      --results "$RESULTS" --tag "$TAG-$PROTOCOL"
+  fi
+done
 if [ "$STEP" = rate ] || [ "$STEP" = all ]; then
   $PY perf/sweep.py --start-server "${SPECS[@]}" --max-queue generator=4096 --models rag_ensemble \
-    --request-rate $RATES --distribution constant poisson bursty --burst 16 --max-tokens "$MAX_TOKENS" \
+    --request-rate $RATES --distribution constant poisson bursty --burst 16 --request-count "$COUNT" \
+    --max-tokens "$MAX_TOKENS" \
     --timeout 90 --results "$RESULTS" --tag "$TAG-rate"
 fi
 if [ "$STEP" = ablate ] || [ "$STEP" = all ]; then
