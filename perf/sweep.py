@@ -274,7 +274,9 @@ def run_bursty(model: str, url: str, protocol: str, questions: list[str], rate: 
     times = arrival_times(rate, count / rate, "bursty", burst=args.burst, seed=1)
     before = stats.snapshot(url, protocol)
     started = time.perf_counter()
-    outcomes = asyncio.run(open_loop(url, questions, times, timeout_s=args.timeout, protocol=protocol,
+    # over HTTP, tritonclient would send timeout_s to the server as a request parameter
+    timeout_s = args.timeout if protocol == "grpc" else None
+    outcomes = asyncio.run(open_loop(url, questions, times, timeout_s=timeout_s, protocol=protocol,
                                      model=model, top_k=args.top_k, max_tokens=args.max_tokens))
     wall = time.perf_counter() - started
     ok = [o.latency_s * 1000 for o in outcomes if o.kind == "ok"]
