@@ -125,9 +125,13 @@ def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str],
         servers.setdefault(key, []).append(variant)
     for key, members in servers.items():
         http, grpc, metrics = free_ports(3)
+        # Queues deep and patient enough that no variant rejects: the comparison is of
+        # throughput (batching off keeps 32 requests waiting for ~1.5 s each on a CPU).
         max_queue = {"generator": max(512, 4 * load.concurrency), "rag_bls": max(256, 4 * load.concurrency)}
+        patience = {model: load.max_seconds for model in (*STAGES, "rag_bls")}
         settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics, supervise=False,
-                                  max_queue=max_queue, scheduling=scheduling_for(key), **settings_kwargs)
+                                  max_queue=max_queue, queue_timeout_s=patience, scheduling=scheduling_for(key),
+                                  **settings_kwargs)
         started = time.perf_counter()
         with TritonServer(settings) as server:
             ready_s = time.perf_counter() - started
