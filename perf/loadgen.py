@@ -18,7 +18,7 @@ import random
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 from tritonrag.supervisor import child_processes
 from tritonrag_client import RagError
@@ -64,10 +64,10 @@ def arrival_times(rate: float, duration_s: float, pattern: str = "poisson", burs
 
 
 async def open_loop(url: str, questions: list[str], times: list[float], timeout_s: float = 300.0,
-                    protocol: str = "grpc", **ask_kwargs) -> list[Outcome]:
+                    protocol: str = "grpc", model: str = "rag_ensemble", **ask_kwargs) -> list[Outcome]:
     """Send question i at times[i] (cycling through questions) whatever the server does."""
     outcomes: list[Outcome] = []
-    async with AsyncRagClient(url, protocol=protocol, timeout_s=timeout_s) as client:
+    async with AsyncRagClient(url, protocol=protocol, timeout_s=timeout_s, model=model) as client:
         start = time.perf_counter()
 
         async def one(i: int, at: float) -> None:
@@ -84,24 +84,41 @@ async def open_loop(url: str, questions: list[str], times: list[float], timeout_
 
 
 async def closed_loop(url: str, questions: list[str], concurrency: int, duration_s: float,
-                      protocol: str = "grpc", **ask_kwargs) -> list[Outcome]:
+                      protocol: str = "grpc", model: str = "rag_ensemble", **ask_kwargs) -> list[Outcome]:
     """`concurrency` clients each sending the next request when the last one returns."""
+    async with AsyncRagClient(url, protocol=protocol, timeout_s=600, model=model) as client:
+        async def send(question: str) -> None:
+            await client.ask(question, **ask_kwargs)
+
+        return await closed_loop_with(send, questions, concurrency, duration_s)
+
+
+async def closed_loop_with(send: Callable[[str], Awaitable[object]], questions: list[str], concurrency: int,
+                           duration_s: float | None = None, requests: int | None = None) -> list[Outcome]:
+    """Closed loop over any `send(question)` coroutine (Triton or another service, same loop).
+
+    Stops sending after `duration_s` seconds and/or once `requests` have been sent.
+    """
     outcomes: list[Outcome] = []
-    async with AsyncRagClient(url, protocol=protocol, timeout_s=600) as client:
-        start = time.perf_counter()
+    start = time.perf_counter()
+    sent_count = 0
 
-        async def worker(w: int) -> None:
-            i = w
-            while time.perf_counter() - start < duration_s:
-                sent = time.perf_counter()
-                try:
-                    await client.ask(questions[i % len(questions)], **ask_kwargs)
-                    outcomes.append(Outcome(sent - start, time.perf_counter() - sent, "ok"))
-                except RagError as exc:
-                    outcomes.append(Outcome(sent - start, time.perf_counter() - sent, classify(exc), str(exc)[:300]))
-                i += concurrency
+    async def worker(w: int) -> None:
+        nonlocal sent_count
+        i = w
+        while (duration_s is None or time.perf_counter() - start < duration_s) and \
+                (requests is None or sent_count < requests):
+            sent_count += 1
+            sent = time.perf_counter()
+            try:
+                await send(questions[i % len(questions)])
+                outcomes.append(Outcome(sent - start, time.perf_counter() - sent, "ok"))
+            except Exception as exc:  # noqa: BLE001 — every outcome is recorded, whatever the client raised
+                kind = classify(exc) if isinstance(exc, RagError) else "error"
+                outcomes.append(Outcome(sent - start, time.perf_counter() - sent, kind, str(exc)[:300]))
+            i += concurrency
 
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return sorted(outcomes, key=lambda o: o.sent_s)
 
 

@@ -38,3 +38,20 @@ def test_render_applies_overrides_and_leaves_the_source_alone(tmp_path):
     assert 'string_value: "Qwen/Qwen2.5-1.5B-Instruct"' in (out / "generator" / "config.pbtxt").read_text()
     assert (out / "embedder" / "1" / "model.py").exists()
     assert (SOURCE_REPOSITORY / "retriever" / "config.pbtxt").read_text() == before
+
+
+def test_scheduling_settings_are_rendered(tmp_path):
+    from tritonrag.repository import set_scheduling
+
+    target = render_repository(tmp_path / "repo", {}, scheduling={
+        "generator": {"max_batch_size": 1, "max_queue_delay_us": 0, "instances": 2},
+        "rag_ensemble": {"max_batch_size": 1}})
+    generator = (target / "generator" / "config.pbtxt").read_text()
+    assert re.search(r"^max_batch_size: 1$", generator, re.MULTILINE)
+    assert "max_queue_delay_microseconds: 0" in generator and "count: 2, kind: KIND_AUTO" in generator
+    assert re.search(r"^max_batch_size: 1$", (target / "rag_ensemble" / "config.pbtxt").read_text(), re.MULTILINE)
+    assert "max_batch_size: 32" in (target / "embedder" / "config.pbtxt").read_text()  # untouched
+    with pytest.raises(KeyError):
+        render_repository(tmp_path / "bad", {}, scheduling={"generator": {"turbo": 1}})
+    with pytest.raises(ValueError):
+        set_scheduling(generator, instances=0)

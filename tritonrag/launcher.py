@@ -73,6 +73,8 @@ class ServerSettings:
     # Overload limits per model, over config.pbtxt's default_queue_policy.
     max_queue: dict[str, int] = field(default_factory=dict)
     queue_timeout_s: dict[str, float] = field(default_factory=dict)
+    # {model: {"max_batch_size" | "max_queue_delay_us" | "instances": n}} (benchmark variants)
+    scheduling: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def restricted_api_options(open_apis: set[str], key: str) -> list[str]:
@@ -227,7 +229,8 @@ class TritonServer:
         for model, params in s.extra_parameters.items():
             overrides.setdefault(model, {}).update(params)
         repository = render_repository(self.run_dir / "model_repository", overrides,
-                                       max_queue=s.max_queue, queue_timeout_s=s.queue_timeout_s)
+                                       max_queue=s.max_queue, queue_timeout_s=s.queue_timeout_s,
+                                       scheduling=s.scheduling)
         return [
             find_tritonserver(s.tritonserver),
             f"--model-repository={repository}",

@@ -45,17 +45,46 @@ def set_queue_policy(config_text: str, max_queue_size: int | None = None,
     return config_text
 
 
+# Scheduling settings a benchmark variant may change per model (perf/ablate.py).
+SCHEDULING = ("max_batch_size", "max_queue_delay_us", "instances")
+
+
+def set_scheduling(config_text: str, max_batch_size: int | None = None, max_queue_delay_us: int | None = None,
+                   instances: int | None = None) -> str:
+    """Return `config_text` with its max_batch_size, dynamic batcher delay and/or instance count replaced.
+
+    A field the config does not have (an ensemble has no batcher or instances) is left
+    alone for the delay and the count; max_batch_size must be there.
+    """
+    edits = (("max_batch_size", r"^max_batch_size:\s*\d+", "max_batch_size: {}", max_batch_size, True),
+             ("max_queue_delay_us", r"\bmax_queue_delay_microseconds:\s*\d+",
+              "max_queue_delay_microseconds: {}", max_queue_delay_us, False),
+             ("instances", r"(instance_group\s*\[\s*\{\s*count:\s*)\d+", None, instances, False))
+    for name, pattern, template, value, required in edits:
+        if value is None:
+            continue
+        if int(value) < (0 if name == "max_queue_delay_us" else 1):
+            raise ValueError(f"{name} out of range: {value}")
+        replace = (lambda m, v=int(value): f"{m.group(1)}{v}") if template is None else template.format(int(value))
+        config_text, count = re.subn(pattern, replace, config_text, flags=re.MULTILINE)
+        if count == 0 and required:
+            raise KeyError(f"this config.pbtxt has no {name}")
+    return config_text
+
+
 def render_repository(target: Path, overrides: Mapping[str, Mapping[str, str]],
                       source: Path = SOURCE_REPOSITORY,
                       max_queue: Mapping[str, int] | None = None,
-                      queue_timeout_s: Mapping[str, float] | None = None) -> Path:
-    """Copy `source` to `target`; apply {model: {parameter: value}} overrides and queue limits."""
+                      queue_timeout_s: Mapping[str, float] | None = None,
+                      scheduling: Mapping[str, Mapping[str, int]] | None = None) -> Path:
+    """Copy `source` to `target`; apply {model: {parameter: value}} overrides, queue limits and
+    {model: {"max_batch_size"|"max_queue_delay_us"|"instances": n}} scheduling settings."""
     target = Path(target)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    max_queue, queue_timeout_s = max_queue or {}, queue_timeout_s or {}
-    for model in {*overrides, *max_queue, *queue_timeout_s}:
+    max_queue, queue_timeout_s, scheduling = max_queue or {}, queue_timeout_s or {}, scheduling or {}
+    for model in {*overrides, *max_queue, *queue_timeout_s, *scheduling}:
         config_path = target / model / "config.pbtxt"
         if not config_path.exists():
             raise KeyError(f"no model {model!r} in {source}")
@@ -63,5 +92,9 @@ def render_repository(target: Path, overrides: Mapping[str, Mapping[str, str]],
         for key, value in overrides.get(model, {}).items():
             text = set_parameter(text, key, value)
         text = set_queue_policy(text, max_queue.get(model), queue_timeout_s.get(model))
+        unknown = set(scheduling.get(model, {})) - set(SCHEDULING)
+        if unknown:
+            raise KeyError(f"unknown scheduling setting {sorted(unknown)}; choose from {SCHEDULING}")
+        text = set_scheduling(text, **scheduling.get(model, {}))
         config_path.write_text(text, encoding="utf-8")
     return target

@@ -1,0 +1,1 @@
+"""Baselines the Triton stack is measured against (perf/ablate.py starts them)."""

@@ -1,0 +1,80 @@
+"""rag_bls's pipeline logic in-process: defaults filled, bad values refused, stages fed in order."""
+
+import numpy as np
+import pytest
+
+from tritonrag.bls import (
+    STAGES,
+    StageError,
+    group_requests,
+    request_values,
+    run_pipeline,
+    split_rows,
+)
+from tritonrag.limits import Limits, RequestError
+
+LIMITS = Limits(default_top_k=3, max_top_k=100, default_max_tokens=32, max_max_tokens=512)
+
+
+def question(*texts):
+    return np.array([[t.encode()] for t in texts], dtype=np.object_)
+
+
+def test_missing_optional_inputs_get_the_defaults():
+    values = request_values(question("a?", "b?"), None, None, LIMITS)
+    assert values["top_k"].tolist() == [[3], [3]] and values["top_k"].dtype == np.int32
+    assert values["max_tokens"].tolist() == [[32], [32]]
+
+
+def test_given_values_are_kept_and_checked():
+    values = request_values(question("a?"), np.array([[5]], np.int32), np.array([[7]], np.int32), LIMITS)
+    assert values["top_k"].tolist() == [[5]] and values["max_tokens"].tolist() == [[7]]
+    with pytest.raises(RequestError, match="top_k must be between 1 and 100"):
+        request_values(question("a?"), np.array([[0]], np.int32), None, LIMITS)
+    with pytest.raises(RequestError, match="max_tokens must have one value per row"):
+        request_values(question("a?", "b?"), None, np.array([[7]], np.int32), LIMITS)
+
+
+def test_bad_questions_are_refused_before_any_stage():
+    with pytest.raises(RequestError, match="question is empty"):
+        request_values(question("ok?", " "), None, None, LIMITS)
+    with pytest.raises(RequestError, match="the limit is 4096"):
+        request_values(question("x" * 5000), None, None, LIMITS)
+
+
+def test_a_missing_question_is_a_clear_error():
+    with pytest.raises(RequestError, match="input 'question' is missing"):
+        request_values(None, np.array([[5]], np.int32), None, LIMITS)
+
+
+def test_the_pipeline_feeds_each_stage_what_it_declares():
+    seen = []
+
+    def call(model, inputs, outputs):
+        seen.append((model, sorted(inputs)))
+        if model == "fail-generator":
+            raise StageError(model, "boom")
+        return {name: np.array([[model]], dtype=np.object_) for name in outputs}
+
+    start = request_values(question("a?"), None, None, LIMITS)
+    values = run_pipeline(start, {"generator": "gen-x"}, call)
+    assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "top_k"]),
+                    ("gen-x", ["max_tokens", "passages", "question"])]
+    assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["retriever"]]
+    assert [s.role for s in STAGES] == ["embedder", "retriever", "generator"]
+    with pytest.raises(StageError, match="fail-generator: boom"):
+        run_pipeline(start, {"generator": "fail-generator"}, call)
+
+
+def test_requests_merge_into_one_call_per_top_k_and_split_back():
+    requests = [request_values(question("a?"), None, None, LIMITS),
+                request_values(question("b?", "c?"), np.array([[5], [5]], np.int32), None, LIMITS),
+                request_values(question("d?"), np.array([[3]], np.int32), np.array([[4]], np.int32), LIMITS)]
+    groups = group_requests(requests)
+    assert [members for members, _ in groups] == [[0, 2], [1]]
+    merged = groups[0][1]
+    assert merged["question"].reshape(-1).tolist() == [b"a?", b"d?"] and merged["max_tokens"].tolist() == [[32], [4]]
+    parts = split_rows({"answer": np.array([["A"], ["B"], ["C"]])}, ["answer"], [2, 1])
+    assert [p["answer"].tolist() for p in parts] == [[["A"], ["B"]], [["C"]]]
+    with pytest.raises(RequestError, match="same for every row"):
+        request_values(question("a?", "b?"), np.array([[2], [3]], np.int32), None, LIMITS)
