@@ -58,7 +58,7 @@ def test_the_pipeline_feeds_each_stage_what_it_declares():
 
     start = request_values(question("a?"), None, None, LIMITS)
     values = run_pipeline(start, {"generator": "gen-x"}, call)
-    assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "top_k"]),
+    assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "question", "top_k"]),
                     ("gen-x", ["max_tokens", "passages", "question"])]
     assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["retriever"]]
     assert [s.role for s in STAGES] == ["embedder", "retriever", "generator"]

@@ -38,7 +38,7 @@ class Stage:
 
 STAGES = (
     Stage("embedder", ("question",), ("EMBEDDING",)),
-    Stage("retriever", ("EMBEDDING", "top_k"), ("sources", "scores", "passages")),
+    Stage("retriever", ("EMBEDDING", "top_k", "question"), ("sources", "scores", "passages")),  # question: BM25 fusion
     Stage("generator", ("question", "passages", "max_tokens"), ("answer",)),
 )
 OUTPUTS = ("answer", "sources", "scores")
