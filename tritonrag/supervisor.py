@@ -162,6 +162,7 @@ class Supervisor:
             self.events.append((time.monotonic(), f"{kind}-failed", str(exc)))
             return
         log.warning("%s done in %.1f s", kind, time.monotonic() - started)
+        self.events.append((time.monotonic(), f"{kind}-done", reason))
 
     # -- actions -------------------------------------------------------------------
     def _stub_counts(self) -> collections.Counter[str]:

@@ -6,6 +6,10 @@
 # the dummy models borrow them on a host without the model packages.
 set -uo pipefail
 CONC=${*:-32 64 128}
+df -h /dev/shm | tail -1
+# The Python backend keeps every request's tensors in /dev/shm; a small one (a VM's
+# default) kills stubs with SIGBUS under load, silently ("Stub process ... is not healthy").
+[ "${GROW_SHM:-1}" = 1 ] && mount -o remount,size=16G /dev/shm 2>/dev/null && df -h /dev/shm | tail -1
 source .carry/setup-gpu.sh
 source scripts/gpu/stub_env.sh
 rm -f /tmp/stubsite/cupy* /tmp/stubsite/fastrlock*   # CuPy 14 there needs NumPy 2: the retriever uses torch
@@ -16,7 +20,7 @@ OUT=${OUT:-perf/results}
 EMB=dummy:multilingual-e5-large-instruct
 GEN=dummy:qwen2.5-1.5b-instruct
 t0=$(date +%s)
-$PY perf/synthetic_index.py --out /tmp/idx1m --count 1000000 --dim 1024 --embedder $EMB || exit 1
+$PY perf/synthetic_index.py --out /tmp/idx1m --count ${COUNT:-1000000} --dim 1024 --embedder $EMB || exit 1
 echo "index built at +$(( $(date +%s) - t0 )) s"
 $PY -m tritonrag serve --embedder $EMB --generator $GEN --index /tmp/idx1m \
   --param retriever.fusion=dense --param generator_stream.ignore_eos=true \
@@ -26,10 +30,27 @@ SERVE=$!
 for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; sleep 1; done
 echo "ready at +$(( $(date +%s) - t0 )) s"; curl -sf localhost:8000/v2/health/ready || { tail -50 /tmp/serve.log; exit 1; }
 grep -E "GPU device|CPU device|warm|graph|CuPy|torch" /tmp/serve.log | cut -c1-300 | head -20
-$PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models rag_ensemble generator \
-  --concurrency $CONC --top-k 3 --max-tokens 128 --max-trials 2 --timeout 120 \
-  --results $OUT --tag h100-e2e-dummy-prod 2>&1 | grep -v "^\s*$" | tail -40
+$PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models ${MODELS:-rag_ensemble generator rag_bls embedder retriever} \
+  --concurrency $CONC --top-k 3 --max-tokens 128 --max-trials 3 --timeout 120 \
+  --results $OUT --tag ${TAG:-h100-e2e-dummy-prod} 2>&1 | grep -v "^\s*$" | tail -40
 echo "sweeps done at +$(( $(date +%s) - t0 )) s"
+# generation alone, streamed from the engine's model (perf_analyzer --streaming: the latency
+# is the whole answer's, 128 forced tokens), with prompts of the sweep's size (3 passages)
+$PY - <<'PY'
+import json
+passages = [json.loads(line)["text"] for _, line in zip(range(3), open("/tmp/idx1m/passages.jsonl"))]
+data = [{"question": [f"What does passage {i} say about the topic?"], "passages": {"content": passages, "shape": [3]},
+         "max_tokens": [128], "stream": [True]} for i in range(64)]
+json.dump({"data": data}, open("/tmp/generator_stream.json", "w"))
+PY
+for c in ${STREAM_CONC:-32 64 128}; do
+  echo "generator_stream streaming c=$c"
+  timeout 120 $PERF_ANALYZER -m generator_stream -i grpc --streaming -u 127.0.0.1:8001 --input-data /tmp/generator_stream.json \
+    --concurrency-range $c:$c --measurement-mode count_windows --measurement-request-count $((c * 2)) --max-trials 3 \
+    --stability-percentage 999 -f $OUT/generator_stream_c$c.csv 2>&1 | grep -iE "throughput|avg latency|p50|p90|p99|error|fail" | head -8
+done
 curl -s localhost:8002/metrics | grep -E "^tritonrag_generator|^nv_gpu_memory_used" | head
-cp /tmp/serve.log $OUT/e2e_serve.log 2>/dev/null
+tail -5 /tmp/serve.log
+cp $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log $OUT/e2e_tritonserver.log 2>/dev/null
+grep -nE 'generator_0|unhealthy|Traceback|Error|what\\(\\)' $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log | cut -c1-400 | head -40
 kill $SERVE; wait $SERVE
