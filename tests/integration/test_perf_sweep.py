@@ -49,11 +49,11 @@ def test_concurrency_sweep_over_stages_and_pipeline(server, tmp_path, report_fig
 
 
 def test_rate_sweep_poisson_and_bursty(server, tmp_path):
-    result = _run(server, tmp_path, "--models", "rag_retrieve", "rag_ensemble", "--request-rate", "2",
+    result = _run(server, tmp_path, "--models", "rag_retrieve", "rag_ensemble", "--request-rate", "0.5",
                   "--distribution", "poisson", "bursty", "--burst", "2", "--max-tokens", "2")
     rows = {(r["model"], r["distribution"]): r for r in result["rows"]}
     # bursty goes through loadgen, which asks for answers: rag_retrieve (search only) is left out
     assert set(rows) == {("rag_retrieve", "poisson"), ("rag_ensemble", "poisson"), ("rag_ensemble", "bursty")}
     for row in rows.values():
-        assert not row["error"] and row["success_rate"] == 1.0 and row["request_rate"] == 2
+        assert not row["error"] and row["success_rate"] == 1.0 and row["request_rate"] == 0.5
     assert "--request-distribution poisson" in rows["rag_retrieve", "poisson"]["command"]
