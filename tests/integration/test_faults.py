@@ -68,16 +68,6 @@ class Load:
             t.join(timeout=180)
 
 
-def watch_readiness(server, seconds: float, step: float = 0.1) -> list[tuple[float, bool]]:
-    seen, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        seen.append((time.monotonic(), server.is_ready()))
-        if len(seen) > 5 and seen[-1][1] and not all(r for _, r in seen):
-            break  # went down and came back
-        time.sleep(step)
-    return seen
-
-
 def wait_ready(server, timeout_s: float = 180) -> float:
     started = time.monotonic()
     while not server.is_ready():
