@@ -48,7 +48,8 @@ def test_scheduling_settings_are_rendered(tmp_path):
         "rag_ensemble": {"max_batch_size": 1}})
     generator = (target / "generator" / "config.pbtxt").read_text()
     assert re.search(r"^max_batch_size: 1$", generator, re.MULTILINE)
-    assert "max_queue_delay_microseconds: 0" in generator and "count: 2, kind: KIND_AUTO" in generator
+    # the instance count changes, the model's own kind stays (the generator forwarder is KIND_CPU)
+    assert "max_queue_delay_microseconds: 0" in generator and "count: 2, kind: KIND_CPU" in generator
     assert re.search(r"^max_batch_size: 1$", (target / "rag_ensemble" / "config.pbtxt").read_text(), re.MULTILINE)
     assert "max_batch_size: 32" in (target / "embedder" / "config.pbtxt").read_text()  # untouched
     with pytest.raises(KeyError):
