@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stats  # noqa: E402
 from inputs import load_questions  # noqa: E402
+from tritonrag.launcher import free_ports  # noqa: E402,F401 (perf/ablate.py takes it from here)
 from tritonrag.storage import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -362,19 +363,6 @@ def plot_breakdown(rows: list[dict], path: Path, title: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- main
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 def parse_pairs(items: list[str], cast) -> dict:
     pairs = {}

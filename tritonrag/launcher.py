@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -75,6 +76,19 @@ class ServerSettings:
     queue_timeout_s: dict[str, float] = field(default_factory=dict)
     # {model: {"max_batch_size" | "max_queue_delay_us" | "instances": n}} (benchmark variants)
     scheduling: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on loopback (for test and benchmark servers)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def restricted_api_options(open_apis: set[str], key: str) -> list[str]:

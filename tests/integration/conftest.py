@@ -1,25 +1,13 @@
 """A real tritonserver, started by the package's launcher, shared by the integration tests."""
 
-import socket
 from pathlib import Path
 
 import pytest
 
-from tritonrag.launcher import ServerSettings, TritonServer
+from tritonrag.launcher import ServerSettings, TritonServer, free_ports
 from tritonrag.synthetic import make_facts, write_facts
 
 SQUAD = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data" / "squad-v2.0-dev-part.json"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="session")
