@@ -2,14 +2,14 @@
 
 A light forwarder for `rag_ensemble` and plain infer calls: each row becomes one
 non-streaming request to `generator_stream`, which owns the decode engine, so the
-rows of every batch of every instance of this model join one continuous batch.
-(Triton 2.51 refuses plain ModelInfer for a decoupled model and for an ensemble
-holding one, and runs a non-decoupled model's `async def execute` calls one at a
-time; so this model is non-decoupled, has several instances, and each execute
-sends all its rows at once.)
+rows of every batch of this model join one continuous batch. (Triton 2.51 refuses
+plain ModelInfer for a decoupled model and for an ensemble holding one, so this model
+is not decoupled.) `execute` returns at once and answers later through each request's
+response sender (allowed for non-decoupled models since Triton 24.06: exactly one
+response, flagged final), so the instance never waits for the engine: see
+tritonrag/fanout.py for why threads rather than `async_exec`.
 """
 
-import asyncio
 import os
 import sys
 
@@ -20,10 +20,13 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tritonrag.fanout import RowFanout
 from tritonrag.limits import RequestError, check_range, decode_question
 from tritonrag.params import model_param
 from tritonrag.triton_glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
                                    read_limits, required_array)
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
@@ -31,31 +34,40 @@ class TritonPythonModel:
         config = parse_config(args)
         self.limits = read_limits(config)
         self.engine_model = model_param(config, "engine_model", "generator_stream")
+        # rows waiting on the engine at once (each holds a pool thread blocked in its BLS call)
+        self.fanout = RowFanout(model_param(config, "max_rows_in_flight", 512), name="generator-bls")
 
-    async def execute(self, requests):
-        responses, parsed = [None] * len(requests), []
-        for slot, request in enumerate(requests):
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
             try:
-                rows = self._parse(request)
+                rows = self._parse(request)   # copies the inputs: they are freed when execute returns
                 if not rows:
                     raise RequestError("the request holds no rows")
-                parsed.append((slot, [asyncio.ensure_future(self._ask(*row)) for row in rows]))
+                self.fanout.submit(rows, self._ask, lambda result, sender=sender: self._respond(sender, result))
             except RequestError as exc:
-                responses[slot] = error_response(str(exc))
+                sender.send(error_response(str(exc)), flags=FINAL)
             except Exception as exc:  # noqa: BLE001 — this request only, not its batch-mates
-                responses[slot] = error_response(f"internal error: {type(exc).__name__}: {exc}",
-                                                 pb_utils.TritonError.INTERNAL)
-        for slot, tasks in parsed:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
-            if isinstance(failed, EngineError):
-                responses[slot] = error_response(failed.message, failed.code)
-            elif failed is not None:
-                responses[slot] = error_response(f"internal error: {type(failed).__name__}: {failed}",
-                                                 pb_utils.TritonError.INTERNAL)
-            else:
-                responses[slot] = pb_utils.InferenceResponse([bytes_tensor("answer", [[a] for a in results])])
-        return responses
+                sender.send(error_response(f"internal error: {type(exc).__name__}: {exc}",
+                                           pb_utils.TritonError.INTERNAL), flags=FINAL)
+        return None
+
+    @staticmethod
+    def _respond(sender, result) -> None:
+        if isinstance(result, EngineError):
+            response = error_response(result.message, result.code)
+        elif isinstance(result, BaseException):
+            response = error_response(f"internal error: {type(result).__name__}: {result}",
+                                      pb_utils.TritonError.INTERNAL)
+        else:
+            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a] for a in result])])
+        try:
+            sender.send(response, flags=FINAL)
+        except Exception as exc:  # noqa: BLE001 — the client is gone; nothing else to tell
+            pb_utils.Logger.log_warn(f"generator: response not sent: {exc}")
+
+    def finalize(self):
+        self.fanout.close()
 
     def _parse(self, request):
         questions = required_array(request, "question").reshape(-1)
@@ -69,7 +81,8 @@ class TritonPythonModel:
                                                    self.limits.max_max_tokens)))
         return rows
 
-    async def _ask(self, question: bytes, passages: list, max_tokens: int) -> str:
+    def _ask(self, row) -> str:
+        question, passages, max_tokens = row
         inputs = [pb_utils.Tensor("question", np.array([question], dtype=np.object_)),
                   pb_utils.Tensor("max_tokens", np.array([max_tokens], dtype=np.int32)),
                   pb_utils.Tensor("stream", np.array([False]))]
@@ -78,7 +91,7 @@ class TritonPythonModel:
         request = pb_utils.InferenceRequest(model_name=self.engine_model, inputs=inputs,
                                             requested_output_names=["answer"])
         parts = []
-        for response in await request.async_exec(decoupled=True):
+        for response in request.exec(decoupled=True):
             if response.has_error():
                 error = response.error()
                 code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INVALID_ARG

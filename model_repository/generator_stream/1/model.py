@@ -14,7 +14,8 @@ from tritonrag.generation import EngineSettings, Generator, OverloadedError
 from tritonrag.limits import RequestError, check_range, decode_question
 from tritonrag.model_sources import DEFAULT_GENERATOR
 from tritonrag.params import model_param
-from tritonrag.triton_glue import (ResponsePump, error_response, input_array, instance_device, parse_config,
+from tritonrag.response_pump import ResponsePump
+from tritonrag.triton_glue import (error_response, input_array, instance_device, parse_config,
                                    read_limits, required_array)
 
 
@@ -36,7 +37,8 @@ class TritonPythonModel:
         self.waiting_metric = self.metric_family.Metric(labels={"state": "waiting"})
         # handles are one-element lists holding the engine's sequence (filled once it is submitted)
         self.pump = ResponsePump(on_cancel=lambda handle: handle and handle[0].cancel(),
-                                 on_idle=self._update_metrics)
+                                 on_idle=self._update_metrics, text_response=_answer,
+                                 final_flag=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _update_metrics(self):
         self.running_metric.set(len(self.generator.batcher.running))
@@ -85,7 +87,7 @@ class TritonPythonModel:
             elif seq.finish_reason == "cancelled":
                 pump.send(sender, handle, None, True)
             elif stream:
-                pump.send(sender, handle, _answer(piece) if piece else None, finished)
+                pump.send_text(sender, handle, piece, finished)
             elif finished:
                 pump.send(sender, handle, _answer(self.generator.answer(seq)), True)
 
