@@ -8,7 +8,8 @@ Variants (each a rendered model repository and a real tritonserver on free loopb
 ports, started, loaded, stopped in turn; `bls` reuses the default server):
 
   batching-on      the repository as shipped (dynamic batching, max_batch_size 32)
-  batching-off     max_batch_size 1 on every model
+  batching-off     max_batch_size 1 on every model, and the decode engine runs one
+                   sequence at a time (generator_stream max_running 1)
   delay-0ms/1ms/5ms  max_queue_delay of every stage's dynamic batcher
   instances-2      two instances of each stage
   bls              rag_bls (BLS wiring) instead of rag_ensemble, same server as batching-on
@@ -79,6 +80,13 @@ def scheduling_for(variant: str, source: Path = SOURCE_REPOSITORY) -> dict[str, 
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
+def _with_parameters(settings_kwargs: dict, extra: dict[str, dict[str, str]]) -> dict:
+    merged = {model: dict(values) for model, values in settings_kwargs.get("extra_parameters", {}).items()}
+    for model, values in extra.items():
+        merged.setdefault(model, {}).update(values)
+    return {**settings_kwargs, "extra_parameters": merged}
+
+
 @dataclasses.dataclass
 class Load:
     concurrency: int = 32
@@ -114,6 +122,14 @@ def measure(sender, questions: list[str], load: Load) -> dict:
             "errors": sorted({o.message for o in outcomes if o.kind != "ok"})[:3]}
 
 
+def parameters_for(variant: str) -> dict[str, dict[str, str]]:
+    """config.pbtxt parameters a variant changes: batching off must reach the decode engine,
+    whose continuous batch sits behind the `generator` forwarder's dynamic batcher."""
+    if variant == "batching-off":
+        return {"generator_stream": {"max_running": "1"}}
+    return {}
+
+
 def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str], load: Load) -> dict[str, dict]:
     """The Triton variants, grouped by rendered repository (bls shares batching-on's server)."""
     from tritonrag.launcher import ServerSettings, TritonServer
@@ -131,7 +147,7 @@ def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str],
         patience = {model: load.max_seconds for model in (*STAGES, "rag_bls")}
         settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics, supervise=False,
                                   max_queue=max_queue, queue_timeout_s=patience, scheduling=scheduling_for(key),
-                                  **settings_kwargs)
+                                  **_with_parameters(settings_kwargs, parameters_for(key)))
         started = time.perf_counter()
         with TritonServer(settings) as server:
             ready_s = time.perf_counter() - started

@@ -107,6 +107,12 @@ def test_ablation_variants_render_the_right_scheduling():
     off = ablate.scheduling_for("batching-off")
     assert {"embedder", "retriever", "generator", "rag_ensemble", "rag_retrieve", "rag_bls"} <= set(off)
     assert all(v == {"max_batch_size": 1} for v in off.values())
+    # batching off reaches the engine behind the forwarder, and merges with the caller's parameters
+    assert ablate.parameters_for("batching-off") == {"generator_stream": {"max_running": "1"}}
+    assert ablate.parameters_for("delay-1ms") == {}
+    merged = ablate._with_parameters({"extra_parameters": {"generator_stream": {"ignore_eos": "true"}}, "x": 1},
+                                     ablate.parameters_for("batching-off"))
+    assert merged == {"extra_parameters": {"generator_stream": {"ignore_eos": "true", "max_running": "1"}}, "x": 1}
     assert ablate.scheduling_for("delay-5ms")["generator"] == {"max_queue_delay_us": 5000}
     assert ablate.scheduling_for("instances-2")["embedder"] == {"instances": 2}
     assert ablate.scheduling_for("bls") == {} == ablate.scheduling_for("batching-on")

@@ -51,6 +51,7 @@ for c in ${STREAM_CONC:-32 64 128}; do
 done
 curl -s localhost:8002/metrics | grep -E "^tritonrag_generator|^nv_gpu_memory_used" | head
 tail -5 /tmp/serve.log
+grep -hE "Fatal Python|Segmentation|not healthy|Traceback|Thread 0x|File \"" /tmp/serve.log $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log 2>/dev/null | cut -c1-300 | head -40
 cp $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log $OUT/e2e_tritonserver.log 2>/dev/null
 grep -nE 'generator_0|unhealthy|Traceback|Error|what\\(\\)' $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log | cut -c1-400 | head -40
 kill $SERVE; wait $SERVE

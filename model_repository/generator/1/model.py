@@ -10,6 +10,7 @@ response, flagged final), so the instance never waits for the engine: see
 tritonrag/fanout.py for why threads rather than `async_exec`.
 """
 
+import faulthandler
 import os
 import sys
 
@@ -31,6 +32,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args):
+        faulthandler.enable()   # a crash of this stub leaves its threads' Python stacks in the server's stderr
         config = parse_config(args)
         self.limits = read_limits(config)
         self.engine_model = model_param(config, "engine_model", "generator_stream")
