@@ -10,6 +10,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tritonrag.engine_link import EngineServer, engine_address
 from tritonrag.generation import EngineSettings, Generator, OverloadedError
 from tritonrag.limits import RequestError, check_range, decode_question
 from tritonrag.model_sources import DEFAULT_GENERATOR
@@ -39,6 +40,10 @@ class TritonPythonModel:
         self.pump = ResponsePump(on_cancel=lambda handle: handle and handle[0].cancel(),
                                  on_idle=self._update_metrics, text_response=_answer,
                                  final_flag=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        # the `generator` forwarder's rows (rag_ensemble) arrive on a local socket, not by BLS
+        # (tritonrag/engine_link.py says why); the parent pid names this server's sockets
+        self.link = EngineServer(engine_address(str(os.getppid()), args["model_instance_name"]), self._answer_row,
+                                 cancel=lambda handle: handle and handle[0].cancel())
 
     def _update_metrics(self):
         self.running_metric.set(len(self.generator.batcher.running))
@@ -99,7 +104,36 @@ class TritonPythonModel:
         except RequestError as exc:
             pump.send(sender, handle, error_response(str(exc)), True)
 
+    def _answer_row(self, ask, reply, handle):
+        """One forwarded row, answered whole (link thread; the engine thread replies)."""
+        _, rid, question, passages, max_tokens = ask
+        try:
+            generation = self.generator.prepare(
+                question, passages, check_range("max_tokens", max_tokens, self.limits.default_max_tokens,
+                                                self.limits.max_max_tokens))
+        except RequestError as exc:
+            reply(("error", rid, "INVALID_ARG", str(exc)))
+            return
+
+        def on_text(piece, finished, seq):
+            if not finished:
+                return
+            if seq.finish_reason == "error":
+                reply(("error", rid, "INTERNAL", f"internal error: {seq.error}"))
+            elif seq.finish_reason == "cancelled":
+                reply(("error", rid, "UNAVAILABLE", "cancelled"))
+            else:
+                reply(("done", rid, self.generator.answer(seq)))
+
+        try:
+            handle.append(self.generator.submit(generation, on_text))
+        except OverloadedError as exc:
+            reply(("error", rid, "UNAVAILABLE", str(exc)))
+        except RequestError as exc:
+            reply(("error", rid, "INVALID_ARG", str(exc)))
+
     def finalize(self):
+        self.link.close()
         self.generator.close()
         self.pump.stop()
 
