@@ -76,15 +76,19 @@ class _FakeServer:
         self.relaunched += 1
 
 
-@pytest.mark.parametrize("dead, expected", [("generator_stream", "server-restart"), ("embedder", "model-reload")])
-def test_a_dead_bls_target_restarts_the_server_other_stubs_are_reloaded(monkeypatch, dead, expected):
-    from tritonrag.supervisor import Supervisor
+@pytest.mark.parametrize("dead, restart_for, expected", [
+    ("generator_stream", ("generator_stream",), "server-restart"),   # a decoupled-BLS target, if so configured
+    ("generator_stream", None, "model-reload"),                      # default: the engine link redials
+    ("embedder", ("generator_stream",), "model-reload")])
+def test_a_dead_bls_target_restarts_the_server_other_stubs_are_reloaded(monkeypatch, dead, restart_for, expected):
+    from tritonrag.supervisor import Supervisor, SupervisorPolicy
 
     server = _FakeServer()
     try:
-        supervisor = Supervisor(server)
-        supervisor.expected = collections.Counter({"generator_stream": 1, "embedder": 1, "generator": 4})
-        alive = {"generator_stream": 1, "embedder": 1, "generator": 4, dead: 0}
+        policy = SupervisorPolicy() if restart_for is None else SupervisorPolicy(restart_server_for=restart_for)
+        supervisor = Supervisor(server, policy)
+        supervisor.expected = collections.Counter({"generator_stream": 1, "embedder": 1, "generator": 2})
+        alive = {"generator_stream": 1, "embedder": 1, "generator": 2, dead: 0}
         monkeypatch.setattr(supervisor, "_stub_counts", lambda: collections.Counter(alive))
         reloaded = []
         monkeypatch.setattr(supervisor, "_reload_model", reloaded.append)

@@ -79,11 +79,13 @@ class SupervisorPolicy:
     # finish (a BLS caller's stub died mid-stream, say) would wait for good: past this,
     # the server is restarted instead.
     unload_timeout_s: float = 15.0
-    # Models that others call through BLS (the generator forwarder streams from
-    # generator_stream): when such a stub dies, its callers' in-flight calls never return
-    # (seen with Triton 2.51: the reloaded model answers, the stranded callers wait for
-    # good), so a reload would leave them stuck: restart the whole server instead.
-    restart_server_for: tuple[str, ...] = ("generator_stream",)
+    # Models that others call through decoupled BLS: when such a stub dies, its callers'
+    # in-flight calls never return (seen with Triton 2.51: the reloaded model answers, the
+    # stranded callers wait for good), so a reload would leave them stuck: restart the
+    # whole server instead. None by default: the generator forwarder reaches
+    # generator_stream over a socket (tritonrag/engine_link.py), whose rows fail at once
+    # when the engine dies, and it dials the reloaded engine by itself.
+    restart_server_for: tuple[str, ...] = ()
 
 
 class Supervisor:

@@ -78,11 +78,13 @@ def wait_ready(server, timeout_s: float = 180) -> float:
 
 @pytest.mark.parametrize("model", ["generator_stream", "generator"])
 def test_killed_generator_stub_is_recovered_and_readiness_tells_the_truth(fault_server, report_figure, model):
-    """generator_stream holds the decode engine; generator is the forwarder (BLS) in front of it.
+    """generator_stream holds the decode engine; generator is the forwarder in front of it
+    (rows over a local socket, tritonrag/engine_link.py).
 
-    Killing the engine's stub: the supervisor reloads that model. Killing a forwarder's stub
-    strands its BLS streams, so Triton cannot unload it: the supervisor restarts the server
-    after `unload_timeout_s` instead. Either way only requests around the outage fail.
+    Killing the engine's stub: the forwarder's rows fail at once, the supervisor reloads that
+    model, and the forwarder dials the new engine. Killing a forwarder's stub: reloaded too,
+    or, if Triton cannot unload it (rag_bls's BLS calls to it stranded), the server restarts
+    after `unload_timeout_s`. Either way only requests around the outage fail.
     """
     server = fault_server
     wait_ready(server)
@@ -107,7 +109,8 @@ def test_killed_generator_stub_is_recovered_and_readiness_tells_the_truth(fault_
     back = readiness[-1][0]
     errors = [(t, msg) for t, kind, msg in load.results if kind == "error"]
     # errors only around the outage; answers again afterwards
-    assert all(t < back + 1.0 for t, _ in errors), errors
+    late = [(round(t - back, 2), m[:160]) for t, m in errors if t >= back + 1.0]
+    assert not late, (round(back - killed_at, 2), late[:5])
     assert any(kind == "ok" and t > back for t, kind, _ in load.results)
     with RagClient(server.grpc_url, protocol="grpc") as client:
         assert client.ask(QUESTION, max_tokens=4, top_k=3).answer
@@ -133,13 +136,18 @@ def test_killed_server_is_restarted_on_the_same_ports(fault_server, report_figur
         time.sleep(0.3)
         assert not server.is_ready()
         recovery = wait_ready(server) + 0.3
-        time.sleep(3)
+        # the clients' gRPC channels redial with exponential backoff (seconds, after a long
+        # outage): wait for their first answer rather than a fixed time
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                kind == "ok" and t > killed_at + recovery for t, kind, _ in load.results):
+            time.sleep(0.2)
     assert server.process.pid != old_pid
     assert server.supervisor.count("server-restart") == restarts_before + 1
     assert not any(child_processes(old_pid))  # no orphaned stubs of the old server
     errors = [msg for _, kind, msg in load.results if kind == "error"]
     ok_after = [t for t, kind, _ in load.results if kind == "ok" and t > killed_at + recovery]
-    assert ok_after, "no request answered after the restart"
+    assert ok_after, ("no request answered after the restart", recovery, sorted({m[:120] for m in errors}), load.results[-3:])
     # in flight when the server died -> the stream is cut; sent while it is down -> refused
     in_flight = [m for m in errors if "Socket closed" in m or "Stream removed" in m]
     refused = [m for m in errors if "Connection refused" in m or "failed to connect" in m]
