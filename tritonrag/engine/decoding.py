@@ -12,6 +12,10 @@ Attention is grouped-query-aware without copying: a decode step's query heads ar
 viewed as `[B, kv_heads, group, head_dim]`, i.e. the `group` query heads that share a
 KV head become that head's `group` query rows, so attention reads each cached KV head
 once, in place (no repeat_kv expansion, which was 56 % of HF's GPU time at batch 128).
+`attention="triton"` (the default on CUDA when triton is importable) runs the split-KV
+kernel of `flash_decode`: each row's keys are read only up to its own length, in chunks
+spread over the whole GPU, with no additive mask over the length bucket. `"sdpa"` (the
+CPU's) and `"matmul"` remain for comparison.
 """
 
 from __future__ import annotations
@@ -43,15 +47,23 @@ class DecodeEngine:
     """
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
-                 device, dtype, cuda_graphs: bool = True, attention: str = "sdpa",
-                 min_length_bucket: int = 256, compile: bool = False):
+                 device, dtype, cuda_graphs: bool = True, attention: str = "auto",
+                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False):
         import torch
 
+        from . import flash_decode
+
+        if transposed_weights:
+            weights = _column_major(weights)
         self.w = weights
         self.device = torch.device(device)
         self.dtype = dtype
         self.slots = slots
         self.max_len = max_len
+        if attention == "auto":
+            attention = "triton" if torch.device(device).type == "cuda" and flash_decode.available() else "sdpa"
+        if attention == "triton" and not (torch.device(device).type == "cuda" and flash_decode.available()):
+            raise ValueError("attention='triton' needs a CUDA device and the triton package")
         self.attention = attention
         self.cos = rope_cos.to(self.device, dtype)     # [max_len, head_dim]
         self.sin = rope_sin.to(self.device, dtype)
@@ -73,6 +85,8 @@ class DecodeEngine:
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
         self.warmup_s = 0.0
+        self._sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
+            if self.device.type == "cuda" else 1
         if compile and self.device.type == "cuda":
             # the per-layer pieces, not the whole 28-layer step (that took > 4 min to compile on
             # an H100 host); all layers share one compiled graph, the cache store and attention
@@ -104,28 +118,6 @@ class DecodeEngine:
         # instead of twice in bf16 (the logits agree with transformers', see the benchmark)
         return F.rms_norm(x, (x.shape[-1],), weight, self.w.eps)
 
-    @staticmethod
-    def _rope(x, cos, sin):
-        import torch
-
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
-    def _mlp(self, layer, x):
-        import torch.nn.functional as F
-
-        gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, layer.down)
-
-    def _qkv(self, layer, x):
-        import torch.nn.functional as F
-
-        w = self.w
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-        q_size, kv_size = w.n_heads * w.head_dim, w.n_kv_heads * w.head_dim
-        return qkv.split([q_size, kv_size, kv_size], dim=-1)
-
     # -- prefill ------------------------------------------------------------------
 
     def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
@@ -142,21 +134,22 @@ class DecodeEngine:
         tokens = tokens.to(self.device)
         row_index = torch.tensor(list(rows), device=self.device)
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        cos, sin = self.cos[:width][None, None], self.sin[:width][None, None]
+        # the decode step's fused per-layer parts over all n * width tokens as rows
+        cos = self.cos_heads[:width].repeat(n, 1, 1)
+        sin = self.sin_heads[:width].repeat(n, 1, 1)
+        heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         with torch.inference_mode():
-            x = F.embedding(tokens, w.embed)
+            x = F.embedding(tokens, w.embed).view(n * width, -1)
             for index, layer in enumerate(w.layers):
-                q, k, v = self._qkv(layer, self._norm(x, layer.input_norm))
-                q = q.view(n, width, w.n_heads, w.head_dim).transpose(1, 2)
-                k = k.view(n, width, w.n_kv_heads, w.head_dim).transpose(1, 2)
-                v = v.view(n, width, w.n_kv_heads, w.head_dim).transpose(1, 2)
-                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-                self.cache.k[index][row_index, :, :width] = k
-                self.cache.v[index][row_index, :, :width] = v
-                att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
-                x = x + F.linear(att.transpose(1, 2).reshape(n, width, -1), layer.o)
-                x = x + self._mlp(layer, self._norm(x, layer.post_norm))
-            x = x[torch.arange(n, device=self.device), last]
+                qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
+                qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+                q, kv = qkv[:, :heads], qkv[:, heads:]
+                self.cache.kv[index][row_index, :, :width] = kv
+                att = F.scaled_dot_product_attention(q, kv[:, :kv_heads], kv[:, kv_heads:], is_causal=True,
+                                                     scale=self.scale, enable_gqa=True)
+                x = self._mlp_part(x, att.transpose(1, 2).reshape(n * width, -1), layer.o, layer.post_norm,
+                                   layer.gate_up, layer.down)
+            x = x.view(n, width, -1)[torch.arange(n, device=self.device), last]
             return F.linear(self._norm(x, w.final_norm), w.lm_head)
 
     # -- decode step --------------------------------------------------------------
@@ -170,18 +163,26 @@ class DecodeEngine:
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         ar = torch.arange(rows, device=self.device)
         cos, sin = self.cos_heads[positions], self.sin_heads[positions]          # [B, Hq + 2 Hkv, D]
-        # additive mask, built once per step rather than converted from a boolean one in every layer
-        visible = self._key_index[:length][None] <= positions[:, None]
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill(~visible, float("-inf"))[:, None, None]         # [B, 1, 1, L]
+        if self.attention == "triton":
+            from .flash_decode import decode_attention, plan_splits
+
+            lengths = positions + 1
+            split_len = plan_splits(rows, kv_heads, length, self._sms)
+        else:
+            # additive mask, built once per step rather than converted from a boolean one in every layer
+            visible = self._key_index[:length][None] <= positions[:, None]
+            mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+            mask = mask.masked_fill(~visible, float("-inf"))[:, None, None]     # [B, 1, 1, L]
         x = F.embedding(tokens, w.embed)
         for index, layer in enumerate(w.layers):
             qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
             cache = self.cache.kv[index]
             cache[ar, :, positions] = qkv[:, heads:]                # this token's K and V, one store
-            keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
             q = qkv[:, :heads].view(rows, kv_heads, self.group, dim)   # query heads sharing a KV head
-            if self.attention == "sdpa":
+            keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
+            if self.attention == "triton":
+                att = decode_attention(q, cache[:rows, :, :length], lengths, self.scale, split_len)
+            elif self.attention == "sdpa":
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             else:  # explicit batched matmuls, for comparison
                 scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale + mask
@@ -266,3 +267,16 @@ class DecodeEngine:
     def step_bytes(self, rows: int, kv_positions: int) -> int:
         """Bytes one decode step must read at least: the weights plus `kv_positions` cached positions."""
         return self.w.nbytes() + kv_positions * self.cache.nbytes_per_token()
+
+
+def _column_major(weights: DecoderWeights) -> DecoderWeights:
+    """The same weights with each projection stored column-major (`W.t()` contiguous), so
+    `F.linear(x, W)` becomes cuBLAS's NN product instead of TN (a variant to measure)."""
+    import dataclasses
+
+    def flip(t):
+        return t.t().contiguous().t()
+
+    layers = [dataclasses.replace(layer, qkv=flip(layer.qkv), o=flip(layer.o), gate_up=flip(layer.gate_up),
+                                  down=flip(layer.down)) for layer in weights.layers]
+    return dataclasses.replace(weights, layers=layers)
