@@ -62,8 +62,9 @@ class DecodeEngine:
         self.max_len = max_len
         if attention == "auto":
             attention = "triton" if torch.device(device).type == "cuda" and flash_decode.available() else "sdpa"
-        if attention == "triton" and not (torch.device(device).type == "cuda" and flash_decode.available()):
-            raise ValueError("attention='triton' needs a CUDA device and the triton package")
+        if attention == "triton" and not (flash_decode.available() and (
+                torch.device(device).type == "cuda" or flash_decode.interpreted())):
+            raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         self.attention = attention
         self.cos = rope_cos.to(self.device, dtype)     # [max_len, head_dim]
         self.sin = rope_sin.to(self.device, dtype)
@@ -71,6 +72,7 @@ class DecodeEngine:
         # sin signed so that rotate_half(x) * sin == swap_halves(x) * signed_sin
         half = weights.head_dim // 2
         signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
+        self.sin_signed = signed.contiguous()
         heads_qk, heads_v = weights.n_heads + weights.n_kv_heads, weights.n_kv_heads
         self.cos_heads = torch.cat((self.cos[:, None].expand(-1, heads_qk, -1),
                                     torch.ones_like(self.cos)[:, None].expand(-1, heads_v, -1)), dim=1)
@@ -159,20 +161,16 @@ class DecodeEngine:
         import torch
         import torch.nn.functional as F
 
+        if self.attention == "triton":
+            return self._decode_forward_triton(tokens, positions, rows, length)
         w = self.w
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         ar = torch.arange(rows, device=self.device)
         cos, sin = self.cos_heads[positions], self.sin_heads[positions]          # [B, Hq + 2 Hkv, D]
-        if self.attention == "triton":
-            from .flash_decode import decode_attention, plan_splits
-
-            lengths = positions + 1
-            split_len = plan_splits(rows, kv_heads, length, self._sms)
-        else:
-            # additive mask, built once per step rather than converted from a boolean one in every layer
-            visible = self._key_index[:length][None] <= positions[:, None]
-            mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-            mask = mask.masked_fill(~visible, float("-inf"))[:, None, None]     # [B, 1, 1, L]
+        # additive mask, built once per step rather than converted from a boolean one in every layer
+        visible = self._key_index[:length][None] <= positions[:, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill(~visible, float("-inf"))[:, None, None]         # [B, 1, 1, L]
         x = F.embedding(tokens, w.embed)
         for index, layer in enumerate(w.layers):
             qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
@@ -180,15 +178,36 @@ class DecodeEngine:
             cache[ar, :, positions] = qkv[:, heads:]                # this token's K and V, one store
             q = qkv[:, :heads].view(rows, kv_heads, self.group, dim)   # query heads sharing a KV head
             keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
-            if self.attention == "triton":
-                att = decode_attention(q, cache[:rows, :, :length], lengths, self.scale, split_len)
-            elif self.attention == "sdpa":
+            if self.attention == "sdpa":
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             else:  # explicit batched matmuls, for comparison
                 scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale + mask
                 att = torch.matmul(scores.softmax(-1).to(values.dtype), values)
             x = self._mlp_part(x, att.reshape(rows, -1), layer.o, layer.post_norm, layer.gate_up, layer.down)
         logits = F.linear(self._norm(x, w.final_norm), w.lm_head)
+        return logits, logits.argmax(-1)
+
+    def _decode_forward_triton(self, tokens, positions, rows: int, length: int):
+        """The decode step in 9 kernels per layer (4 matmuls, split-K reduce aside): residual add +
+        RMSNorm fused, rotary embedding + K/V store + split-KV attention in one kernel (plus the
+        chunks' merge), silu * up fused."""
+        import torch.nn.functional as F
+
+        from .flash_decode import decode_attention, plan_splits
+        from .triton_ops import add_rms_norm, silu_mul
+
+        w = self.w
+        split_len = plan_splits(rows, w.n_kv_heads, length, self._sms)
+        x = F.embedding(tokens, w.embed)            # the residual stream, updated in place
+        y = None
+        for index, layer in enumerate(w.layers):
+            h = add_rms_norm(x, y, layer.input_norm, w.eps)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(rows, -1, w.head_dim)
+            att = decode_attention(qkv, self.cache.kv[index][:rows, :, :length], positions, self.scale, split_len,
+                                   w.n_heads, self.cos, self.sin_signed)
+            h = add_rms_norm(x, F.linear(att.view(rows, -1), layer.o), layer.post_norm, w.eps)
+            y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+        logits = F.linear(add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
         return logits, logits.argmax(-1)
 
     def _qkv_part(self, x, norm, qkv_weight, qkv_bias, cos, sin):
@@ -225,10 +244,14 @@ class DecodeEngine:
         if self._graphs:
             rows_b, length_b = self.bucket(rows, length)
             graph, logits, greedy = self._graphs[(rows_b, length_b)]
-            self._tokens.zero_()
-            self._positions.zero_()
-            self._tokens[:rows].copy_(torch.tensor(tokens), non_blocking=True)
-            self._positions[:rows].copy_(torch.tensor(positions), non_blocking=True)
+            # one pinned host buffer, one copy: the rows past `rows` get token 0 at position 0
+            self._copied.synchronize()          # the previous step's copy has left the buffer
+            host = self._host_np
+            host[:, rows:] = 0
+            host[0, :rows] = tokens
+            host[1, :rows] = positions
+            self._inputs.copy_(self._host, non_blocking=True)
+            self._copied.record()
             graph.replay()
             return logits[:rows], greedy[:rows]
         with torch.inference_mode():
@@ -241,8 +264,12 @@ class DecodeEngine:
         import torch
 
         start = time.perf_counter()
-        self._tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self._positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self._inputs = torch.zeros((2, self.slots), dtype=torch.long, device=self.device)
+        self._tokens, self._positions = self._inputs[0], self._inputs[1]
+        self._host = torch.zeros((2, self.slots), dtype=torch.long).pin_memory()
+        self._host_np = self._host.numpy()
+        self._copied = torch.cuda.Event()
+        self._copied.record()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():

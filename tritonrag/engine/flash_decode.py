@@ -30,32 +30,59 @@ def available() -> bool:
     return triton is not None
 
 
+def interpreted() -> bool:
+    """Kernels run by Triton's interpreter (CPU tensors): set before triton was imported."""
+    import os
+
+    return triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 if triton is not None:
     @triton.jit
-    def _split_kernel(q_ptr, kv_ptr, len_ptr, part_ptr, lse_ptr, scale, split_len,
-                      s_qb, s_qh, s_qg, s_cb, s_ch, s_cl, s_pb, s_ph, s_ps, s_pg, s_lb, s_lh, s_ls,
-                      KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-                      D: tl.constexpr, BLOCK: tl.constexpr):
+    def _split_kernel(qkv_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr, part_ptr, lse_ptr, out_ptr, scale, split_len,
+                      s_xb, s_xh, s_cb, s_ch, s_cl, s_rl, s_pb, s_ph, s_ps, s_pg, s_lb, s_lh, s_ls,
+                      s_ob, s_oh, s_og,
+                      HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
+                      D: tl.constexpr, BLOCK: tl.constexpr, ROPE: tl.constexpr, STORE: tl.constexpr,
+                      DIRECT: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
-        length = tl.load(len_ptr + b).to(tl.int32)
+        pos = tl.load(pos_ptr + b).to(tl.int32)       # this step's position: keys 0 .. pos
         start = s * split_len
-        end = tl.minimum(start + split_len, length)
+        end = tl.minimum(start + split_len, pos + 1)
         offs_g = tl.arange(0, BLOCK_G)
         offs_d = tl.arange(0, D)
+        swap_d = (offs_d + D // 2) % D                  # rotate_half's partner of each element
         offs_n = tl.arange(0, BLOCK)
         g_ok = offs_g < GROUP
-        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_g[:, None] * s_qg + offs_d[None, :],
-                    mask=g_ok[:, None], other=0.0)
+        q_rows = qkv_ptr + b * s_xb + (h * GROUP + offs_g)[:, None] * s_xh
+        q = tl.load(q_rows + offs_d[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
+        k_new = tl.load(qkv_ptr + b * s_xb + (HEADS + h) * s_xh + offs_d).to(tl.float32)
+        if ROPE:   # rotary embedding of q and the new k at `pos` (sin signed: x*cos + swap(x)*sin)
+            cos = tl.load(cos_ptr + pos * s_rl + offs_d).to(tl.float32)
+            sin = tl.load(sin_ptr + pos * s_rl + offs_d).to(tl.float32)
+            q_swap = tl.load(q_rows + swap_d[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
+            q = q * cos[None, :] + q_swap * sin[None, :]
+            k_swap = tl.load(qkv_ptr + b * s_xb + (HEADS + h) * s_xh + swap_d).to(tl.float32)
+            k_new = k_new * cos + k_swap * sin
+        q = q.to(kv_ptr.dtype.element_ty)
+        k_new = k_new.to(kv_ptr.dtype.element_ty)
+        v_new = tl.load(qkv_ptr + b * s_xb + (HEADS + KV_HEADS + h) * s_xh + offs_d)
         k_base = kv_ptr + b * s_cb + h * s_ch
         v_base = kv_ptr + b * s_cb + (h + KV_HEADS) * s_ch
+        owner = (pos >= start) & (pos < start + split_len)
+        if STORE:  # the chunk that holds `pos` writes this token's K and V for the later steps
+            tl.store(k_base + pos * s_cl + offs_d, k_new, mask=owner & (offs_d < D))
+            tl.store(v_base + pos * s_cl + offs_d, v_new.to(kv_ptr.dtype.element_ty), mask=owner & (offs_d < D))
         m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        l = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, D], tl.float32)
-        for n0 in range(start, end, BLOCK):
+        l = tl.full([BLOCK_G], 0.0, tl.float32)
+        acc = tl.full([BLOCK_G, D], 0.0, tl.float32)
+        # cached keys before `pos` (read, never the slot being written) ...
+        cached_end = tl.minimum(end, pos)
+        for n0 in range(start, cached_end, BLOCK):
             n = n0 + offs_n
-            ok = n < end
+            ok = n < cached_end
             k = tl.load(k_base + n[:, None] * s_cl + offs_d[None, :], mask=ok[:, None], other=0.0)
             scores = tl.dot(q, tl.trans(k)) * scale
             scores = tl.where(ok[None, :], scores, float("-inf"))
@@ -66,12 +93,25 @@ if triton is not None:
             v = tl.load(v_base + n[:, None] * s_cl + offs_d[None, :], mask=ok[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
+        # ... then the new token itself, from registers
+        if owner:
+            score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale
+            m_new = tl.maximum(m, score)
+            p1 = tl.exp(score - m_new)
+            alpha = tl.exp(m - m_new)
+            l = l * alpha + p1
+            acc = acc * alpha[:, None] + p1[:, None] * v_new.to(tl.float32)[None, :]
+            m = m_new
         # an empty chunk (past the row's length) leaves lse = -inf: weight 0 in the merge
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
-        lse = m + tl.log(tl.where(l > 0, l, 1.0))
-        tl.store(part_ptr + b * s_pb + h * s_ph + s * s_ps + offs_g[:, None] * s_pg + offs_d[None, :], out,
-                 mask=g_ok[:, None])
-        tl.store(lse_ptr + b * s_lb + h * s_lh + s * s_ls + offs_g, lse, mask=g_ok)
+        if DIRECT:  # one chunk: this is the result
+            tl.store(out_ptr + b * s_ob + h * s_oh + offs_g[:, None] * s_og + offs_d[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+        else:
+            lse = m + tl.log(tl.where(l > 0, l, 1.0))
+            tl.store(part_ptr + b * s_pb + h * s_ph + s * s_ps + offs_g[:, None] * s_pg + offs_d[None, :], out,
+                     mask=g_ok[:, None])
+            tl.store(lse_ptr + b * s_lb + h * s_lh + s * s_ls + offs_g, lse, mask=g_ok)
 
     @triton.jit
     def _merge_kernel(part_ptr, lse_ptr, out_ptr, splits,
@@ -101,34 +141,48 @@ def plan_splits(rows: int, kv_heads: int, length: int, sms: int, waves: float = 
     return math.ceil(math.ceil(length / splits) / BLOCK_N) * BLOCK_N
 
 
-def decode_attention(q, cache, lengths, scale: float, split_len: int, out=None):
-    """Attention of one new query per row over its cached keys `0 .. lengths[row]-1`.
+def decode_attention(qkv, cache, positions, scale: float, split_len: int, heads: int,
+                     cos=None, sin=None, store: bool = True):
+    """Attention of one new token per row over its cached keys `0 .. positions[row]`.
 
-    q: `[B, kv_heads, group, D]` (the query heads that share a KV head as its rows);
-    cache: one layer's `[slots >= B, 2 * kv_heads, max_len, D]` (keys, then values);
-    lengths: int tensor `[B]` on the device (position + 1); split_len: keys per chunk
-    (`plan_splits`). Returns `[B, kv_heads, group, D]` in q's dtype.
+    qkv: `[B, heads + 2 * kv_heads, D]`, this step's projections (q heads, then k, then v);
+    with `cos`/`sin` (`[max_len, D]`, sin signed as `rotate_half(x) * sin == swap(x) * sin`)
+    the rotary embedding of q and k is applied here. cache: one layer's
+    `[slots >= B, 2 * kv_heads, bucket, D]` (keys, then values); with `store` this token's K
+    and V are written at `positions[row]` by the program that owns that chunk, and its own
+    score is taken from registers, so no program reads a slot being written.
+    positions: int tensor `[B]` on the device; split_len: keys per chunk (`plan_splits`).
+    The `group = heads / kv_heads` query heads sharing a KV head are one `tl.dot`'s rows.
+    Returns `[B, kv_heads, group, D]` in the cache's dtype.
     """
     import torch
 
-    rows, kv_heads, group, dim = q.shape
-    max_len = cache.shape[2]
-    splits = math.ceil(max_len / split_len)
-    if q.stride(-1) != 1 or cache.stride(-1) != 1:
-        raise ValueError("q and the cache need a contiguous last axis")
-    part = torch.empty((rows, kv_heads, splits, group, dim), dtype=torch.float32, device=q.device)
-    lse = torch.empty((rows, kv_heads, splits, group), dtype=torch.float32, device=q.device)
-    if out is None:
-        out = torch.empty_like(q)
+    rows, _, dim = qkv.shape
+    kv_heads = cache.shape[1] // 2
+    group = heads // kv_heads
+    splits = math.ceil(cache.shape[2] / split_len)
+    if qkv.stride(-1) != 1 or cache.stride(-1) != 1:
+        raise ValueError("qkv and the cache need a contiguous last axis")
+    out = torch.empty((rows, kv_heads, group, dim), dtype=cache.dtype, device=qkv.device)
+    direct = splits == 1
+    shape = (rows, kv_heads, splits, group) if not direct else (1, 1, 1, 1)
+    part = torch.empty(shape + (dim,), dtype=torch.float32, device=qkv.device)
+    lse = torch.empty(shape, dtype=torch.float32, device=qkv.device)
+    rope = cos is not None
+    if not rope:
+        cos = sin = qkv   # unused
     block_g = max(16, triton.next_power_of_2(group))
     _split_kernel[(rows, kv_heads, splits)](
-        q, cache, lengths, part, lse, scale, split_len,
-        q.stride(0), q.stride(1), q.stride(2), cache.stride(0), cache.stride(1), cache.stride(2),
-        part.stride(0), part.stride(1), part.stride(2), part.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
-        KV_HEADS=kv_heads, GROUP=group, BLOCK_G=block_g, D=dim, BLOCK=BLOCK_N, num_warps=4, num_stages=2)
-    _merge_kernel[(rows, kv_heads * group)](
-        part, lse, out, splits,
+        qkv, cache, positions, cos, sin, part, lse, out, scale, split_len,
+        qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2), cos.stride(0),
         part.stride(0), part.stride(1), part.stride(2), part.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        GROUP=group, D=dim, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=2)
+        HEADS=heads, KV_HEADS=kv_heads, GROUP=group, BLOCK_G=block_g, D=dim, BLOCK=BLOCK_N, ROPE=rope,
+        STORE=store, DIRECT=direct, num_warps=4, num_stages=2)
+    if not direct:
+        _merge_kernel[(rows, kv_heads * group)](
+            part, lse, out, splits,
+            part.stride(0), part.stride(1), part.stride(2), part.stride(3), lse.stride(0), lse.stride(1),
+            lse.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            GROUP=group, D=dim, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=2)
     return out
