@@ -140,18 +140,33 @@ class DecodeEngine:
         cos = self.cos_heads[:width].repeat(n, 1, 1)
         sin = self.sin_heads[:width].repeat(n, 1, 1)
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
+        fused = self.attention == "triton"     # the decode step's Triton norm and silu*up kernels
+        if fused:
+            from .triton_ops import add_rms_norm, silu_mul
         with torch.inference_mode():
             x = F.embedding(tokens, w.embed).view(n * width, -1)
+            y = None
             for index, layer in enumerate(w.layers):
-                qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
+                if fused:
+                    qkv = F.linear(add_rms_norm(x, y, layer.input_norm, w.eps), layer.qkv, layer.qkv_bias)
+                    qkv = self._rope(qkv, cos, sin)
+                else:
+                    qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
                 qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
                 q, kv = qkv[:, :heads], qkv[:, heads:]
                 self.cache.kv[index][row_index, :, :width] = kv
                 att = F.scaled_dot_product_attention(q, kv[:, :kv_heads], kv[:, kv_heads:], is_causal=True,
                                                      scale=self.scale, enable_gqa=True)
-                x = self._mlp_part(x, att.transpose(1, 2).reshape(n * width, -1), layer.o, layer.post_norm,
-                                   layer.gate_up, layer.down)
-            x = x.view(n, width, -1)[torch.arange(n, device=self.device), last]
+                att = att.transpose(1, 2).reshape(n * width, -1)
+                if fused:
+                    h = add_rms_norm(x, F.linear(att, layer.o), layer.post_norm, w.eps)
+                    y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+                else:
+                    x = self._mlp_part(x, att, layer.o, layer.post_norm, layer.gate_up, layer.down)
+            ar = torch.arange(n, device=self.device)
+            x = x.view(n, width, -1)[ar, last]
+            if fused:
+                return F.linear(add_rms_norm(x, y.view(n, width, -1)[ar, last], w.final_norm, w.eps), w.lm_head)
             return F.linear(self._norm(x, w.final_norm), w.lm_head)
 
     # -- decode step --------------------------------------------------------------
@@ -215,9 +230,14 @@ class DecodeEngine:
         import torch
         import torch.nn.functional as F
 
+        return self._rope(F.linear(self._norm(x, norm), qkv_weight, qkv_bias), cos, sin)
+
+    def _rope(self, qkv, cos, sin):
+        """Rotary embedding of the q and k heads of `qkv` `[rows, (Hq + 2 Hkv) * D]` (v: cos 1, sin 0)."""
+        import torch
+
         w = self.w
-        qkv = F.linear(self._norm(x, norm), qkv_weight, qkv_bias)
-        qkv = qkv.view(x.shape[0], w.n_heads + 2 * w.n_kv_heads, 2, w.head_dim // 2)
+        qkv = qkv.view(qkv.shape[0], w.n_heads + 2 * w.n_kv_heads, 2, w.head_dim // 2)
         return torch.addcmul(qkv.flatten(2) * cos, qkv.flip(2).flatten(2), sin)
 
     def _mlp_part(self, x, att, o, norm, gate_up, down):
