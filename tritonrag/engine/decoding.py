@@ -83,6 +83,7 @@ class DecodeEngine:
         self.group = weights.n_heads // weights.n_kv_heads
         self.scale = weights.head_dim ** -0.5
         self._key_index = torch.arange(max_len, device=self.device)
+        self._last = torch.zeros(slots, dtype=torch.long, device=self.device)   # the last async step's ids
         self.batch_buckets = _buckets(slots, 1)
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
@@ -262,31 +263,70 @@ class DecodeEngine:
 
         rows, length = len(tokens), max(positions) + 1
         if self._graphs:
-            rows_b, length_b = self.bucket(rows, length)
-            graph, logits, greedy = self._graphs[(rows_b, length_b)]
-            # one pinned host buffer, one copy: the rows past `rows` get token 0 at position 0
-            self._copied.synchronize()          # the previous step's copy has left the buffer
-            host = self._host_np
-            host[:, rows:] = 0
-            host[0, :rows] = tokens
-            host[1, :rows] = positions
-            self._inputs.copy_(self._host, non_blocking=True)
-            self._copied.record()
-            graph.replay()
+            graph, logits, greedy = self._replay(tokens, positions, None)
             return logits[:rows], greedy[:rows]
         with torch.inference_mode():
             t = torch.tensor(tokens, device=self.device)
             p = torch.tensor(positions, device=self.device)
             return self._step(t, p, rows, length)
 
+    def decode_async(self, tokens: Sequence[int], positions: Sequence[int], carry: Sequence[bool]) -> "PendingIds":
+        """Enqueue a greedy decode step and return at once; `.tolist()` of the result waits for it.
+
+        A row with `carry[row]` takes as its token the id the previous `decode_async` step chose
+        for that row, still on the device, so the host can launch step n+1 before it has read
+        step n's ids (the scheduler reads them while the GPU runs the next step).
+        """
+        import torch
+
+        rows, length = len(tokens), max(positions) + 1
+        if self._graphs:
+            graph, logits, greedy = self._replay(tokens, positions, carry)
+            self._last[:greedy.shape[0]].copy_(greedy)
+            host = self._out_host[self._flip]       # two buffers: step n's ids stay until read
+            self._flip ^= 1
+            host[:rows].copy_(greedy[:rows], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return PendingIds(host, rows, done)
+        with torch.inference_mode():
+            t = torch.tensor(tokens, device=self.device)
+            t = torch.where(torch.tensor(carry, device=self.device), self._last[:rows], t)
+            _, greedy = self._step(t, torch.tensor(positions, device=self.device), rows, length)
+            self._last[:rows] = greedy
+            return PendingIds(greedy.cpu(), rows, None)
+
+    def _replay(self, tokens, positions, carry):
+        """Copy a step's inputs (one pinned buffer, one copy) and replay its bucket's graph."""
+        import torch
+
+        rows = len(tokens)
+        rows_b, length_b = self.bucket(rows, max(positions) + 1)
+        graph, logits, greedy = self._graphs[(rows_b, length_b)]
+        self._copied.synchronize()          # the previous step's copy has left the buffer
+        host = self._host_np
+        host[:, rows:] = 0                  # rows past `rows`: token 0 at position 0 (free slots)
+        host[0, :rows] = tokens
+        host[1, :rows] = positions
+        host[2, :rows] = carry if carry is not None else 0
+        self._inputs.copy_(self._host, non_blocking=True)
+        self._copied.record()
+        if carry is not None and any(carry):
+            tokens_b = self._tokens[:rows_b]
+            torch.where(self._inputs[2, :rows_b].bool(), self._last[:rows_b], tokens_b, out=tokens_b)
+        graph.replay()
+        return graph, logits, greedy
+
     def capture_graphs(self) -> None:
         """Capture the decode step for every (batch, length) bucket; logs the time it took."""
         import torch
 
         start = time.perf_counter()
-        self._inputs = torch.zeros((2, self.slots), dtype=torch.long, device=self.device)
+        self._inputs = torch.zeros((3, self.slots), dtype=torch.long, device=self.device)
         self._tokens, self._positions = self._inputs[0], self._inputs[1]
-        self._host = torch.zeros((2, self.slots), dtype=torch.long).pin_memory()
+        self._host = torch.zeros((3, self.slots), dtype=torch.long).pin_memory()
+        self._out_host = [torch.zeros(self.slots, dtype=torch.long).pin_memory() for _ in range(2)]
+        self._flip = 0
         self._host_np = self._host.numpy()
         self._copied = torch.cuda.Event()
         self._copied.record()
@@ -327,3 +367,15 @@ def _column_major(weights: DecoderWeights) -> DecoderWeights:
     layers = [dataclasses.replace(layer, qkv=flip(layer.qkv), o=flip(layer.o), gate_up=flip(layer.gate_up),
                                   down=flip(layer.down)) for layer in weights.layers]
     return dataclasses.replace(weights, layers=layers)
+
+
+class PendingIds:
+    """The greedy ids of a decode step that may still be running; `tolist()` waits for it only."""
+
+    def __init__(self, host, rows: int, done):
+        self._host, self._rows, self._done = host, rows, done
+
+    def tolist(self) -> list[int]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host[:self._rows].tolist()
