@@ -282,8 +282,8 @@ def main(argv=None):
     def serving():
         engine = engines.get(args.serve_variant)
         out = []
-        for concurrency in (64, 128):
-            batcher = ContinuousBatcher(engine, max_batch=concurrency)
+        for concurrency, overlap in ((64, True), (128, True), (128, False)):
+            batcher = ContinuousBatcher(engine, max_batch=concurrency, overlap=overlap)
             batcher.start()
             serve(batcher, concurrency, concurrency, 256, 128, 32000, seed=1)
             decode_s = [0.0]
@@ -312,7 +312,7 @@ def main(argv=None):
             row = serve(batcher, concurrency, concurrency * 4, 256, 128, 32000, seed=2)
             engine.decode, engine.prefill = original, original_prefill
             batcher.stop()
-            row.update({"decode_wall_s": round(decode_s[0], 3), "prefill_wall_s": round(prefill_s[0], 3),
+            row.update({"overlap": overlap, "decode_wall_s": round(decode_s[0], 3), "prefill_wall_s": round(prefill_s[0], 3),
                         "steps": batcher.steps - steps})
             out.append(row)
             print("serving", json.dumps(row), flush=True)
