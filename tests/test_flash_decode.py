@@ -78,7 +78,9 @@ def test_split_kv_attention_equals_rope_store_and_masked_sdpa(kernel, heads, kv_
     scale = dim ** -0.5
     expected, expected_cache = reference(qkv, cache, positions, scale, heads, cos, sin)
     out = kernel.decode_attention(qkv, cache, positions, scale, split_len, heads, cos, signed)
-    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    # on CUDA tl.dot takes fp32 inputs as TF32 (10-bit mantissa); the engine's are bf16 anyway
+    tol = dict(atol=2e-5, rtol=1e-4) if DEVICE == "cpu" else dict(atol=5e-3, rtol=5e-3)
+    torch.testing.assert_close(out, expected, **tol)
     torch.testing.assert_close(cache, expected_cache[:, :, :bucket], atol=1e-5, rtol=1e-5)
 
 
@@ -123,8 +125,31 @@ def test_plan_splits_fills_the_gpu_and_keeps_whole_blocks(kernel):
 
 
 @needs_kernel
+def test_prefill_rope_store_rotates_q_and_k_in_place_and_fills_the_cache_rows():
+    from tritonrag.engine import triton_ops
+
+    torch.manual_seed(3)
+    n, width, heads, kv_heads, dim = 2, 5, 4, 2, 64
+    qkv = torch.randn(n * width, heads + 2 * kv_heads, dim, device=DEVICE)
+    cache = torch.zeros(4, 2 * kv_heads, 16, dim, device=DEVICE)
+    slots = torch.tensor([3, 1], device=DEVICE)
+    cos, sin, signed = rope_tables(16, dim)
+    pos = torch.arange(width, device=DEVICE).repeat(n)
+    rotated = torch.cat((-qkv[..., dim // 2:], qkv[..., :dim // 2]), -1)
+    expected = qkv * cos[pos][:, None] + rotated * sin[pos][:, None]
+    expected[:, heads + kv_heads:] = qkv[:, heads + kv_heads:]                      # v heads unchanged
+    triton_ops.rope_store(qkv, cache, slots, width, cos, signed, heads)
+    torch.testing.assert_close(qkv, expected, atol=1e-5, rtol=1e-5)
+    kv = expected[:, heads:].view(n, width, 2 * kv_heads, dim).transpose(1, 2)
+    torch.testing.assert_close(cache[3, :, :width], kv[0])
+    torch.testing.assert_close(cache[1, :, :width], kv[1])
+    assert not cache[[0, 2]].any() and not cache[:, :, width:].any()
+
+
+@needs_kernel
 def test_engine_triton_path_gives_the_sdpa_paths_greedy_tokens():
-    """The whole fused decode step (SmolLM2, 30 layers, GQA 9/3, fp32) against the CPU's path."""
+    """The whole fused prefill and decode step (SmolLM2's first 6 layers, GQA 9/3, fp32) against
+    the CPU's path."""
     from transformers import AutoModelForCausalLM
 
     from tritonrag import model_sources
@@ -132,6 +157,8 @@ def test_engine_triton_path_gives_the_sdpa_paths_greedy_tokens():
 
     model = AutoModelForCausalLM.from_pretrained(model_sources.resolve(model_sources.DEFAULT_GENERATOR),
                                                  dtype=torch.float32).eval().to(DEVICE)
+    model.model.layers = model.model.layers[:6]      # the interpreter runs every program in Python
+    model.config.num_hidden_layers = 6
     prompts = [[1, 504, 3458, 282, 4649, 30], [1, 17, 2830, 314, 260, 3117, 282, 5066, 314, 1675, 28, 2451, 30, 12]]
     results = {}
     for attention in ("sdpa", "triton"):

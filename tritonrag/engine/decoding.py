@@ -137,25 +137,28 @@ class DecodeEngine:
         tokens = tokens.to(self.device)
         row_index = torch.tensor(list(rows), device=self.device)
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        # the decode step's fused per-layer parts over all n * width tokens as rows
-        cos = self.cos_heads[:width].repeat(n, 1, 1)
-        sin = self.sin_heads[:width].repeat(n, 1, 1)
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         fused = self.attention == "triton"     # the decode step's Triton norm and silu*up kernels
+        if not fused:   # the decode step's per-layer parts over all n * width tokens as rows
+            cos = self.cos_heads[:width].repeat(n, 1, 1)
+            sin = self.sin_heads[:width].repeat(n, 1, 1)
         if fused:
-            from .triton_ops import add_rms_norm, silu_mul
+            from .triton_ops import add_rms_norm, rope_store, silu_mul
         with torch.inference_mode():
             x = F.embedding(tokens, w.embed).view(n * width, -1)
             y = None
             for index, layer in enumerate(w.layers):
-                if fused:
+                if fused:   # rope in place and the K/V store in one kernel
                     qkv = F.linear(add_rms_norm(x, y, layer.input_norm, w.eps), layer.qkv, layer.qkv_bias)
-                    qkv = self._rope(qkv, cos, sin)
+                    rope_store(qkv.view(n * width, -1, dim), self.cache.kv[index], row_index, width, self.cos,
+                               self.sin_signed, heads)
+                    qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+                    q, kv = qkv[:, :heads], qkv[:, heads:]
                 else:
                     qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
-                qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
-                q, kv = qkv[:, :heads], qkv[:, heads:]
-                self.cache.kv[index][row_index, :, :width] = kv
+                    qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+                    q, kv = qkv[:, :heads], qkv[:, heads:]
+                    self.cache.kv[index][row_index, :, :width] = kv
                 att = F.scaled_dot_product_attention(q, kv[:, :kv_heads], kv[:, kv_heads:], is_causal=True,
                                                      scale=self.scale, enable_gqa=True)
                 att = att.transpose(1, 2).reshape(n * width, -1)
