@@ -15,7 +15,11 @@ Works on CUDA tensors, and on CPU tensors with `TRITON_INTERPRET=1` (tests).
 
 from __future__ import annotations
 
+import logging
 import math
+
+log = logging.getLogger(__name__)
+_tuning = True        # off after a failed autotuning
 
 try:
     import triton
@@ -40,7 +44,7 @@ def interpreted() -> bool:
 if triton is not None:
     @triton.jit
     def _split_kernel(qkv_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr, part_ptr, lse_ptr, out_ptr, scale, split_len,
-                      s_xb, s_xh, s_cb, s_ch, s_cl, s_rl, s_pb, s_ph, s_ps, s_pg, s_lb, s_lh, s_ls,
+                      n_rows, s_xb, s_xh, s_cb, s_ch, s_cl, s_rl, s_pb, s_ph, s_ps, s_pg, s_lb, s_lh, s_ls,
                       s_ob, s_oh, s_og,
                       HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                       D: tl.constexpr, BLOCK: tl.constexpr, ROPE: tl.constexpr, STORE: tl.constexpr,
@@ -113,6 +117,18 @@ if triton is not None:
                      mask=g_ok[:, None])
             tl.store(lse_ptr + b * s_lb + h * s_lh + s * s_ls + offs_g, lse, mask=g_ok)
 
+    # keys per iteration and warps, chosen per (batch, chunk) bucket at the engine's warm-up,
+    # before the CUDA graphs are captured (~0.1 s per bucket with the short timing below)
+    _TUNED = triton.autotune(
+        configs=[triton.Config({"BLOCK": 64}, num_warps=4, num_stages=2),
+                 triton.Config({"BLOCK": 64}, num_warps=4, num_stages=3),
+                 triton.Config({"BLOCK": 128}, num_warps=4, num_stages=2),
+                 triton.Config({"BLOCK": 128}, num_warps=8, num_stages=2),
+                 triton.Config({"BLOCK": 32}, num_warps=2, num_stages=3)],
+        key=["split_len", "n_rows", "HEADS", "KV_HEADS", "D"],
+        do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles),
+    )(_split_kernel)
+
     @triton.jit
     def _merge_kernel(part_ptr, lse_ptr, out_ptr, splits,
                       s_pb, s_ph, s_ps, s_pg, s_lb, s_lh, s_ls, s_ob, s_oh, s_og,
@@ -142,7 +158,7 @@ def plan_splits(rows: int, kv_heads: int, length: int, sms: int, waves: float = 
 
 
 def decode_attention(qkv, cache, positions, scale: float, split_len: int, heads: int,
-                     cos=None, sin=None, store: bool = True):
+                     cos=None, sin=None, store: bool = True, tune: bool = True):
     """Attention of one new token per row over its cached keys `0 .. positions[row]`.
 
     qkv: `[B, heads + 2 * kv_heads, D]`, this step's projections (q heads, then k, then v);
@@ -152,6 +168,8 @@ def decode_attention(qkv, cache, positions, scale: float, split_len: int, heads:
     and V are written at `positions[row]` by the program that owns that chunk, and its own
     score is taken from registers, so no program reads a slot being written.
     positions: int tensor `[B]` on the device; split_len: keys per chunk (`plan_splits`).
+    With `tune` the kernel's block size and warps are autotuned per (split_len, B) on first use
+    (which must not be inside a CUDA-graph capture: the engine warms each bucket up first).
     The `group = heads / kv_heads` query heads sharing a KV head are one `tl.dot`'s rows.
     Returns `[B, kv_heads, group, D]` in the cache's dtype.
     """
@@ -172,13 +190,26 @@ def decode_attention(qkv, cache, positions, scale: float, split_len: int, heads:
     if not rope:
         cos = sin = qkv   # unused
     block_g = max(16, triton.next_power_of_2(group))
-    _split_kernel[(rows, kv_heads, splits)](
-        qkv, cache, positions, cos, sin, part, lse, out, scale, split_len,
-        qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2), cos.stride(0),
-        part.stride(0), part.stride(1), part.stride(2), part.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        HEADS=heads, KV_HEADS=kv_heads, GROUP=group, BLOCK_G=block_g, D=dim, BLOCK=BLOCK_N, ROPE=rope,
-        STORE=store, DIRECT=direct, num_warps=4, num_stages=2)
+    args = (qkv, cache, positions, cos, sin, part, lse, out, scale, split_len, rows,
+            qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2), cos.stride(0),
+            part.stride(0), part.stride(1), part.stride(2), part.stride(3), lse.stride(0), lse.stride(1),
+            lse.stride(2), out.stride(0), out.stride(1), out.stride(2))
+    consts = dict(HEADS=heads, KV_HEADS=kv_heads, GROUP=group, BLOCK_G=block_g, D=dim, ROPE=rope, STORE=store,
+                  DIRECT=direct)
+    global _tuning
+    if tune and _tuning and not interpreted():
+        try:
+            _TUNED[(rows, kv_heads, splits)](*args, **consts)
+            return _merge(part, lse, out, splits, group, dim, direct)
+        except Exception:  # noqa: BLE001 — (at warm-up) keep the fixed configuration instead
+            log.exception("autotuning the split-KV kernel failed; using BLOCK=%d, 4 warps", BLOCK_N)
+            _tuning = False
+    _split_kernel[(rows, kv_heads, splits)](*args, **consts, BLOCK=BLOCK_N, num_warps=4, num_stages=2)
+    return _merge(part, lse, out, splits, group, dim, direct)
+
+
+def _merge(part, lse, out, splits: int, group: int, dim: int, direct: bool):
+    rows, kv_heads = out.shape[:2]
     if not direct:
         _merge_kernel[(rows, kv_heads * group)](
             part, lse, out, splits,
