@@ -48,7 +48,7 @@ if triton is not None:
                       s_ob, s_oh, s_og,
                       HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                       D: tl.constexpr, BLOCK: tl.constexpr, ROPE: tl.constexpr, STORE: tl.constexpr,
-                      DIRECT: tl.constexpr):
+                      DIRECT: tl.constexpr, PRECISION: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -88,14 +88,14 @@ if triton is not None:
             n = n0 + offs_n
             ok = n < cached_end
             k = tl.load(k_base + n[:, None] * s_cl + offs_d[None, :], mask=ok[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k)) * scale
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             scores = tl.where(ok[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, 1))
             p = tl.exp(scores - m_new[:, None])
             alpha = tl.exp(m - m_new)
             l = l * alpha + tl.sum(p, 1)
             v = tl.load(v_base + n[:, None] * s_cl + offs_d[None, :], mask=ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
         # ... then the new token itself, from registers
         if owner:
@@ -194,8 +194,9 @@ def decode_attention(qkv, cache, positions, scale: float, split_len: int, heads:
             qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2), cos.stride(0),
             part.stride(0), part.stride(1), part.stride(2), part.stride(3), lse.stride(0), lse.stride(1),
             lse.stride(2), out.stride(0), out.stride(1), out.stride(2))
+    # fp32 caches (CPU-shaped tests on a GPU) multiply in full fp32, not TF32; bf16/fp16 use the default
     consts = dict(HEADS=heads, KV_HEADS=kv_heads, GROUP=group, BLOCK_G=block_g, D=dim, ROPE=rope, STORE=store,
-                  DIRECT=direct)
+                  DIRECT=direct, PRECISION="ieee" if cache.dtype == torch.float32 else "tf32")
     global _tuning
     if tune and _tuning and not interpreted():
         try:
