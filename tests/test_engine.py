@@ -224,3 +224,13 @@ def test_generation_bench_cpu_mode_writes_its_results(tmp_path):
     assert result["agreement_with_hf"]["sdpa"]["argmax_agreement"] == 1.0   # fp32: the same logits
     assert result["serving"][0]["requests"] == 2 and result["serving"][0]["output_tokens_per_s"] > 0
     assert result["hf_generate"][0]["batch"] == 2 and result["decode_step"]["sdpa"][0]["ms_per_step"] > 0
+
+
+def test_engine_settings_take_the_attention_path_and_step_overlap_from_parameters():
+    from tritonrag.generation import EngineSettings
+
+    params = {"attention": {"string_value": "sdpa"}, "overlap_steps": {"string_value": "false"}}
+    settings = EngineSettings.from_config({"parameters": params}, "cuda:0")
+    assert (settings.attention, settings.overlap_steps) == ("sdpa", False)
+    default = EngineSettings.from_config({"parameters": {}}, "cpu")
+    assert (default.attention, default.overlap_steps) == ("auto", True)
