@@ -148,7 +148,8 @@ def profile_step(engine, batch: int, kv_len: int, graphs: bool, steps: int = 5):
         wall_us = (time.perf_counter() - start) / steps * 1e6
     finally:
         engine._graphs = saved
-    return [{"kernel": "WALL per step (profiled, incl. host)", "us_per_step": round(wall_us, 1)}] + kernel_table(prof, steps)
+    wall = {"kernel": "WALL per step (profiled, incl. host)", "us_per_step": round(wall_us, 1)}
+    return [wall] + kernel_table(prof, steps)
 
 
 def main(argv=None):
@@ -269,7 +270,8 @@ def main(argv=None):
             flops = 2 * n * 256 * sum(t.numel() for t in (engine.w.layers[0].qkv, engine.w.layers[0].o,
                                                             engine.w.layers[0].gate_up, engine.w.layers[0].down)) \
                 * engine.w.n_layers
-            out.append({"prompts": n, "tokens": n * 256, "ms": round(ms, 2), "matmul_TFLOPs": round(flops / ms / 1e9, 1)})
+            out.append({"prompts": n, "tokens": n * 256, "ms": round(ms, 2),
+                        "matmul_TFLOPs": round(flops / ms / 1e9, 1)})
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -312,7 +314,8 @@ def main(argv=None):
             row = serve(batcher, concurrency, concurrency * 4, 256, 128, 32000, seed=2)
             engine.decode, engine.prefill = original, original_prefill
             batcher.stop()
-            row.update({"overlap": overlap, "decode_wall_s": round(decode_s[0], 3), "prefill_wall_s": round(prefill_s[0], 3),
+            row.update({"overlap": overlap, "decode_wall_s": round(decode_s[0], 3),
+                        "prefill_wall_s": round(prefill_s[0], 3),
                         "steps": batcher.steps - steps})
             out.append(row)
             print("serving", json.dumps(row), flush=True)

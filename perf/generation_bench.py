@@ -4,7 +4,7 @@ In one process, on one device:
   1. peak memory bandwidth, from a device-to-device copy;
   2. decode ms/step at each batch size (CUDA-graph replay, cache filled to
      prompt + output/2 positions) next to the roofline: (weight bytes + KV bytes
-     read) / peak bandwidth; for both attention variants (`sdpa`, `matmul`);
+     read) / peak bandwidth; for each engine variant (`--variants`);
   3. closed-loop serving through the continuous batcher at each concurrency
      (every client sends its next request when the last one ends; prompts of
      random ids, outputs forced to their length): requests/s, output tokens/s,
