@@ -4,7 +4,7 @@ In one process, on one device:
   1. peak memory bandwidth, from a device-to-device copy;
   2. decode ms/step at each batch size (CUDA-graph replay, cache filled to
      prompt + output/2 positions) next to the roofline: (weight bytes + KV bytes
-     read) / peak bandwidth; for both attention variants (`sdpa`, `matmul`);
+     read) / peak bandwidth; for each engine variant (`--variants`);
   3. closed-loop serving through the continuous batcher at each concurrency
      (every client sends its next request when the last one ends; prompts of
      random ids, outputs forced to their length): requests/s, output tokens/s,
@@ -252,8 +252,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50, help="decode steps timed per batch size")
-    parser.add_argument("--variants", nargs="+", default=["sdpa", "sdpa+compile"],
-                        help="decode-step variants: attention sdpa|matmul, +compile for torch.compile before capture")
+    parser.add_argument("--variants", nargs="+", default=["auto", "sdpa"],
+                        help="decode-step variants: attention auto|triton|sdpa|matmul (auto: triton on CUDA), "
+                             "+compile for torch.compile before capture, +colmajor for column-major weights")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
     parser.add_argument("--tag", default="")
@@ -333,12 +334,13 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
     start = time.perf_counter()
     try:
         engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
-                                      compile="+compile" in variant)
+                                      compile="+compile" in variant, transposed_weights="+colmajor" in variant)
     except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
         result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
         print(variant, "failed:", result["errors"][variant], flush=True)
         return None
     result.setdefault("engine_build_s", {})[variant] = round(time.perf_counter() - start, 2)
+    result.setdefault("attention", {})[variant] = engine.attention
     result["graph_capture_s"][variant] = round(engine.warmup_s, 2)
     result.setdefault("agreement_with_hf", {})[variant] = agreement(model, engine, device, min(64, max_len - 5))
     print(variant, result["agreement_with_hf"][variant], "capture s", engine.warmup_s, flush=True)

@@ -86,6 +86,38 @@ def test_a_short_request_joins_the_running_batch_and_leaves_before_the_long_one(
     assert batcher.batch_sizes[2] >= 2 and engine.cache.free_slots == engine.slots
 
 
+def test_overlapped_steps_give_the_same_tokens_and_drop_the_step_after_an_end_token(engine, hf_model, prompts,
+                                                                                   tokenizer):
+    """Pipelined scheduling (step n+1 launched before step n is read; the default on CUDA)
+    against the synchronous loop: ragged prompts and lengths, an end token, a late arrival,
+    a cancellation and a sampled request that switches it off."""
+    eos = frozenset([tokenizer.eos_token_id])
+    lengths = (12, 1, 7, 9)
+
+    def scenario(overlap):
+        batcher = ContinuousBatcher(engine, overlap=overlap)
+        seqs = [Sequence(p, n, stop_ids=eos) for p, n in zip(prompts, lengths)]
+        for seq in seqs[:3]:
+            batcher.submit(seq)
+        for _ in range(3):
+            batcher.step()
+        batcher.submit(seqs[3])                       # joins a running, pipelined batch
+        cancelled = batcher.submit(Sequence(prompts[0], 30))
+        batcher.step()
+        batcher.step()
+        cancelled.cancel()
+        sampled = batcher.submit(Sequence(prompts[1], 3, temperature=1.0))
+        batcher.run_until_idle()
+        return [(s.tokens, s.finish_reason) for s in seqs], cancelled.finish_reason, len(sampled.tokens)
+
+    expected = [hf_greedy(hf_model, p, n, list(eos)) for p, n in zip(prompts, lengths)]
+    synchronous, overlapped = scenario(False), scenario(True)
+    assert overlapped == synchronous
+    assert [tokens for tokens, _ in overlapped[0]] == expected
+    assert any(reason == "stop" for _, reason in overlapped[0]) and overlapped[1:] == ("cancelled", 3)
+    assert engine.cache.free_slots == engine.slots
+
+
 def test_admission_respects_max_batch_and_the_token_budget(engine, prompts):
     seqs = [Sequence(prompts[3], 4) for _ in range(3)]
     batcher = run(engine, seqs, max_batch=2)
@@ -192,3 +224,13 @@ def test_generation_bench_cpu_mode_writes_its_results(tmp_path):
     assert result["agreement_with_hf"]["sdpa"]["argmax_agreement"] == 1.0   # fp32: the same logits
     assert result["serving"][0]["requests"] == 2 and result["serving"][0]["output_tokens_per_s"] > 0
     assert result["hf_generate"][0]["batch"] == 2 and result["decode_step"]["sdpa"][0]["ms_per_step"] > 0
+
+
+def test_engine_settings_take_the_attention_path_and_step_overlap_from_parameters():
+    from tritonrag.generation import EngineSettings
+
+    params = {"attention": {"string_value": "sdpa"}, "overlap_steps": {"string_value": "false"}}
+    settings = EngineSettings.from_config({"parameters": params}, "cuda:0")
+    assert (settings.attention, settings.overlap_steps) == ("sdpa", False)
+    default = EngineSettings.from_config({"parameters": {}}, "cpu")
+    assert (default.attention, default.overlap_steps) == ("auto", True)

@@ -44,6 +44,8 @@ class EngineSettings:
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
     cuda_graphs: bool = True
     torch_compile: bool = False     # fuse each layer's small ops with torch.compile before capture (GPU)
+    attention: str = "auto"         # decode step: "triton" kernels on CUDA (auto), "sdpa" (the CPU's)
+    overlap_steps: bool = True      # CUDA: launch step n+1 before reading step n's ids (greedy batches)
     ignore_eos: bool = False        # every answer runs to its max_tokens (capacity benchmarks)
     max_waiting: int = 256          # requests waiting for a slot before new ones are refused
 
@@ -79,11 +81,13 @@ class Generator:
         self.system_prompt = system_prompt
         self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
-                                           cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile)
+                                           cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile,
+                                           attention=settings.attention)
         if self.engine.warmup_s:
             log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)
         self.batcher = ContinuousBatcher(self.engine, max_tokens_in_flight=settings.max_tokens_in_flight or None,
-                                         prefill_tokens=settings.prefill_tokens)
+                                         prefill_tokens=settings.prefill_tokens,
+                                         overlap=settings.overlap_steps and self.device.type == "cuda")
         self.batcher.start()
 
     def close(self) -> None:

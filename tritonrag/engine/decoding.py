@@ -12,6 +12,10 @@ Attention is grouped-query-aware without copying: a decode step's query heads ar
 viewed as `[B, kv_heads, group, head_dim]`, i.e. the `group` query heads that share a
 KV head become that head's `group` query rows, so attention reads each cached KV head
 once, in place (no repeat_kv expansion, which was 56 % of HF's GPU time at batch 128).
+`attention="triton"` (the default on CUDA when triton is importable) runs the split-KV
+kernel of `flash_decode`: each row's keys are read only up to its own length, in chunks
+spread over the whole GPU, with no additive mask over the length bucket. `"sdpa"` (the
+CPU's) and `"matmul"` remain for comparison.
 """
 
 from __future__ import annotations
@@ -43,15 +47,24 @@ class DecodeEngine:
     """
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
-                 device, dtype, cuda_graphs: bool = True, attention: str = "sdpa",
-                 min_length_bucket: int = 256, compile: bool = False):
+                 device, dtype, cuda_graphs: bool = True, attention: str = "auto",
+                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False):
         import torch
 
+        from . import flash_decode
+
+        if transposed_weights:
+            weights = _column_major(weights)
         self.w = weights
         self.device = torch.device(device)
         self.dtype = dtype
         self.slots = slots
         self.max_len = max_len
+        if attention == "auto":
+            attention = "triton" if torch.device(device).type == "cuda" and flash_decode.available() else "sdpa"
+        if attention == "triton" and not (flash_decode.available() and (
+                torch.device(device).type == "cuda" or flash_decode.interpreted())):
+            raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         self.attention = attention
         self.cos = rope_cos.to(self.device, dtype)     # [max_len, head_dim]
         self.sin = rope_sin.to(self.device, dtype)
@@ -59,6 +72,7 @@ class DecodeEngine:
         # sin signed so that rotate_half(x) * sin == swap_halves(x) * signed_sin
         half = weights.head_dim // 2
         signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
+        self.sin_signed = signed.contiguous()
         heads_qk, heads_v = weights.n_heads + weights.n_kv_heads, weights.n_kv_heads
         self.cos_heads = torch.cat((self.cos[:, None].expand(-1, heads_qk, -1),
                                     torch.ones_like(self.cos)[:, None].expand(-1, heads_v, -1)), dim=1)
@@ -69,10 +83,13 @@ class DecodeEngine:
         self.group = weights.n_heads // weights.n_kv_heads
         self.scale = weights.head_dim ** -0.5
         self._key_index = torch.arange(max_len, device=self.device)
+        self._last = torch.zeros(slots, dtype=torch.long, device=self.device)   # the last async step's ids
         self.batch_buckets = _buckets(slots, 1)
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
         self.warmup_s = 0.0
+        self._sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
+            if self.device.type == "cuda" else 1
         if compile and self.device.type == "cuda":
             # the per-layer pieces, not the whole 28-layer step (that took > 4 min to compile on
             # an H100 host); all layers share one compiled graph, the cache store and attention
@@ -104,28 +121,6 @@ class DecodeEngine:
         # instead of twice in bf16 (the logits agree with transformers', see the benchmark)
         return F.rms_norm(x, (x.shape[-1],), weight, self.w.eps)
 
-    @staticmethod
-    def _rope(x, cos, sin):
-        import torch
-
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
-    def _mlp(self, layer, x):
-        import torch.nn.functional as F
-
-        gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, layer.down)
-
-    def _qkv(self, layer, x):
-        import torch.nn.functional as F
-
-        w = self.w
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-        q_size, kv_size = w.n_heads * w.head_dim, w.n_kv_heads * w.head_dim
-        return qkv.split([q_size, kv_size, kv_size], dim=-1)
-
     # -- prefill ------------------------------------------------------------------
 
     def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
@@ -142,21 +137,40 @@ class DecodeEngine:
         tokens = tokens.to(self.device)
         row_index = torch.tensor(list(rows), device=self.device)
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        cos, sin = self.cos[:width][None, None], self.sin[:width][None, None]
+        heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
+        fused = self.attention == "triton"     # the decode step's Triton norm and silu*up kernels
+        if not fused:   # the decode step's per-layer parts over all n * width tokens as rows
+            cos = self.cos_heads[:width].repeat(n, 1, 1)
+            sin = self.sin_heads[:width].repeat(n, 1, 1)
+        if fused:
+            from .triton_ops import add_rms_norm, rope_store, silu_mul
         with torch.inference_mode():
-            x = F.embedding(tokens, w.embed)
+            x = F.embedding(tokens, w.embed).view(n * width, -1)
+            y = None
             for index, layer in enumerate(w.layers):
-                q, k, v = self._qkv(layer, self._norm(x, layer.input_norm))
-                q = q.view(n, width, w.n_heads, w.head_dim).transpose(1, 2)
-                k = k.view(n, width, w.n_kv_heads, w.head_dim).transpose(1, 2)
-                v = v.view(n, width, w.n_kv_heads, w.head_dim).transpose(1, 2)
-                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-                self.cache.k[index][row_index, :, :width] = k
-                self.cache.v[index][row_index, :, :width] = v
-                att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
-                x = x + F.linear(att.transpose(1, 2).reshape(n, width, -1), layer.o)
-                x = x + self._mlp(layer, self._norm(x, layer.post_norm))
-            x = x[torch.arange(n, device=self.device), last]
+                if fused:   # rope in place and the K/V store in one kernel
+                    qkv = F.linear(add_rms_norm(x, y, layer.input_norm, w.eps), layer.qkv, layer.qkv_bias)
+                    rope_store(qkv.view(n * width, -1, dim), self.cache.kv[index], row_index, width, self.cos,
+                               self.sin_signed, heads)
+                    qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+                    q, kv = qkv[:, :heads], qkv[:, heads:]
+                else:
+                    qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
+                    qkv = qkv.view(n, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+                    q, kv = qkv[:, :heads], qkv[:, heads:]
+                    self.cache.kv[index][row_index, :, :width] = kv
+                att = F.scaled_dot_product_attention(q, kv[:, :kv_heads], kv[:, kv_heads:], is_causal=True,
+                                                     scale=self.scale, enable_gqa=True)
+                att = att.transpose(1, 2).reshape(n * width, -1)
+                if fused:
+                    h = add_rms_norm(x, F.linear(att, layer.o), layer.post_norm, w.eps)
+                    y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+                else:
+                    x = self._mlp_part(x, att, layer.o, layer.post_norm, layer.gate_up, layer.down)
+            ar = torch.arange(n, device=self.device)
+            x = x.view(n, width, -1)[ar, last]
+            if fused:
+                return F.linear(add_rms_norm(x, y.view(n, width, -1)[ar, last], w.final_norm, w.eps), w.lm_head)
             return F.linear(self._norm(x, w.final_norm), w.lm_head)
 
     # -- decode step --------------------------------------------------------------
@@ -166,6 +180,8 @@ class DecodeEngine:
         import torch
         import torch.nn.functional as F
 
+        if self.attention == "triton":
+            return self._decode_forward_triton(tokens, positions, rows, length)
         w = self.w
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         ar = torch.arange(rows, device=self.device)
@@ -179,8 +195,8 @@ class DecodeEngine:
             qkv = self._qkv_part(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
             cache = self.cache.kv[index]
             cache[ar, :, positions] = qkv[:, heads:]                # this token's K and V, one store
-            keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
             q = qkv[:, :heads].view(rows, kv_heads, self.group, dim)   # query heads sharing a KV head
+            keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
             if self.attention == "sdpa":
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             else:  # explicit batched matmuls, for comparison
@@ -190,14 +206,42 @@ class DecodeEngine:
         logits = F.linear(self._norm(x, w.final_norm), w.lm_head)
         return logits, logits.argmax(-1)
 
+    def _decode_forward_triton(self, tokens, positions, rows: int, length: int):
+        """The decode step in 9 kernels per layer (4 matmuls, split-K reduce aside): residual add +
+        RMSNorm fused, rotary embedding + K/V store + split-KV attention in one kernel (plus the
+        chunks' merge), silu * up fused."""
+        import torch.nn.functional as F
+
+        from .flash_decode import decode_attention, plan_splits
+        from .triton_ops import add_rms_norm, silu_mul
+
+        w = self.w
+        split_len = plan_splits(rows, w.n_kv_heads, length, self._sms)
+        x = F.embedding(tokens, w.embed)            # the residual stream, updated in place
+        y = None
+        for index, layer in enumerate(w.layers):
+            h = add_rms_norm(x, y, layer.input_norm, w.eps)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(rows, -1, w.head_dim)
+            att = decode_attention(qkv, self.cache.kv[index][:rows, :, :length], positions, self.scale, split_len,
+                                   w.n_heads, self.cos, self.sin_signed)
+            h = add_rms_norm(x, F.linear(att.view(rows, -1), layer.o), layer.post_norm, w.eps)
+            y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+        logits = F.linear(add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
+        return logits, logits.argmax(-1)
+
     def _qkv_part(self, x, norm, qkv_weight, qkv_bias, cos, sin):
         """Norm, fused q/k/v projection and rotary embedding (v heads pass unchanged)."""
         import torch
         import torch.nn.functional as F
 
+        return self._rope(F.linear(self._norm(x, norm), qkv_weight, qkv_bias), cos, sin)
+
+    def _rope(self, qkv, cos, sin):
+        """Rotary embedding of the q and k heads of `qkv` `[rows, (Hq + 2 Hkv) * D]` (v: cos 1, sin 0)."""
+        import torch
+
         w = self.w
-        qkv = F.linear(self._norm(x, norm), qkv_weight, qkv_bias)
-        qkv = qkv.view(x.shape[0], w.n_heads + 2 * w.n_kv_heads, 2, w.head_dim // 2)
+        qkv = qkv.view(qkv.shape[0], w.n_heads + 2 * w.n_kv_heads, 2, w.head_dim // 2)
         return torch.addcmul(qkv.flatten(2) * cos, qkv.flip(2).flatten(2), sin)
 
     def _mlp_part(self, x, att, o, norm, gate_up, down):
@@ -222,26 +266,73 @@ class DecodeEngine:
 
         rows, length = len(tokens), max(positions) + 1
         if self._graphs:
-            rows_b, length_b = self.bucket(rows, length)
-            graph, logits, greedy = self._graphs[(rows_b, length_b)]
-            self._tokens.zero_()
-            self._positions.zero_()
-            self._tokens[:rows].copy_(torch.tensor(tokens), non_blocking=True)
-            self._positions[:rows].copy_(torch.tensor(positions), non_blocking=True)
-            graph.replay()
+            graph, logits, greedy = self._replay(tokens, positions, None)
             return logits[:rows], greedy[:rows]
         with torch.inference_mode():
             t = torch.tensor(tokens, device=self.device)
             p = torch.tensor(positions, device=self.device)
             return self._step(t, p, rows, length)
 
+    def decode_async(self, tokens: Sequence[int], positions: Sequence[int], carry: Sequence[bool]) -> "PendingIds":
+        """Enqueue a greedy decode step and return at once; `.tolist()` of the result waits for it.
+
+        A row with `carry[row]` takes as its token the id the previous `decode_async` step chose
+        for that row, still on the device, so the host can launch step n+1 before it has read
+        step n's ids (the scheduler reads them while the GPU runs the next step).
+        """
+        import torch
+
+        rows, length = len(tokens), max(positions) + 1
+        if self._graphs:
+            graph, logits, greedy = self._replay(tokens, positions, carry)
+            self._last[:greedy.shape[0]].copy_(greedy)
+            host = self._out_host[self._flip]       # two buffers: step n's ids stay until read
+            self._flip ^= 1
+            host[:rows].copy_(greedy[:rows], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return PendingIds(host, rows, done)
+        with torch.inference_mode():
+            t = torch.tensor(tokens, device=self.device)
+            t = torch.where(torch.tensor(carry, device=self.device), self._last[:rows], t)
+            _, greedy = self._step(t, torch.tensor(positions, device=self.device), rows, length)
+            self._last[:rows] = greedy
+            return PendingIds(greedy.cpu(), rows, None)
+
+    def _replay(self, tokens, positions, carry):
+        """Copy a step's inputs (one pinned buffer, one copy) and replay its bucket's graph."""
+        import torch
+
+        rows = len(tokens)
+        rows_b, length_b = self.bucket(rows, max(positions) + 1)
+        graph, logits, greedy = self._graphs[(rows_b, length_b)]
+        self._copied.synchronize()          # the previous step's copy has left the buffer
+        host = self._host_np
+        host[:, rows:] = 0                  # rows past `rows`: token 0 at position 0 (free slots)
+        host[0, :rows] = tokens
+        host[1, :rows] = positions
+        host[2, :rows] = carry if carry is not None else 0
+        self._inputs.copy_(self._host, non_blocking=True)
+        self._copied.record()
+        if carry is not None and any(carry):
+            tokens_b = self._tokens[:rows_b]
+            torch.where(self._inputs[2, :rows_b].bool(), self._last[:rows_b], tokens_b, out=tokens_b)
+        graph.replay()
+        return graph, logits, greedy
+
     def capture_graphs(self) -> None:
         """Capture the decode step for every (batch, length) bucket; logs the time it took."""
         import torch
 
         start = time.perf_counter()
-        self._tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self._positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self._inputs = torch.zeros((3, self.slots), dtype=torch.long, device=self.device)
+        self._tokens, self._positions = self._inputs[0], self._inputs[1]
+        self._host = torch.zeros((3, self.slots), dtype=torch.long).pin_memory()
+        self._out_host = [torch.zeros(self.slots, dtype=torch.long).pin_memory() for _ in range(2)]
+        self._flip = 0
+        self._host_np = self._host.numpy()
+        self._copied = torch.cuda.Event()
+        self._copied.record()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
@@ -266,3 +357,28 @@ class DecodeEngine:
     def step_bytes(self, rows: int, kv_positions: int) -> int:
         """Bytes one decode step must read at least: the weights plus `kv_positions` cached positions."""
         return self.w.nbytes() + kv_positions * self.cache.nbytes_per_token()
+
+
+def _column_major(weights: DecoderWeights) -> DecoderWeights:
+    """The same weights with each projection stored column-major (`W.t()` contiguous), so
+    `F.linear(x, W)` becomes cuBLAS's NN product instead of TN (a variant to measure)."""
+    import dataclasses
+
+    def flip(t):
+        return t.t().contiguous().t()
+
+    layers = [dataclasses.replace(layer, qkv=flip(layer.qkv), o=flip(layer.o), gate_up=flip(layer.gate_up),
+                                  down=flip(layer.down)) for layer in weights.layers]
+    return dataclasses.replace(weights, layers=layers)
+
+
+class PendingIds:
+    """The greedy ids of a decode step that may still be running; `tolist()` waits for it only."""
+
+    def __init__(self, host, rows: int, done):
+        self._host, self._rows, self._done = host, rows, done
+
+    def tolist(self) -> list[int]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host[:self._rows].tolist()

@@ -7,6 +7,13 @@ never waits for a long one. Admission is bounded by `max_batch` running sequence
 `max_tokens_in_flight` reserved KV positions (prompt + max_tokens of everything
 running) and `prefill_tokens` prompt tokens prefilled between two steps (so that a
 burst of arrivals delays the running batch by a bounded amount).
+
+With `overlap` (the default when the engine runs on CUDA) greedy decode steps are
+pipelined: step n+1 is launched, its tokens taken from step n's ids still on the
+device, before the host reads step n's ids and runs the callbacks, so the GPU does
+not wait for the Python side between steps. A sequence that ended at step n (an end
+token) has had one step n+1 computed for it, which is dropped. Any running sequence
+that samples (temperature > 0) makes the steps synchronous again.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ class Sequence:
 
 class ContinuousBatcher:
     def __init__(self, engine, max_batch: int | None = None, max_tokens_in_flight: int | None = None,
-                 prefill_tokens: int = 8192):
+                 prefill_tokens: int = 8192, overlap: bool | None = None):
         self.engine = engine
         self.max_batch = min(max_batch or engine.slots, engine.slots)
         self.max_tokens_in_flight = max_tokens_in_flight or engine.slots * engine.max_len
@@ -69,6 +76,8 @@ class ContinuousBatcher:
         self._stopping = False
         self.steps = 0
         self.batch_sizes: collections.Counter = collections.Counter()
+        self.overlap = getattr(engine.device, "type", "cpu") == "cuda" if overlap is None else overlap
+        self._pending: tuple[dict[int, Sequence], object] | None = None   # launched, not yet read
 
     # -- submitting (any thread) ------------------------------------------------------
 
@@ -101,6 +110,7 @@ class ContinuousBatcher:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._pending = None
         for seq in list(self.running.values()) + list(self.waiting):
             self._finish(seq, None, "cancelled")
         self.waiting.clear()
@@ -125,10 +135,18 @@ class ContinuousBatcher:
             self._retire_requested()
             admitted = self._admit()
             if admitted:
+                self._flush()
                 self._prefill(admitted)
-            if self.running:
-                self._decode()
+            if self.running and self.overlap and not any(s.temperature > 0 for s in self.running.values()):
+                launched = self._launch()
+                self._flush()                   # read step n while the GPU runs step n+1
+                self._pending = launched
+            else:
+                self._flush()
+                if self.running:
+                    self._decode()
         except Exception as exc:  # noqa: BLE001 — fail the requests in flight, keep serving
+            self._pending = None
             log.exception("decode step failed")
             for seq in list(self.running.values()):
                 seq.error = f"{type(exc).__name__}: {exc}"
@@ -180,6 +198,39 @@ class ContinuousBatcher:
         self.batch_sizes[len(order)] += 1
         self._emit([self.running[s] for s in order], order, logits, greedy)
 
+    def _launch(self):
+        """Enqueue a greedy step for everything running; a sequence whose newest id is still in
+        the launched-but-unread step takes it from the device (and is left out if that id is
+        its last by length)."""
+        carried = self._pending[0] if self._pending else {}
+        rows = self.engine.cache.used_rows(set(self.running))
+        tokens, positions, carry = [0] * rows, [0] * rows, [False] * rows
+        seqs = {}
+        for slot, seq in self.running.items():
+            if carried.get(slot) is seq:
+                if len(seq.tokens) + 1 >= seq.max_tokens:
+                    continue
+                carry[slot] = True
+                positions[slot] = len(seq.prompt_ids) + len(seq.tokens)
+            else:
+                tokens[slot] = seq.tokens[-1]
+                positions[slot] = len(seq.prompt_ids) + len(seq.tokens) - 1
+            seqs[slot] = seq
+        if not seqs:
+            return None
+        return seqs, self.engine.decode_async(tokens, positions, carry)
+
+    def _flush(self) -> None:
+        """Read the launched step's ids and hand them to the sequences still running."""
+        if self._pending is None:
+            return
+        (seqs, ids), self._pending = self._pending, None
+        chosen = ids.tolist()
+        self.steps += 1
+        self.batch_sizes[len(seqs)] += 1
+        live = [slot for slot in sorted(seqs) if self.running.get(slot) is seqs[slot]]
+        self._append([seqs[s] for s in live], [chosen[s] for s in live])
+
     def _emit(self, seqs: list[Sequence], rows: list[int], logits, greedy) -> None:
         """Append each sequence's next token (row `rows[i]` of the step's outputs)."""
         all_greedy = greedy.tolist()
@@ -191,6 +242,9 @@ class ContinuousBatcher:
                            [seqs[i].top_p for i in sampled]).tolist()
             for i, token in zip(sampled, picks):
                 chosen[i] = token
+        self._append(seqs, chosen)
+
+    def _append(self, seqs: list[Sequence], chosen: list[int]) -> None:
         for seq, token in zip(seqs, chosen):
             seq.tokens.append(token)
             if token in seq.stop_ids:
