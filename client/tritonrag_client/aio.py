@@ -26,17 +26,25 @@ class AsyncRagClient(ClientSettings):
                  model: str = "rag_ensemble", retrieve_model: str = "rag_retrieve"):
         super().__init__(url, protocol, timeout_s, model, retrieve_model)
         self._module = _module(protocol)
-        self._client = self._module.InferenceServerClient(self.url)
+        if protocol == "grpc":
+            self._client = self._module.InferenceServerClient(self.url)
+        else:
+            # HTTP: the client-side limit is the session's (aiohttp) total timeout; infer()'s own
+            # `timeout` is a server-side parameter in microseconds. No connection cap: ask_many
+            # bounds the requests in flight (tritonclient's default of 100 would cap a sweep).
+            self._client = self._module.InferenceServerClient(self.url, conn_limit=0, conn_timeout=timeout_s)
 
     async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]):
         kwargs = {}
-        if self.timeout_s is not None:
-            kwargs["client_timeout" if self.protocol == "grpc" else "timeout"] = self.timeout_s
+        if self.timeout_s is not None and self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
         try:
             return await self._client.infer(model, inputs, outputs=requested_outputs(self._module, outputs),
                                             **kwargs)
         except InferenceServerException as exc:
             raise RagError(server_message(exc), server_status(exc)) from exc
+        except asyncio.TimeoutError as exc:   # HTTP: the session's timeout (gRPC reports its own deadline)
+            raise RagError(f"no answer within {self.timeout_s} s", "DEADLINE_EXCEEDED") from exc
 
     async def ask(self, question: str, top_k: int | None = None, max_tokens: int | None = None) -> Answer:
         return parse_answer(await self._infer(self.model, build_inputs(self._module, question, top_k, max_tokens),

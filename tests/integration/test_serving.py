@@ -1,13 +1,14 @@
 """End to end through a real tritonserver: gRPC and HTTP, retrieval feeding generation, batching."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 from tritonrag.synthetic import answer_is_correct
-from tritonrag_client import AsyncRagClient, RagClient
+from tritonrag_client import AsyncRagClient, RagClient, RagError
 
 from .conftest import model_counts
 
@@ -49,6 +50,23 @@ def test_synthetic_facts_are_answered_from_retrieval(server, facts, report_figur
     report_figure(f"synthetic facts: retrieved {retrieved}/{len(subset)}, answered {correct}/{len(subset)}")
     assert retrieved == len(subset)
     assert correct > 0.6 * len(subset), [a.answer for a in answers]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_client_timeout_bounds_the_wait(server, protocol):
+    """timeout_s is the client's own limit over both protocols (over HTTP it once went to the
+    server as a microsecond request parameter, which the server ignored)."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+
+    async def ask(timeout_s, max_tokens):
+        async with AsyncRagClient(url, protocol=protocol, timeout_s=timeout_s) as client:
+            return await client.ask(WITH_QUESTION, top_k=1, max_tokens=max_tokens)
+
+    started = time.monotonic()
+    with pytest.raises(RagError):
+        asyncio.run(ask(0.05, 64))
+    assert time.monotonic() - started < 5
+    assert asyncio.run(ask(300, 4)).answer
 
 
 def test_32_concurrent_requests_form_batches(server, grpc_client, report_figure):
