@@ -162,6 +162,21 @@ def test_incremental_text_releases_pieces_and_cuts_at_a_stop_string(tokenizer):
     assert "".join(whole.push(t) for t in ids) + whole.push(None, final=True) == tokenizer.decode(ids)
 
 
+def test_incremental_text_matches_the_whole_decode_on_multibyte_text(tokenizer):
+    """The window decoding releases exactly the whole answer's text, character by character
+    (accents, CJK and emoji split over several byte-level tokens)."""
+    sample = " Zürich's café served 北京烤鸭 🦆🦆 at 12:30 — naïve “quotes”, Ελληνικά and ünïcödé" * 3
+    ids = tokenizer.encode(sample)
+    text = IncrementalText(tokenizer)
+    pieces = [text.push(t) for t in ids] + [text.push(None, final=True)]
+    assert "".join(pieces) == tokenizer.decode(ids) == text.text()
+    assert not any("\ufffd" in p for p in pieces)
+    quiet = IncrementalText(tokenizer)
+    for t in ids:
+        quiet.append(t)
+    assert quiet.text() == tokenizer.decode(ids) and quiet.sent == 0
+
+
 def test_dummy_specs_build_real_architectures_with_random_weights():
     config = model_sources.dummy_config("dummy:qwen2.5-1.5b-instruct")
     theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(config, "rope_theta", None)

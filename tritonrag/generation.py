@@ -111,12 +111,22 @@ class Generator:
         return GenerationRequest(list(prompt_ids), max_tokens, float(temperature), float(top_p), tuple(stop))
 
     def submit(self, request: GenerationRequest,
-               on_text: Callable[[str, bool, EngineSequence], None] | None = None) -> EngineSequence:
+               on_text: Callable[[str, bool, EngineSequence], None] | None = None,
+               stream: bool = True) -> EngineSequence:
         """Start one request; `on_text(piece, finished, seq)` is called from the engine thread
-        with each new piece of answer text (the last call has finished=True)."""
+        with each new piece of answer text (the last call has finished=True). With
+        `stream` false and no stop strings it is called once, at the end, with no piece
+        (read the answer with `answer(seq)`): no text is decoded per token."""
         text = IncrementalText(self.tokenizer, request.stop, self.eos_ids)
+        pieces = stream or bool(text.stop)
 
         def on_token(seq: EngineSequence, token: int | None, finished: bool) -> None:
+            if not pieces:
+                if token is not None:
+                    text.append(token)
+                if finished and on_text is not None:
+                    on_text("", True, seq)
+                return
             piece = text.push(token, final=finished)
             if text.stopped and not finished:
                 seq.cancel("stop")   # the engine ends it before its next step
@@ -136,7 +146,7 @@ class Generator:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """Answers, one per request, in order (greedy unless a request asks for sampling)."""
-        seqs = [self.submit(r) for r in requests]
+        seqs = [self.submit(r, stream=False) for r in requests]
         for seq in seqs:
             seq.done.wait()
         for seq in seqs:

@@ -98,7 +98,7 @@ class TritonPythonModel:
 
         pump.track(sender, handle)   # before submitting: the pump must know it when the first piece comes
         try:
-            handle.append(self.generator.submit(generation, on_text))
+            handle.append(self.generator.submit(generation, on_text, stream=stream))
         except OverloadedError as exc:
             pump.send(sender, handle, error_response(str(exc), pb_utils.TritonError.UNAVAILABLE), True)
         except RequestError as exc:
@@ -126,7 +126,7 @@ class TritonPythonModel:
                 reply(("done", rid, self.generator.answer(seq)))
 
         try:
-            handle.append(self.generator.submit(generation, on_text))
+            handle.append(self.generator.submit(generation, on_text, stream=False))
         except OverloadedError as exc:
             reply(("error", rid, "UNAVAILABLE", str(exc)))
         except RequestError as exc:
