@@ -244,6 +244,120 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
     return rows
 
 
+def fused_check(cp) -> list[dict]:
+    """The fused Triton kernels against the NumPy path: metrics, storage types, batches, k.
+
+    20011 rows (a partial last tile); 40 queries take two query blocks; duplicated rows check
+    that ties go to the lower index; fp32 also at 1000 dims (a partial last d block).
+    """
+    rows = []
+    rng = np.random.default_rng(2)
+    for dim, dtypes, ks in ((1024, ("float16", "bfloat16", "float32"), (1, 10, 64)), (1000, ("float32",), (10,))):
+        corpus = rng.standard_normal((20011, dim)).astype(np.float32)
+        corpus[15000:15300] = corpus[:300]
+        queries = rng.standard_normal((40, dim)).astype(np.float32)
+        queries[:3] = corpus[[5, 15005, 17]]
+        for metric in METRICS:
+            cpu = ExactSearch(corpus, metric)
+            refs = {batch: cpu.search(queries[:batch], max(ks)) for batch in (1, 8, 32, 40)}
+            for dtype in dtypes:
+                fused = ExactSearch(corpus, metric, "cuda:0", dtype=dtype, kernel="fused")
+                plain = ExactSearch(corpus, metric, "cuda:0", dtype=dtype, kernel="cublas")
+                for batch in (1, 8, 32, 40):
+                    for k in (ks if dtype == "float16" else (10,)):
+                        ref_i, ref_s = refs[batch][0][:, :k], refs[batch][1][:, :k]
+                        got_i, got_s = fused.search(cp.asarray(queries[:batch]), k)
+                        old_i, _ = plain.search(cp.asarray(queries[:batch]), k)
+                        rows.append(dict(
+                            kind="fused_check", metric=metric, dim=dim, dtype=dtype, batch=batch, k=k,
+                            overlap_numpy=float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got_i, ref_i)])),
+                            same_order_numpy=bool((got_i == ref_i).all()),
+                            overlap_cublas=float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got_i, old_i)])),
+                            max_score_err=float(np.max(np.abs(got_s - ref_s) / (1 + np.abs(ref_s)))),
+                            tie_lower_first=bool(batch < 2 or k < 2 or got_i[1, 0] == 5),
+                            sorted=bool((np.diff(got_s, axis=1) <= 0).all() if metric in ("ip", "cosine")
+                                        else (np.diff(got_s, axis=1) >= 0).all())))
+                log(rows[-1], "(last of", metric, dtype, dim, ")")
+    bad = [r for r in rows if r["overlap_numpy"] < 0.99 or not r["sorted"]]
+    log(f"fused_check: {len(rows)} cases, {len(bad)} with overlap < .99 or unsorted:", bad[:5])
+    return rows
+
+
+DOT_TILES = [(64, 64, 4, 4), (128, 64, 4, 4), (128, 128, 4, 3), (128, 64, 8, 4), (256, 64, 8, 3),
+             (256, 128, 8, 3), (128, 32, 4, 6), (64, 128, 4, 3)]
+# (block_n, block_d, warps, stages, fp16 block): the [block_n, queries, block_d] difference
+# tile lives in registers, so shapes over L1_TILE_ELEMENTS for a batch are skipped
+L1_TILES = [(128, 64, 4, 3, 0), (256, 32, 8, 3, 0), (64, 32, 4, 3, 0), (64, 8, 4, 3, 0), (32, 16, 4, 3, 0),
+            (128, 32, 8, 3, 32), (64, 32, 4, 3, 32), (64, 8, 4, 3, 8), (32, 16, 4, 3, 16), (128, 4, 8, 3, 4)]
+L1_TILE_ELEMENTS = 1 << 15
+
+
+def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
+    """Kernel time (events) of each tile shape of the fused kernels at n rows, per batch."""
+    import torch
+
+    from tritonrag import fused_topk
+
+    rows = []
+    corpus = random_corpus(cp, n, dim)
+    xt = torch.from_dlpack(corpus)
+    norms = None
+    for batch in batches:
+        q = torch.randn((batch, dim), device="cuda", dtype=torch.float32)
+        for metric, tiles in (("ip", DOT_TILES), ("l1", L1_TILES)):
+            for tile in tiles:
+                shape, half = (tile[:4], tile[4] if len(tile) > 4 else None)
+                if metric == "l1" and tile[0] * tile[1] * fused_topk.query_block(batch, "l1") > L1_TILE_ELEMENTS:
+                    continue
+                row = dict(kind="fused_tune", n=n, d=dim, batch=batch, k=k, metric=metric, tile=list(tile))
+                try:
+                    start = time.perf_counter()
+                    fused_topk.topk_keys(torch, xt, q, k, metric, norms, tiles=shape, half_l1=half)
+                    torch.cuda.synchronize()
+                    row["first_call_s"] = time.perf_counter() - start
+                    row["ms"] = ms = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, metric, norms,
+                                                                               tiles=shape, half_l1=half))
+                    row["peak_fraction"] = corpus.nbytes / ms / 1e6 / peak
+                except Exception as exc:  # noqa: BLE001 — record (e.g. out of shared memory) and go on
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                rows.append(row)
+                log(row)
+        # the L1 kernels' exactness at this size: fp16 block sums vs fp32 (same top-k set?)
+        ref = fused_topk.topk_keys(torch, xt, q, k, "l1", tiles=(32, 16, 4, 3), half_l1=0)
+        for tile in L1_TILES:
+            if tile[4] and tile[0] * tile[1] * fused_topk.query_block(batch, "l1") <= L1_TILE_ELEMENTS:
+                got = fused_topk.topk_keys(torch, xt, q, k, "l1", tiles=tile[:4], half_l1=tile[4])
+                same = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref.cpu().numpy(), got.cpu().numpy())])
+                rows.append(dict(kind="fused_tune_l1_half_overlap", batch=batch, tile=list(tile), overlap=float(same)))
+                log(rows[-1])
+    del corpus, xt
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def adopt_best_tiles(rows: list[dict]) -> dict:
+    """Set `fused_topk.TILES` to the fastest shape per (kind, query block) of a `fused_tune`
+    run (an fp16-block L1 shape only where its top-k sets matched fp32's on >= 99 %)."""
+    from tritonrag import fused_topk
+
+    overlap = {(r["batch"], tuple(r["tile"])): r["overlap"] for r in rows if r["kind"] == "fused_tune_l1_half_overlap"}
+    best: dict = {}
+    for r in rows:
+        if r["kind"] != "fused_tune" or "ms" not in r:
+            continue
+        tile = tuple(r["tile"])
+        if r["metric"] == "l1" and tile[4] and overlap.get((r["batch"], tile), 0) < 0.99:
+            continue
+        key = ("l1" if r["metric"] == "l1" else "dot", fused_topk.query_block(r["batch"], r["metric"]))
+        if key not in best or r["ms"] < best[key][0]:
+            best[key] = (r["ms"], tile)
+    for key, (_, tile) in best.items():
+        fused_topk.TILES[key] = tile
+    chosen = {f"{kind}/{block}": list(tile) for (kind, block), (_, tile) in best.items()}
+    log("fused tiles adopted:", chosen)
+    return chosen
+
+
 # -- GPU sweeps -------------------------------------------------------------------------------
 _NORMS: dict = {}
 
@@ -293,11 +407,15 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
             for batch in batches:
                 q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
                 reps = repeat if n <= 2_000_000 else max(3, repeat // 3)
-                ms = gpu_time(lambda: search.search(q, k), reps)
-                row = dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl="tritonrag",
-                           ms=ms, GBps=nbytes / ms / 1e6, peak_fraction=nbytes / ms / 1e6 / peak)
-                rows.append(row)
-                log(row)
+                # the same index object, each search kernel in turn: cuBLAS + CUDA top-k, fused Triton
+                for impl, kernel in (("tritonrag", "cublas"), ("fused", "fused")):
+                    search.gpu.kernel = kernel
+                    ms = gpu_time(lambda: search.search(q, k), reps)
+                    row = dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl=impl,
+                               ms=ms, GBps=nbytes / ms / 1e6, peak_fraction=nbytes / ms / 1e6 / peak)
+                    rows.append(row)
+                    log(row)
+                search.gpu.kernel = "auto"
                 if not baselines:
                     continue
                 for impl, fn in (("torch", torch_baseline), ("cupy", cupy_baseline)):
@@ -482,7 +600,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         kind = panel[0]["kind"]
         if kind == "in_memory":
             labels = sorted({(r["n"], r["metric"], r["batch"]) for r in panel})
-            impls = [i for i in ("tritonrag", "tritonrag_torch", "torch", "cupy") if any(r["impl"] == i for r in panel)]
+            impls = [i for i in ("fused", "tritonrag", "tritonrag_torch", "torch", "cupy")
+                     if any(r["impl"] == i for r in panel)]
             width = 0.8 / len(impls)
             for j, impl in enumerate(impls):
                 vals = [next((r["peak_fraction"] for r in panel if (r["n"], r["metric"], r["batch"]) == lab
@@ -535,6 +654,8 @@ def main(argv=None) -> int:
     parser.add_argument("--topk-variant", choices=["v3", "v3a", "v2"], default="v3",
                         help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
     parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
+    parser.add_argument("--fused-check", action="store_true", help="GPU: the fused kernels vs NumPy")
+    parser.add_argument("--fused-tune", type=int, default=0, help="GPU: time the fused kernels' tile shapes at N rows")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -561,6 +682,13 @@ def main(argv=None) -> int:
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)
         log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
+        if args.fused_check:
+            result["fused_check"] = fused_check(cp)
+            save()
+        if args.fused_tune:
+            result["fused_tune"] = fused_tune(cp, args.fused_tune, args.dim, args.batches, args.k, peak)
+            result["fused_tiles"] = adopt_best_tiles(result["fused_tune"])
+            save()
         if args.check:
             result["check"] = gpu_check(cp)
             save()
