@@ -50,6 +50,14 @@ def test_bad_storage_dtype_is_refused():
         RetrieverSettings.from_config({"parameters": {"storage_dtype": {"string_value": "int4"}}})
 
 
+def test_search_kernel_setting():
+    assert RetrieverSettings.from_config({"parameters": {}}).search_kernel == "auto"
+    fused = RetrieverSettings.from_config({"parameters": {"search_kernel": {"string_value": "fused"}}})
+    assert fused.search_kernel == "fused"
+    with pytest.raises(ValueError, match="search_kernel"):
+        RetrieverSettings.from_config({"parameters": {"search_kernel": {"string_value": "fastest"}}})
+
+
 def test_config_pbtxt_defaults_are_the_settings_defaults():
     """The integration test and the docs rely on config.pbtxt and RetrieverSettings() agreeing."""
     import re
