@@ -66,6 +66,17 @@ class Row:
     fusion: str
 
 
+def stack_vectors(vectors: Sequence) -> "np.ndarray":
+    """Rows of query vectors as one [n, d] array: NumPy, or a torch tensor on the device of the
+    first torch row (a GPU embedder's output, taken through DLPack, is searched in place)."""
+    device = next((v.device for v in vectors if hasattr(v, "detach")), None)
+    if device is None:
+        return np.stack(vectors)
+    import torch
+
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in vectors])
+
+
 class Retriever:
     def __init__(self, index: Index, settings: RetrieverSettings, device: str = "cpu", index_path: Path | None = None):
         self.index, self.settings = index, settings
@@ -99,7 +110,7 @@ class Retriever:
         results: list = [None] * len(rows)
         for fusion in sorted({r.fusion for r in rows}):
             members = [i for i, r in enumerate(rows) if r.fusion == fusion]
-            vectors = np.stack([rows[i].vector for i in members])
+            vectors = stack_vectors([rows[i].vector for i in members])
             k = max(rows[i].k for i in members)
             if fusion == "dense":
                 indices, scores = self.dense.search(vectors, k)
