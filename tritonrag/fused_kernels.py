@@ -34,7 +34,9 @@ def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K:
         score = tl.where(rows[:, None] == row[None, :], neg_inf, score)
 
 
-@triton.jit
+# n_queries and out_stride change with every batch size and k: specialising on them (value 1,
+# divisible by 16) compiled a new kernel for most (batch, k) pairs, ~1-3 s each on the H100 host
+@triton.jit(do_not_specialize=["n_queries", "out_stride"])
 def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride,
              DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
              BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_NORMS: tl.constexpr, IEEE: tl.constexpr):
@@ -66,7 +68,7 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
     _emit_topk(acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_queries", "out_stride"])
 def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_stride,
             DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
             BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HALF: tl.constexpr):

@@ -23,20 +23,23 @@ import os
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
 MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
 MAX_QUERY_BLOCK = 32        # queries per program; more queries: more programs along grid axis 1
+# Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
+# compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
+K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
 # "dot" covers ip/cosine/l2. For l1 the fifth value > 0 sums |x - q| in fp16 over that many
 # dims and in fp32 across them (0: fp32 throughout); its [block_n, queries, block_d]
 # difference tile lives in registers. Defaults before tuning; the H100 choice is noted here.
 TILES = {
-    ("dot", 16): (128, 64, 8, 3),
-    ("dot", 32): (128, 64, 8, 3),
-    ("l1", 1): (256, 16, 4, 3, 0),
+    ("dot", 16): (64, 128, 4, 3),
+    ("dot", 32): (256, 64, 8, 3),
+    ("l1", 1): (128, 64, 4, 3, 0),
     ("l1", 2): (256, 16, 4, 3, 0),
     ("l1", 4): (256, 16, 4, 3, 0),
     ("l1", 8): (256, 16, 8, 3, 0),
     ("l1", 16): (128, 16, 8, 3, 0),
-    ("l1", 32): (128, 16, 8, 3, 0),
+    ("l1", 32): (64, 8, 4, 3, 8),
 }
 
 
@@ -89,14 +92,15 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     k = min(int(k), n)
     if not 0 < k <= MAX_FUSED_K:
         raise ValueError(f"fused top-k takes 1 <= k <= {MAX_FUSED_K}, got {k}")
+    passes = next(s for s in K_STEPS if s >= k)
     block_b = query_block(batch, metric)
     tiles = tiles or tiles_for(metric, block_b)
     block_n, block_d, warps, stages = tiles[:4]
-    block_n = max(block_n, _pow2(k))
+    block_n = max(block_n, _pow2(passes))
     block_d = min(block_d, _pow2(dim))
     n_tiles = -(-n // block_n)
     q_blocks = -(-batch // block_b)
-    cands = torch.empty((batch, n_tiles * k), dtype=torch.int64, device=corpus.device)
+    cands = torch.empty((batch, n_tiles * passes), dtype=torch.int64, device=corpus.device)
     grid = (n_tiles, q_blocks)
     extra = {} if interpreted else {"num_warps": warps}
     if metric == "l1":
@@ -105,7 +109,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         q = queries.to(torch.float16 if half else torch.float32).contiguous()
         bd = min(block_d, half) if half else block_d
         l1_kernel[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0),
-                        DIM=dim, K=k, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=bd, NUM_STAGES=stages,
+                        DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=bd, NUM_STAGES=stages,
                         HALF=bool(half), **extra)
     else:
         # queries in the corpus type (as the cuBLAS path), transposed and zero-padded to the block
@@ -113,7 +117,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         qt[:, :batch] = queries.to(corpus.dtype).T
         dummy = norms if norms is not None else cands
         dot_kernel[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0),
-                         DIM=dim, K=k, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
+                         DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                          HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, **extra)
     if cands.shape[1] == k:
         return cands
