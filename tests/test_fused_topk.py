@@ -104,9 +104,30 @@ def test_kernel_choice():
     assert not fused_topk.wanted("auto", "ip", 10, "cpu", False)      # compiled kernels need CUDA
     assert not fused_topk.wanted("fused", "ip", 10, "cuda", True)     # streamed: the chunked path
     assert not fused_topk.wanted("fused", "ip", fused_topk.MAX_FUSED_K + 1, "cuda", False)
-    assert not fused_topk.wanted("cublas", "ip", 10, "cuda", False)
+    assert not fused_topk.wanted("cublas", "l1", 10, "cuda", False)
     assert fused_topk.wanted("fused", "ip", 10, "cpu", False)         # the interpreter, as in these tests
     with pytest.raises(ValueError, match="search kernel"):
         fused_topk.wanted("fast", "ip", 10, "cuda", False)
     with pytest.raises(ValueError, match="k <="):
         fused_topk.topk_keys(torch, torch.zeros(100, 16), torch.zeros(1, 16), 65, "ip")
+
+
+def test_auto_fuses_where_it_measured_faster(monkeypatch):
+    """H100: L1 fused always; ip/cos/l2 fused for large corpora or batches, not 1M x batch 1-16."""
+    monkeypatch.setattr(fused_topk, "available", lambda device_type: device_type == "cuda")
+    assert fused_topk.wanted("auto", "l1", 10, "cuda", False, rows=1000, batch=1)
+    assert not fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=8)
+    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=32)
+    assert fused_topk.wanted("auto", "cosine", 10, "cuda", False, rows=10_000_000, batch=1)
+    assert not fused_topk.wanted("auto", "l2", 10, "cpu", False, rows=10_000_000, batch=32)
+
+
+def test_k_is_rounded_up_to_a_few_pass_counts():
+    """A kernel per pass count, not per top_k: k = 4 runs 5 passes per tile, the merge keeps 4."""
+    corpus, q = _integer_data(rows=300, dim=32)
+    x = torch.from_numpy(corpus)
+    want_i, _ = ExactSearch(corpus, "l2").search(q, 4)
+    keys = fused_topk.topk_keys(torch, x, torch.from_numpy(q), 4, "l2", (x * x).sum(1))
+    assert keys.shape == (5, 4) and np.array_equal(decode_score_keys(keys.numpy())[0], want_i)
+    assert all(fused_topk.K_STEPS[i] < fused_topk.K_STEPS[i + 1] for i in range(len(fused_topk.K_STEPS) - 1))
+    assert fused_topk.K_STEPS[-1] == fused_topk.MAX_FUSED_K

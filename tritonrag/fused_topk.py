@@ -30,9 +30,12 @@ K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
 # "dot" covers ip/cosine/l2. For l1 the fifth value > 0 sums |x - q| in fp16 over that many
 # dims and in fp32 across them (0: fp32 throughout); its [block_n, queries, block_d]
-# difference tile lives in registers. Defaults before tuning; the H100 choice is noted here.
+# difference tile lives in registers. The H100 tune's choices (`retrieval_bench.py
+# --fused-tune`, perf/results/2026-11-24_H100_retrieval_s11.json) where it ran; 2, 4, 16:
+# neighbours by register count (offline ptxas), not timed. At batch 8 the fp16 L1 sums were
+# 13 % faster but kept 97.5 % of the top-10 sets, so fp32 sums stay.
 TILES = {
-    ("dot", 16): (64, 128, 4, 3),
+    ("dot", 16): (128, 128, 4, 3),
     ("dot", 32): (256, 64, 8, 3),
     ("l1", 1): (128, 64, 4, 3, 0),
     ("l1", 2): (256, 16, 4, 3, 0),
@@ -124,19 +127,24 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     return torch.topk(cands, k, dim=1).values
 
 
-# Metrics whose fused kernel beat the CuPy path on the H100 (perf/README.md); "auto" uses
-# the fused kernel for these only. Others keep cuBLAS + the CUDA top-k (or the CUDA L1 kernel).
-AUTO_METRICS = ("ip", "cosine", "l2")
+# "auto": where the fused search measured faster on the H100 (perf/results/2026-11-24_H100_
+# retrieval_s11.json, end to end): L1 always (1M rows: 1.07 / 1.57 / 3.28 ms against 2.10 / 2.48
+# / 4.89 at batch 1 / 8 / 32); ip/cosine/l2 from AUTO_MIN_ROWS rows (10M: 3-20 % faster) or
+# past 16 queries (1M, batch 32: equal or 8 % faster), but not for smaller searches (1M, batch
+# 1 and 8: 7-16 % slower, as merging the tiles' candidates costs ~0.2 ms there).
+AUTO_MIN_ROWS = 4_000_000
+AUTO_MIN_BATCH = 17
 KERNELS = ("auto", "fused", "cublas")
 
 
-def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool) -> bool:
+def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool, rows: int = 0,
+           batch: int = 1) -> bool:
     """Whether a search runs fused: `kernel` is the `search_kernel` setting (auto/fused/cublas)."""
     if kernel not in KERNELS:
         raise ValueError(f"search kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "cublas" or streamed or not 0 < k <= MAX_FUSED_K:
         return False
-    if kernel == "auto" and metric not in AUTO_METRICS:
+    if kernel == "auto" and metric != "l1" and rows < AUTO_MIN_ROWS and batch < AUTO_MIN_BATCH:
         return False
     if device_type == "cpu" and kernel == "fused":  # the interpreter (tests) only
         try:

@@ -168,7 +168,7 @@ class GpuSearch:
         with cp.cuda.Device(self.device_id):
             q = self._queries(queries)
             k = min(int(k), self.count)
-            if fused_topk.wanted(self.kernel, self.metric, k, "cuda", self.streamed):
+            if fused_topk.wanted(self.kernel, self.metric, k, "cuda", self.streamed, self.count, q.shape[0]):
                 return self._search_fused(q, k)
             if k > MAX_KERNEL_K:
                 return self._search_large_k(q, k)

@@ -113,7 +113,7 @@ class TorchSearch:
             q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
         from . import fused_topk
 
-        if fused_topk.wanted(self.kernel, self.metric, k, self.device.type, self.streamed):
+        if fused_topk.wanted(self.kernel, self.metric, k, self.device.type, self.streamed, self.count, q.shape[0]):
             indices, ranked = fused_topk.search(torch, self.corpus, q, k, self.metric, self.norms)
             return indices, self._to_scores(q, ranked)
         rows = self.score_bytes // (4 * q.shape[0])
