@@ -16,9 +16,9 @@ EMPTY_KEY = tl.constexpr(-9223372036854775808)
 @triton.jit
 def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K: tl.constexpr):
     """The tile's best K per query as keys, best first. Passes work on the fp32 scores and
-    int32 rows (half the registers of int64 keys: 168 instead of 250 per thread for a
-    128 x 16 tile); the max's lowest row wins ties. A score of -inf marks a spent or
-    missing row (finite inputs never score -inf) and its slot gets EMPTY_KEY."""
+    int32 rows (32-bit max/min instead of pairs of 64-bit compares and selects); the max's
+    lowest row wins ties. A score of -inf marks a spent or missing row (finite inputs never
+    score -inf) and its slot gets EMPTY_KEY."""
     neg_inf = float("-inf")
     score = tl.where((rows < n_rows)[:, None], score, neg_inf)
     q_ok = qs < n_queries

@@ -4,10 +4,11 @@ The cuBLAS path writes a [B, rows] fp32 score block and reads it back for the to
 batch 32 on an H100 that round trip plus the top-k kernel cost as much as the product
 (perf/README.md). Here each program scores one tile of corpus rows against a block of
 queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps only the
-tile's best k per query: k passes of "max, then mask" over 64-bit keys (orderable score
-bits high, ``2**32-1-index`` low, the keys of `tritonrag.torch_search`), so the lowest index
-wins ties and a key names its row. The tiles' [B, tiles * k] candidates are merged by one
-`torch.topk` (small: ~k/128 of the scores). Scores never go to memory.
+tile's best k per query: k passes of "max, lowest row of the max, mask it" over the scores
+in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index`` low, the
+keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names its row.
+The tiles' [B, tiles * k] candidates are merged by one `torch.topk` (~k/128 of the scores,
+but at 1M rows still ~0.2 ms on an H100: perf/README.md). Scores never go to memory.
 
 Inputs are torch tensors on one device (a CuPy corpus is shared through DLPack, no copy).
 Imported under `TRITON_INTERPRET=1`, the same kernels run on CPU tensors (the unit tests).
@@ -29,7 +30,7 @@ K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
 # "dot" covers ip/cosine/l2. For l1 the fifth value > 0 sums |x - q| in fp16 over that many
-# dims and in fp32 across them (0: fp32 throughout); its [block_n, queries, block_d]
+# dims and in fp32 across them (0: fp32 throughout); its [block_d, block_n, queries]
 # difference tile lives in registers. The H100 tune's choices (`retrieval_bench.py
 # --fused-tune`, perf/results/2026-11-24_H100_retrieval_s11.json) where it ran; 2, 4, 16:
 # neighbours by register count (offline ptxas), not timed. At batch 8 the fp16 L1 sums were
