@@ -190,7 +190,7 @@ def append_to_index(path: Path, passages: Sequence[Passage], embed_passages: Cal
     `embeddings-N.npy` / `passages-N.jsonl`, the grown BM25 statistics to `lexical-N/`, and
     the manifest that lists them replaces the old one in one rename. A crash before that
     rename leaves the index as it was (the unlisted files are ignored, and overwritten by the
-    next append); the previous BM25 folder is removed after it.
+    next append); earlier BM25 folders are removed after it.
     """
     path = Path(path)
     current = load_index(path, embedder=embedder)
@@ -227,8 +227,9 @@ def append_to_index(path: Path, passages: Sequence[Passage], embed_passages: Cal
                     segments=[*manifest.get("segments", []), {**names, "count": len(passages)}],
                     appended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # the commit point
-    if old_lexical != ".":
-        shutil.rmtree(path / old_lexical, ignore_errors=True)
+    for folder in path.glob("lexical-*"):  # earlier generations (and those of appends killed after the commit)
+        if folder.name != new_lexical:
+            shutil.rmtree(folder, ignore_errors=True)
     return manifest
 
 
