@@ -244,6 +244,170 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
     return rows
 
 
+def fused_check(cp) -> list[dict]:
+    """The fused Triton kernels against the NumPy path, and against the cuBLAS path.
+
+    20011 x 1024 (a partial last tile); fp16 storage at batch 8 and 40 (two query blocks),
+    k 10 and 64; fp32 storage at batch 8, k 10. Duplicated rows check that ties go to the
+    lower index. (bf16 and a partial d block: earlier runs and the interpreter's unit tests.)
+    """
+    rows = []
+    rng = np.random.default_rng(2)
+    dim = 1024
+    corpus = rng.standard_normal((20011, dim)).astype(np.float32)
+    corpus[15000:15300] = corpus[:300]
+    queries = rng.standard_normal((40, dim)).astype(np.float32)
+    queries[:3] = corpus[[5, 15005, 17]]
+    cases = [("float16", batch, k) for batch in (8, 40) for k in (10, 64)] + [("float32", 8, 10)]
+    for metric in METRICS:
+        cpu = ExactSearch(corpus, metric)
+        refs = {batch: cpu.search(queries[:batch], 64) for batch in (8, 40)}
+        for dtype in ("float16", "float32"):
+            fused = ExactSearch(corpus, metric, "cuda:0", dtype=dtype, kernel="fused")
+            plain = ExactSearch(corpus, metric, "cuda:0", dtype=dtype, kernel="cublas")
+            for _, batch, k in [c for c in cases if c[0] == dtype]:
+                ref_i, ref_s = refs[batch][0][:, :k], refs[batch][1][:, :k]
+                got_i, got_s = fused.search(cp.asarray(queries[:batch]), k)
+                old_i, _ = plain.search(cp.asarray(queries[:batch]), k)
+                rows.append(dict(
+                    kind="fused_check", metric=metric, dim=dim, dtype=dtype, batch=batch, k=k,
+                    overlap_numpy=float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got_i, ref_i)])),
+                    same_order_numpy=bool((got_i == ref_i).all()),
+                    overlap_cublas=float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got_i, old_i)])),
+                    max_score_err=float(np.max(np.abs(got_s - ref_s) / (1 + np.abs(ref_s)))),
+                    tie_lower_first=bool(got_i[1, 0] == 5),
+                    sorted=bool((np.diff(got_s, axis=1) <= 0).all() if metric in ("ip", "cosine")
+                                else (np.diff(got_s, axis=1) >= 0).all())))
+                log(rows[-1])
+    bad = [r for r in rows if r["overlap_numpy"] < 0.99 or not r["sorted"] or not r["tie_lower_first"]]
+    log(f"fused_check: {len(rows)} cases, {len(bad)} with overlap < .99, unsorted or ties out of order:", bad[:5])
+    return rows
+
+
+# Tile shapes per query block, (block_n, block_d, warps, stages[, fp16 block; 0: fp32 sums]).
+# Candidates: the fastest of the first H100 sweep (2026-11-24, `_s11` tune) and neighbours
+# whose offline sm_90 build (ptxas of this triton) neither spills nor exceeds shared memory.
+DOT_TILES = {
+    16: [(64, 128, 4, 3), (128, 128, 4, 3), (64, 256, 4, 2), (64, 128, 4, 4), (128, 128, 8, 3), (256, 64, 8, 3)],
+    32: [(256, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 2), (128, 128, 8, 3), (256, 32, 8, 4)],
+}
+L1_TILES = {
+    32: [(64, 8, 4, 3, 8), (64, 8, 4, 4, 8), (128, 8, 8, 3, 8), (32, 8, 4, 3, 8), (64, 4, 4, 3, 4)],
+    8: [(256, 16, 8, 3, 0), (128, 32, 4, 3, 0), (128, 64, 8, 3, 0), (256, 32, 8, 3, 0), (128, 16, 4, 3, 16)],
+    1: [(128, 64, 4, 3, 0), (256, 32, 8, 3, 0)],
+}
+
+
+def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
+    """Kernel time (events) of each tile shape of the fused kernels at n rows, per batch."""
+    import torch
+
+    from tritonrag import fused_topk
+    from tritonrag.torch_search import decode_score_keys
+
+    rows = []
+    corpus = random_corpus(cp, n, dim)
+    xt = torch.from_dlpack(corpus)
+    norms = None
+    for batch in batches:
+        q = torch.randn((batch, dim), device="cuda", dtype=torch.float32)
+        l1_tiles = L1_TILES.get(fused_topk.query_block(batch, "l1"), [])
+        for metric, tiles in (("ip", DOT_TILES[fused_topk.query_block(batch, "ip")]), ("l1", l1_tiles)):
+            for tile in tiles:
+                shape, half = (tile[:4], tile[4] if len(tile) > 4 else None)
+                row = dict(kind="fused_tune", n=n, d=dim, batch=batch, k=k, metric=metric, tile=list(tile))
+                try:
+                    start = time.perf_counter()
+                    fused_topk.topk_keys(torch, xt, q, k, metric, norms, tiles=shape, half_l1=half)
+                    torch.cuda.synchronize()
+                    row["first_call_s"] = time.perf_counter() - start
+                    row["ms"] = ms = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, metric, norms,
+                                                                               tiles=shape, half_l1=half))
+                    row["peak_fraction"] = corpus.nbytes / ms / 1e6 / peak
+                except Exception as exc:  # noqa: BLE001 — record (e.g. out of shared memory) and go on
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                rows.append(row)
+                log(row)
+        # the L1 kernels' exactness at this size: fp16 block sums vs fp32 (same top-k set?)
+        ref = fused_topk.topk_keys(torch, xt, q, k, "l1", half_l1=0)
+        for tile in l1_tiles:
+            if tile[4]:
+                got = fused_topk.topk_keys(torch, xt, q, k, "l1", tiles=tile[:4], half_l1=tile[4])
+                (ref_i, ref_s), (got_i, got_s) = decode_score_keys(ref.cpu().numpy()), decode_score_keys(got.cpu().numpy())
+                same = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref_i, got_i)])
+                rows.append(dict(kind="fused_tune_l1_half_overlap", batch=batch, tile=list(tile), overlap=float(same),
+                                 max_abs_diff=float(np.max(np.abs(got_s - ref_s))),
+                                 kth_gap_median=float(np.median(ref_s[:, -2] - ref_s[:, -1]))))
+                log(rows[-1])
+    del corpus, xt
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
+    """Where a fused ip search's time goes (adopted tiles): the kernel with k and with 1
+    pass per tile (the passes' cost), the merge of the tiles' candidates (torch.topk), and
+    the whole `topk_keys` call."""
+    import torch
+
+    from tritonrag import fused_kernels, fused_topk
+
+    rows = []
+    corpus = random_corpus(cp, n, dim)
+    xt = torch.from_dlpack(corpus)
+    for batch in batches:
+        q = torch.randn((batch, dim), device="cuda", dtype=torch.float32)
+        block_b = fused_topk.query_block(batch, "ip")
+        block_n, block_d, warps, stages = fused_topk.tiles_for("ip", block_b)[:4]
+        tiles = -(-n // block_n)
+        qt = torch.zeros((dim, block_b), dtype=torch.float16, device="cuda")
+        qt[:, :batch] = q.half().T
+        row = dict(kind="fused_profile", n=n, d=dim, batch=batch, k=k, tile=[block_n, block_d, warps, stages])
+        for passes in (k, 1):
+            cands = torch.empty((batch, tiles * passes), dtype=torch.int64, device="cuda")
+            launch = lambda: fused_kernels.dot_topk[(tiles, 1)](  # noqa: E731
+                xt, qt, cands, cands, n, batch, xt.stride(0), qt.stride(0), cands.stride(0), DIM=dim, K=passes,
+                BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages, HAS_NORMS=False, IEEE=False,
+                num_warps=warps)
+            row[f"kernel_k{passes}_ms"] = event_ms(cp, launch)
+        cands = torch.empty((batch, tiles * k), dtype=torch.int64, device="cuda")
+        row["merge_topk_ms"] = event_ms(cp, lambda: torch.topk(cands, k, dim=1))
+        row["topk_keys_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip"))
+        row["kernel_k_peak_fraction"] = corpus.nbytes / row[f"kernel_k{k}_ms"] / 1e6 / peak
+        rows.append(row)
+        log(row)
+    del corpus, xt
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def adopt_best_tiles(rows: list[dict]) -> dict:
+    """Set `fused_topk.TILES` to the fastest shape per (kind, query block) of a `fused_tune`
+    run (an fp16-block L1 shape only where its top-k sets matched fp32's on >= 99 %)."""
+    from tritonrag import fused_topk
+
+    overlap = {(r["batch"], tuple(r["tile"])): r["overlap"] for r in rows if r["kind"] == "fused_tune_l1_half_overlap"}
+    totals: dict = {}  # (kind, query block) -> tile -> [ms of each batch of that block]
+    for r in rows:
+        if r["kind"] != "fused_tune" or "ms" not in r:
+            continue
+        tile = tuple(r["tile"])
+        if r["metric"] == "l1" and tile[4] and overlap.get((r["batch"], tile), 0) < 0.99:
+            continue
+        key = ("l1" if r["metric"] == "l1" else "dot", fused_topk.query_block(r["batch"], r["metric"]))
+        totals.setdefault(key, {}).setdefault(tile, []).append(r["ms"])
+    best: dict = {}
+    for key, by_tile in totals.items():  # the least total time over the block's batches
+        most = max(len(v) for v in by_tile.values())
+        tile, times = min(((t, v) for t, v in by_tile.items() if len(v) == most), key=lambda tv: sum(tv[1]))
+        best[key] = (sum(times), tile)
+    for key, (_, tile) in best.items():
+        fused_topk.TILES[key] = tile
+    chosen = {f"{kind}/{block}": list(tile) for (kind, block), (_, tile) in best.items()}
+    log("fused tiles adopted:", chosen)
+    return chosen
+
+
 # -- GPU sweeps -------------------------------------------------------------------------------
 _NORMS: dict = {}
 
@@ -293,11 +457,21 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
             for batch in batches:
                 q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
                 reps = repeat if n <= 2_000_000 else max(3, repeat // 3)
-                ms = gpu_time(lambda: search.search(q, k), reps)
-                row = dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl="tritonrag",
-                           ms=ms, GBps=nbytes / ms / 1e6, peak_fraction=nbytes / ms / 1e6 / peak)
-                rows.append(row)
-                log(row)
+                # the same index object, each search kernel in turn: cuBLAS + CUDA top-k, fused Triton
+                for impl, kernel in (("tritonrag", "cublas"), ("fused", "fused")):
+                    search.gpu.kernel = kernel
+                    try:
+                        ms = gpu_time(lambda: search.search(q, k), reps)
+                    except Exception as exc:  # noqa: BLE001 — record and go on
+                        rows.append(dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl=impl,
+                                         error=f"{type(exc).__name__}: {exc}"[:300]))
+                        log(rows[-1])
+                        continue
+                    row = dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl=impl,
+                               ms=ms, GBps=nbytes / ms / 1e6, peak_fraction=nbytes / ms / 1e6 / peak)
+                    rows.append(row)
+                    log(row)
+                search.gpu.kernel = "auto"
                 if not baselines:
                     continue
                 for impl, fn in (("torch", torch_baseline), ("cupy", cupy_baseline)):
@@ -482,7 +656,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         kind = panel[0]["kind"]
         if kind == "in_memory":
             labels = sorted({(r["n"], r["metric"], r["batch"]) for r in panel})
-            impls = [i for i in ("tritonrag", "tritonrag_torch", "torch", "cupy") if any(r["impl"] == i for r in panel)]
+            impls = [i for i in ("fused", "tritonrag", "tritonrag_torch", "torch", "cupy")
+                     if any(r["impl"] == i for r in panel)]
             width = 0.8 / len(impls)
             for j, impl in enumerate(impls):
                 vals = [next((r["peak_fraction"] for r in panel if (r["n"], r["metric"], r["batch"]) == lab
@@ -535,6 +710,8 @@ def main(argv=None) -> int:
     parser.add_argument("--topk-variant", choices=["v3", "v3a", "v2"], default="v3",
                         help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
     parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
+    parser.add_argument("--fused-check", action="store_true", help="GPU: the fused kernels vs NumPy")
+    parser.add_argument("--fused-tune", type=int, default=0, help="GPU: time the fused kernels' tile shapes at N rows")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -561,6 +738,15 @@ def main(argv=None) -> int:
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)
         log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
+        if args.fused_tune:
+            result["fused_tune"] = fused_tune(cp, args.fused_tune, args.dim, args.batches, args.k, peak)
+            result["fused_tiles"] = adopt_best_tiles(result["fused_tune"])
+            try:
+                result["fused_profile"] = fused_profile(cp, args.fused_tune, args.dim, args.batches, args.k, peak)
+            except Exception as exc:  # noqa: BLE001 — a breakdown only
+                result["fused_profile_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                log("fused_profile failed:", exc)
+            save()
         if args.check:
             result["check"] = gpu_check(cp)
             save()
@@ -571,6 +757,15 @@ def main(argv=None) -> int:
         result["rows"] += gpu_sweep(cp, sizes, args.batches, args.metrics, args.dim, args.k, peak, args.repeat,
                                     not args.no_baselines)
         save()
+        if args.fused_check:  # after the sweep: its compiles (CuPy's too) take a while on a fresh host
+            try:
+                result["fused_check"] = fused_check(cp)
+            except Exception as exc:  # noqa: BLE001 — the sweep's numbers are saved already
+                import traceback
+
+                result["fused_check_error"] = traceback.format_exc()[-2000:]
+                log("fused_check failed:", exc)
+            save()
         if args.torch_path:
             result["rows"] += torch_path(cp, args.torch_path, args.batches, args.metrics, args.dim, args.k, peak,
                                          args.repeat)

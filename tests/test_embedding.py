@@ -35,3 +35,12 @@ def test_batching_does_not_change_an_embedding(embedder):
     together = embedder.embed_queries(texts)
     alone = np.concatenate([embedder.embed_queries([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_on_device_embeddings_equal_the_host_ones(embedder):
+    """A GPU embedder instance keeps EMBEDDING on its device (DLPack); same values as the host copy."""
+    texts = ["What is a lambda?", "How do I define a generator function?"]
+    on_device = embedder.embed_queries_on_device(texts)
+    assert isinstance(on_device, torch.Tensor) and on_device.device == embedder.device
+    assert on_device.dtype == torch.float32 and tuple(on_device.shape) == (2, 384)
+    np.testing.assert_allclose(on_device.numpy(), embedder.embed_queries(texts), atol=1e-6)

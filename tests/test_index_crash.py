@@ -1,5 +1,5 @@
-"""A process killed (SIGKILL) at any moment while building or adding to an index leaves
-the previous index whole and loadable; adding embeds only the new passages."""
+"""A process killed (SIGKILL) at any moment while building, adding to or appending to an
+index in place leaves the previous index whole and loadable; adding embeds only the new passages."""
 
 import os
 import random
@@ -24,7 +24,7 @@ WRITER = textwrap.dedent("""
     import hashlib, sys
     import numpy as np
     from tritonrag.corpus import Passage
-    from tritonrag.index import add_to_index, build_index
+    from tritonrag.index import add_to_index, append_to_index, build_index
 
     def embed(texts):
         return np.array([np.frombuffer(hashlib.sha256(t.encode()).digest() * 8, dtype=np.uint8) / 255.0
@@ -35,13 +35,15 @@ WRITER = textwrap.dedent("""
         batch = [Passage(f"r{round_}-s{step}-{j}", "T", f"passage {round_} {step} {j} " * 30) for j in range({batch})]
         if mode == "add":
             add_to_index(path, batch, embed, embedder="toy", progress=False)
+        elif mode == "append":
+            append_to_index(path, batch, embed, embedder="toy", progress=False)
         else:
             build_index(path, batch, embed, embedder="toy", progress=False)
         print(step, flush=True)
 """).replace("{batch}", str(BATCH))
 
 
-@pytest.mark.parametrize("mode", ["add", "build"])
+@pytest.mark.parametrize("mode", ["add", "append", "build"])
 def test_sigkill_at_random_moments_never_damages_the_index(tmp_path, mode, report_figure):
     path = tmp_path / "idx"
     first = [Passage(f"first-{j}", "T", f"first passage {j} " * 30) for j in range(BATCH)]
@@ -58,7 +60,7 @@ def test_sigkill_at_random_moments_never_damages_the_index(tmp_path, mode, repor
         completed_writes += len(out.split())
         index = load_index(path, embedder="toy")  # checksums verified: whole, or refused
         assert index.manifest["count"] % BATCH == 0 and len(index.passages) == index.manifest["count"]
-        if mode == "add":
+        if mode in ("add", "append"):
             assert index.manifest["count"] >= before.manifest["count"]
             assert index.passages[:len(before.passages)] == before.passages
     assert completed_writes > 0, "the writer never finished one write: kills all landed too early"

@@ -32,10 +32,25 @@ def test_range_checks():
             check_range("top_k", bad, 3, 10)
 
 
-def test_embeddings_are_checked_for_shape_values_and_length():
+def _as_numpy(x):
+    return x
+
+
+def _as_torch(x):
+    """A GPU input reaches the retriever as a torch tensor (DLPack); a CPU one checks the same."""
+    import torch
+
+    return torch.from_numpy(np.array(x))
+
+
+@pytest.mark.parametrize("convert", [_as_numpy, _as_torch])
+def test_embeddings_are_checked_for_shape_values_and_length(convert):
+    if convert is _as_torch:
+        pytest.importorskip("torch")
     good = np.full((2, 4), 0.5, dtype=np.float64)
-    checked = check_embeddings(good, 4, 10.0)
-    assert checked.dtype == np.float32 and checked.shape == (2, 4)
+    checked = check_embeddings(convert(good), 4, 10.0)
+    assert str(checked.dtype).endswith("float32") and tuple(checked.shape) == (2, 4)
+    assert type(checked) is type(convert(good))  # a tensor stays a tensor (on its device)
     nan_row = good.copy()
     nan_row[1, 2] = np.nan
     inf_row = good.copy()
@@ -50,4 +65,4 @@ def test_embeddings_are_checked_for_shape_values_and_length():
         (np.full((1, 4), 5.5), "row 0 has length 11; the limit is 10"),
     ]:
         with pytest.raises(RequestError, match=message):
-            check_embeddings(vectors, 4, 10.0)
+            check_embeddings(convert(vectors), 4, 10.0)

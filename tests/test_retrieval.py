@@ -45,9 +45,28 @@ def test_a_mixed_batch_gets_each_row_its_own_fusion_and_k(retriever):
     assert results[2][0].tolist() == [4]             # weight 0.9 on BM25 wins over the dense match
 
 
+def test_rows_as_torch_tensors_search_like_numpy_rows(retriever):
+    """A GPU embedder's rows arrive as torch tensors (DLPack); here on torch's CPU device."""
+    torch = pytest.importorskip("torch")
+    vectors = hash_embed([p.embedding_text() for p in PASSAGES])
+    as_numpy = [Row(vectors[i], 3, t, f) for i, t, f in ((0, None, "dense"), (1, "Python generators", "zscore"),
+                                                          (2, None, "dense"))]
+    as_torch = [Row(torch.from_numpy(r.vector), r.k, r.text, r.fusion) for r in as_numpy]
+    for (a_i, a_s), (b_i, b_s) in zip(retriever.search(as_numpy), retriever.search(as_torch)):
+        assert np.array_equal(a_i, b_i) and np.allclose(a_s, b_s)
+
+
 def test_bad_storage_dtype_is_refused():
     with pytest.raises(ValueError, match="storage_dtype"):
         RetrieverSettings.from_config({"parameters": {"storage_dtype": {"string_value": "int4"}}})
+
+
+def test_search_kernel_setting():
+    assert RetrieverSettings.from_config({"parameters": {}}).search_kernel == "auto"
+    fused = RetrieverSettings.from_config({"parameters": {"search_kernel": {"string_value": "fused"}}})
+    assert fused.search_kernel == "fused"
+    with pytest.raises(ValueError, match="search_kernel"):
+        RetrieverSettings.from_config({"parameters": {"search_kernel": {"string_value": "fastest"}}})
 
 
 def test_config_pbtxt_defaults_are_the_settings_defaults():

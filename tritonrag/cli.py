@@ -172,14 +172,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from .corpus import load_corpora
     from .embedding import Embedder
-    from .index import IndexProblem, add_to_index, build_index
+    from .index import IndexProblem, add_to_index, append_to_index, build_index
 
     passages = load_corpora(_corpus(args))
     embedder = Embedder(args.embedder)
     name = model_sources.model_name(args.embedder)
     try:
         if args.add:
-            manifest = add_to_index(args.out, passages, embedder.embed_passages, embedder=name)
+            add = append_to_index if args.in_place else add_to_index
+            manifest = add(args.out, passages, embedder.embed_passages, embedder=name)
         else:
             manifest = build_index(args.out, passages, embedder.embed_passages, embedder=name, metric=args.metric)
     except (IndexProblem, ValueError) as exc:
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--metric", default="ip", choices=["ip", "cosine", "l2", "l1"])
     index.add_argument("--add", action="store_true",
                        help="append the corpora's passages to the existing index at --out (only they are embedded)")
+    index.add_argument("--in-place", action="store_true",
+                       help="with --add: write the new passages as a segment beside the old files and swap the "
+                            "manifest, instead of rewriting the folder")
     index.set_defaults(func=cmd_index)
 
     synth = sub.add_parser("synth", help="write a synthetic-facts corpus (JSONL) and its questions")

@@ -76,13 +76,21 @@ class Embedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode([self.family.query_prefix + t for t in texts])
 
+    def embed_queries_on_device(self, texts: Sequence[str]):
+        """As `embed_queries`, a float32 torch tensor left on the model's device (a GPU
+        instance hands it to the retriever through DLPack, with no host round trip)."""
+        return self._encode([self.family.query_prefix + t for t in texts], on_device=True)
+
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode([self.family.passage_prefix + t for t in texts])
 
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], on_device: bool = False):
         import torch
 
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        if on_device:
+            out = torch.empty((len(texts), self.dimension), dtype=torch.float32, device=self.device)
+        else:
+            out = np.empty((len(texts), self.dimension), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 chunk = list(texts[start:start + self.batch_size])
@@ -91,7 +99,7 @@ class Embedder:
                 hidden = self.model(**batch).last_hidden_state
                 pooled = pool(hidden, batch["attention_mask"], self.family.pooling)
                 pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-                out[start:start + len(chunk)] = pooled.cpu().numpy()
+                out[start:start + len(chunk)] = pooled if on_device else pooled.cpu().numpy()
         return out
 
 

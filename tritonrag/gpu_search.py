@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import cuda_kernels
+from . import cuda_kernels, fused_topk
 from .topk import decode_keys
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
@@ -71,7 +71,7 @@ class GpuSearch:
     blocks_per_sm = TOPK_BLOCKS_PER_SM
 
     def __init__(self, vectors, metric: str, device_id: int = 0, dtype: str = "float16",
-                 budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES):
+                 budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES, kernel: str = "auto"):
         import cupy as cp
 
         self.cp = cp
@@ -102,6 +102,9 @@ class GpuSearch:
         self._beta = np.zeros(1, np.float32)
         self._score_buffer = None  # one flat fp32 buffer of score_bytes, viewed as [batch, rows] per call
         self._buffers: dict = {}   # (batch, k, width) -> candidate and result key buffers
+        self.kernel = kernel       # "auto" / "fused" / "cublas": see tritonrag.fused_topk.wanted
+        fused_topk.wanted(kernel, metric, 1, "cpu", True)  # validates the name now
+        self._torch_views = None   # (corpus, norms) as torch tensors sharing this memory, made on first use
 
     # -- loading -------------------------------------------------------------
     def _load(self, vectors) -> None:
@@ -165,6 +168,8 @@ class GpuSearch:
         with cp.cuda.Device(self.device_id):
             q = self._queries(queries)
             k = min(int(k), self.count)
+            if fused_topk.wanted(self.kernel, self.metric, k, "cuda", self.streamed, self.count, q.shape[0]):
+                return self._search_fused(q, k)
             if k > MAX_KERNEL_K:
                 return self._search_large_k(q, k)
             plan = self._plan(q.shape[0], k)
@@ -172,6 +177,20 @@ class GpuSearch:
             self._launch(plan, q, q_store)
             indices, ranked, _ = decode_keys(plan["best"].get())
             return indices, self._to_scores(q, ranked)
+
+    def _search_fused(self, q, k: int):
+        """Scores and top-k in one Triton kernel per tile (`tritonrag.fused_topk`), via DLPack views."""
+        import torch
+
+        if self._torch_views is None:
+            corpus = torch.from_dlpack(self.corpus)
+            if self.dtype == "bfloat16":  # stored as uint16 bits
+                corpus = corpus.view(torch.bfloat16)
+            norms = torch.from_dlpack(self.norms) if self.norms is not None else None
+            self._torch_views = (corpus, norms)
+        corpus, norms = self._torch_views
+        indices, ranked = fused_topk.search(torch, corpus, torch.from_dlpack(q), k, self.metric, norms)
+        return indices, self._to_scores(q, ranked)
 
     def _plan(self, batch: int, k: int) -> dict:
         """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +163,83 @@ def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callab
     return _write_index(path, vectors, [*current.passages, *passages], embedder, current.metric, lexical)
 
 
+def _segment_files(manifest: dict) -> list[tuple[str, str]]:
+    """(vectors, passages) file names in row order: the base pair, then appended segments."""
+    return [(EMBEDDINGS, PASSAGES)] + [(s["embeddings"], s["passages"]) for s in manifest.get("segments", [])]
+
+
+def _lexical_folder(path: Path) -> Path:
+    """Where the index's BM25 statistics lie: the folder itself, or the appended generation's."""
+    try:
+        return path / json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("lexical", ".")
+    except (OSError, ValueError):
+        return path
+
+
+def _fsynced(file: Path) -> Path:
+    with open(file, "rb") as handle:
+        os.fsync(handle.fileno())
+    return file
+
+
+def append_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+                    embedder: str, batch_size: int = 64, progress: bool = True) -> dict:
+    """Append `passages` in place: new files beside the old ones, then one atomic manifest swap.
+
+    Nothing that exists is rewritten (add_to_index copies every vector): the new rows go to
+    `embeddings-N.npy` / `passages-N.jsonl`, the grown BM25 statistics to `lexical-N/`, and
+    the manifest that lists them replaces the old one in one rename. A crash before that
+    rename leaves the index as it was (the unlisted files are ignored, and overwritten by the
+    next append); earlier BM25 folders are removed after it.
+    """
+    path = Path(path)
+    current = load_index(path, embedder=embedder)
+    if not passages:
+        raise ValueError("no passages to add")
+    taken = {p.id for p in current.passages}
+    clashes = sorted({p.id for p in passages} & taken)
+    if clashes or len({p.id for p in passages}) != len(passages):
+        raise ValueError(f"passage ids must be new and unique; already in the index or repeated: {clashes[:5]}")
+    added = _embed(passages, embed_passages, batch_size, progress)
+    if added.shape[1] != current.manifest["dimension"]:
+        raise IndexMismatchError(f"new vectors have dimension {added.shape[1]}, the index {current.manifest['dimension']}")
+    lexical = load_lexical(path, current.passages, None)
+    lexical.add(p.embedding_text() for p in passages)
+    manifest = json.loads(json.dumps(current.manifest))
+    segment = len(manifest.get("segments", [])) + 1
+    names = {"embeddings": f"embeddings-{segment}.npy", "passages": f"passages-{segment}.jsonl"}
+    staging = path / f".{names['embeddings']}.{os.getpid()}.tmp"
+    _save_vectors(staging, [added])
+    os.replace(_fsynced(staging), path / names["embeddings"])
+    atomic_write_text(path / names["passages"], "".join(
+        json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n" for p in passages))
+    old_lexical = manifest.get("lexical", ".")
+    new_lexical = f"lexical-{segment}"
+    with atomic_directory(path / new_lexical) as folder:
+        lexical.save(folder)
+    checksums = {k: v for k, v in manifest["checksums"].items()
+                 if k not in (f"{old_lexical}/{BM25_META}".lstrip("./"), f"{old_lexical}/{BM25_ARRAYS}".lstrip("./"))}
+    for name in (names["embeddings"], names["passages"]):
+        checksums[name] = _sha256(path / name)
+    for name in (BM25_META, BM25_ARRAYS):
+        checksums[f"{new_lexical}/{name}"] = _sha256(path / new_lexical / name)
+    manifest.update(count=manifest["count"] + len(passages), checksums=checksums, lexical=new_lexical,
+                    segments=[*manifest.get("segments", []), {**names, "count": len(passages)}],
+                    appended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # the commit point
+    for folder in path.glob("lexical-*"):  # earlier generations (and those of appends killed after the commit)
+        if folder.name != new_lexical:
+            shutil.rmtree(folder, ignore_errors=True)
+    return manifest
+
+
 def load_lexical(path: Path | None, passages: Sequence[Passage], tokenizer: TokenizerConfig | None) -> BM25Index:
     """The index folder's BM25 statistics when made with `tokenizer` (None: whichever it has), else built."""
-    if path is not None and (Path(path) / BM25_META).exists():
+    folder = _lexical_folder(Path(path)) if path is not None else None
+    if folder is not None and (folder / BM25_META).exists():
         tokenizer = usable(tokenizer) if tokenizer is not None else None
         try:
-            lexical = BM25Index.load(path)
+            lexical = BM25Index.load(folder)
             if (tokenizer is None or lexical.tokenizer_config == tokenizer) and lexical.count == len(passages):
                 return lexical
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -195,21 +268,31 @@ def _stat_record(file: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
-def _verified_before(path: Path, checksums: dict) -> bool:
-    """True when verified.json vouches for every file with unchanged stat values."""
+def _verified_before(path: Path, checksums: dict) -> dict:
+    """The files of `checksums` that verified.json vouches for with unchanged stat values."""
     try:
         marker = json.loads((path / VERIFIED).read_text(encoding="utf-8"))
-        return all(marker[name] == {**_stat_record(path / name), "sha256": expected}
-                   for name, expected in checksums.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    except (OSError, ValueError):
+        return {}
+    vouched = {}
+    for name, expected in checksums.items():
+        try:
+            if marker[name] == {**_stat_record(path / name), "sha256": expected}:
+                vouched[name] = marker[name]
+        except (OSError, KeyError, TypeError):
+            continue
+    return vouched
 
 
 def _verify(path: Path, checksums: dict, full: bool) -> None:
-    if not full and _verified_before(path, checksums):
+    """Hash the files verified.json does not vouch for (all with `full`): after an append only
+    the new segment's files are hashed, not the gigabytes already checked."""
+    records = {} if full else _verified_before(path, checksums)
+    if len(records) == len(checksums):
         return
-    records = {}
     for name, expected in checksums.items():
+        if name in records:
+            continue
         file = path / name
         if not file.exists():
             raise IndexCorruptError(f"index {path} is missing {name}")
@@ -241,9 +324,13 @@ def load_index(path: Path, embedder: str | None = None, dimension: int | None = 
     if verify:
         _verify(path, manifest["checksums"], full=verify == "full")
     try:
-        vectors = np.load(path / EMBEDDINGS, mmap_mode="r")
-        with open(path / PASSAGES, encoding="utf-8") as handle:
-            passages = [Passage(**json.loads(line)) for line in handle if line.strip()]
+        parts, passages = [], []
+        for vectors_file, passages_file in _segment_files(manifest):
+            parts.append(np.load(path / vectors_file, mmap_mode="r"))
+            with open(path / passages_file, encoding="utf-8") as handle:
+                passages += [Passage(**json.loads(line)) for line in handle if line.strip()]
+        # appended segments: one array in memory (a rewrite by add_to_index maps one file again)
+        vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
     except (OSError, ValueError, TypeError) as exc:
         raise IndexCorruptError(f"index {path} could not be read: {exc}") from exc
     if vectors.shape != (manifest["count"], manifest["dimension"]) or len(passages) != manifest["count"]:

@@ -51,15 +51,30 @@ def check_range(name: str, value: int | None, default: int, maximum: int) -> int
     return value
 
 
-def check_embeddings(vectors: np.ndarray, dimension: int, max_norm: float, name: str = "EMBEDDING") -> np.ndarray:
-    """`vectors` as float32 [n, dimension] if every value is finite and every row's length is at most `max_norm`."""
-    if vectors.ndim != 2 or vectors.shape[1] != dimension or vectors.shape[0] == 0:
-        raise RequestError(f"{name} must be [n, {dimension}] with n >= 1, got {list(vectors.shape)}")
-    vectors = np.asarray(vectors, dtype=np.float32)
-    finite = np.isfinite(vectors).all(axis=1)
+def check_embeddings(vectors, dimension: int, max_norm: float, name: str = "EMBEDDING"):
+    """`vectors` as float32 [n, dimension] if every value is finite and every row's length is at most `max_norm`.
+
+    NumPy in, NumPy out; a torch tensor (a GPU input taken through DLPack) stays a tensor
+    on its device: only the per-row verdicts come to the host.
+    """
+    shape = list(vectors.shape)
+    if len(shape) != 2 or shape[1] != dimension or shape[0] == 0:
+        raise RequestError(f"{name} must be [n, {dimension}] with n >= 1, got {shape}")
+    if hasattr(vectors, "detach"):  # torch
+        import torch
+
+        vectors = vectors.detach().to(torch.float32)
+        finite = torch.isfinite(vectors).all(dim=1)
+        norms = torch.where(finite[:, None], vectors, 0).double().square().sum(dim=1).sqrt()
+        finite, norms = finite.cpu().numpy(), norms.cpu().numpy()
+    else:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        finite = np.isfinite(vectors).all(axis=1)
+        norms = None
     if not finite.all():
         raise RequestError(f"{name} row {int(np.argmin(finite))} holds NaN or infinite values")
-    norms = np.sqrt(np.square(vectors, dtype=np.float64).sum(axis=1))
+    if norms is None:
+        norms = np.sqrt(np.square(vectors, dtype=np.float64).sum(axis=1))
     if (norms > max_norm).any():
         row = int(np.argmax(norms))
         raise RequestError(f"{name} row {row} has length {norms[row]:.3g}; the limit is {max_norm:g}")

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .fused_topk import KERNELS
 from .hybrid import FUSIONS, HybridConfig, HybridSearch
 from .index import Index, load_lexical
 from .lexical import TokenizerConfig
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class RetrieverSettings:
     storage_dtype: str = "float16"
     gpu_memory_budget_mb: int = 0      # 0: 80 % of the GPU's free memory
+    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k (auto: where it measured faster)
     hybrid: HybridConfig = HybridConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -38,6 +40,7 @@ class RetrieverSettings:
         settings = cls(
             storage_dtype=model_param(config, "storage_dtype", d.storage_dtype),
             gpu_memory_budget_mb=model_param(config, "gpu_memory_budget_mb", d.gpu_memory_budget_mb),
+            search_kernel=model_param(config, "search_kernel", d.search_kernel),
             hybrid=HybridConfig(
                 fusion=model_param(config, "fusion", h.fusion),
                 weight=model_param(config, "fusion_weight", h.weight),
@@ -50,6 +53,8 @@ class RetrieverSettings:
                                       bigrams=model_param(config, "bm25_bigrams", t.bigrams)))
         if settings.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {settings.storage_dtype!r}")
+        if settings.search_kernel not in KERNELS:
+            raise ValueError(f"search_kernel must be one of {KERNELS}, got {settings.search_kernel!r}")
         return settings
 
 
@@ -61,11 +66,23 @@ class Row:
     fusion: str
 
 
+def stack_vectors(vectors: Sequence) -> "np.ndarray":
+    """Rows of query vectors as one [n, d] array: NumPy, or a torch tensor on the device of the
+    first torch row (a GPU embedder's output, taken through DLPack, is searched in place)."""
+    device = next((v.device for v in vectors if hasattr(v, "detach")), None)
+    if device is None:
+        return np.stack(vectors)
+    import torch
+
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in vectors])
+
+
 class Retriever:
     def __init__(self, index: Index, settings: RetrieverSettings, device: str = "cpu", index_path: Path | None = None):
         self.index, self.settings = index, settings
         budget = settings.gpu_memory_budget_mb << 20 if settings.gpu_memory_budget_mb else None
-        self.dense = ExactSearch(index.vectors, index.metric, device, settings.storage_dtype, budget)
+        self.dense = ExactSearch(index.vectors, index.metric, device, settings.storage_dtype, budget,
+                                 kernel=settings.search_kernel)
         self._lexical = None
         self._index_path = index_path
         if settings.hybrid.fusion != "dense":
@@ -93,7 +110,7 @@ class Retriever:
         results: list = [None] * len(rows)
         for fusion in sorted({r.fusion for r in rows}):
             members = [i for i, r in enumerate(rows) if r.fusion == fusion]
-            vectors = np.stack([rows[i].vector for i in members])
+            vectors = stack_vectors([rows[i].vector for i in members])
             k = max(rows[i].k for i in members)
             if fusion == "dense":
                 indices, scores = self.dense.search(vectors, k)

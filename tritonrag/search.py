@@ -71,11 +71,13 @@ class ExactSearch:
     """Brute-force search over a fixed matrix of corpus vectors ([N, d], any array-like).
 
     `dtype` is the GPU storage type; `gpu_memory_budget` (bytes, None = most of the free
-    memory) decides between a GPU-resident corpus and streaming it from host memory.
+    memory) decides between a GPU-resident corpus and streaming it from host memory;
+    `kernel` (auto/fused/cublas) whether a GPU search of k <= 64 runs the fused Triton
+    kernels (`tritonrag.fused_topk`) or the score-matrix path.
     """
 
     def __init__(self, vectors, metric: str = "ip", device: str = "cpu", dtype: str = "float16",
-                 gpu_memory_budget: int | None = None):
+                 gpu_memory_budget: int | None = None, kernel: str = "auto"):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
         if dtype not in STORAGE_DTYPES:
@@ -90,11 +92,13 @@ class ExactSearch:
             from .gpu_search import GpuSearch
 
             self.xp = cupy
-            self.gpu = GpuSearch(vectors, metric, int(device.partition(":")[2] or 0), dtype, gpu_memory_budget)
+            self.gpu = GpuSearch(vectors, metric, int(device.partition(":")[2] or 0), dtype, gpu_memory_budget,
+                                 kernel=kernel)
         elif self.backend == "torch":
             from .torch_search import TorchSearch
 
-            self.gpu = TorchSearch(vectors, metric, device if ":" in device else "cuda:0", dtype, gpu_memory_budget)
+            self.gpu = TorchSearch(vectors, metric, device if ":" in device else "cuda:0", dtype, gpu_memory_budget,
+                                   kernel=kernel)
         if self.backend:
             self.count, self.dimension = self.gpu.count, self.gpu.dimension
             return

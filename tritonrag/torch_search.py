@@ -46,8 +46,10 @@ class TorchSearch:
     """Exact search on a torch device (``cuda:N``; ``cpu`` works too, for tests)."""
 
     def __init__(self, vectors, metric: str, device: str = "cuda:0", dtype: str = "float16",
-                 budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES):
+                 budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES, kernel: str = "auto"):
         import torch
+
+        from . import fused_topk
 
         self.torch = torch
         self.device = torch.device(device)
@@ -79,6 +81,8 @@ class TorchSearch:
                 self.norms[start:stop] = (stored * stored).sum(dim=1)
             self.corpus[start:stop] = block.to(home)
         self._mm_out_dtype = cuda and self.storage != torch.float32  # fp16/bf16 in, fp32 out (cuBLAS)
+        self.kernel = kernel  # "auto" / "fused" / "cublas": see tritonrag.fused_topk.wanted
+        fused_topk.wanted(kernel, metric, 1, "cpu", True)  # validates the name now
 
     def vectors_at(self, ids: np.ndarray) -> np.ndarray:
         rows = self.corpus[self.torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.corpus.device)]
@@ -107,6 +111,11 @@ class TorchSearch:
         q = torch.as_tensor(queries, device=self.device).to(torch.float32)
         if self.metric == "cosine":
             q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        from . import fused_topk
+
+        if fused_topk.wanted(self.kernel, self.metric, k, self.device.type, self.streamed, self.count, q.shape[0]):
+            indices, ranked = fused_topk.search(torch, self.corpus, q, k, self.metric, self.norms)
+            return indices, self._to_scores(q, ranked)
         rows = self.score_bytes // (4 * q.shape[0])
         if self.metric == "l1":  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
             rows = min(rows, self.score_bytes // (4 * self.dimension))
@@ -124,7 +133,10 @@ class TorchSearch:
         if keys.shape[1] > k:
             keys = torch.topk(keys, k, dim=1).values
         indices, ranked = decode_score_keys(keys.cpu().numpy())
+        return indices, self._to_scores(q, ranked)
+
+    def _to_scores(self, q, ranked: np.ndarray) -> np.ndarray:
         if self.metric == "l2":
             q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy()
-            return indices, np.maximum(q_norms - ranked, 0).astype(np.float32)
-        return indices, (-ranked if self.metric == "l1" else ranked)
+            return np.maximum(q_norms - ranked, 0).astype(np.float32)
+        return -ranked if self.metric == "l1" else ranked

@@ -37,12 +37,41 @@ def read_limits(config: dict) -> Limits:
 
 def input_array(request, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
+    if tensor is None:
+        return None
+    return tensor.as_numpy() if tensor.is_cpu() else from_dlpack(tensor).cpu().numpy()
 
 
-def required_array(request, name: str) -> np.ndarray:
-    """A required input; Triton lets a request through without it when the model has optional inputs."""
-    array = input_array(request, name)
+def from_dlpack(tensor):
+    """A Triton tensor as a torch tensor sharing its memory (GPU inputs of a model whose
+    parameter FORCE_CPU_ONLY_INPUT_TENSORS is "no"; `as_numpy` works on CPU ones only)."""
+    import torch.utils.dlpack
+
+    return torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+
+
+def input_tensor(request, name: str):
+    """An input as NumPy when Triton holds it in CPU memory, else as a torch tensor on its GPU."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    return tensor.as_numpy() if tensor.is_cpu() else from_dlpack(tensor)
+
+
+def output_tensor(name: str, array):
+    """An output from NumPy, or from a torch tensor without leaving its device (DLPack)."""
+    if hasattr(array, "detach"):
+        import torch.utils.dlpack
+
+        return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(array.detach().contiguous()))
+    return pb_utils.Tensor(name, array)
+
+
+def required_array(request, name: str, on_device: bool = False) -> np.ndarray:
+    """A required input; Triton lets a request through without it when the model has optional inputs.
+
+    `on_device`: a GPU input comes as a torch tensor on its GPU (`input_tensor`), not copied."""
+    array = input_tensor(request, name) if on_device else input_array(request, name)
     if array is None:
         raise RequestError(f"input {name!r} is missing")
     return array

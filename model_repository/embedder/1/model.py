@@ -14,23 +14,29 @@ from tritonrag.embedding import Embedder
 from tritonrag.limits import decode_question
 from tritonrag.model_sources import DEFAULT_EMBEDDER
 from tritonrag.params import model_param
-from tritonrag.triton_glue import instance_device, parse_config, read_limits, required_array, serve_batch
+from tritonrag.triton_glue import (instance_device, output_tensor, parse_config, read_limits, required_array,
+                                   serve_batch)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         self.limits = read_limits(config)
-        self.embedder = Embedder(model_param(config, "embedder_model", DEFAULT_EMBEDDER),
-                                 device=instance_device(args),
+        device = instance_device(args)
+        self.embedder = Embedder(model_param(config, "embedder_model", DEFAULT_EMBEDDER), device=device,
                                  max_length=model_param(config, "max_length", 256))
+        # a GPU instance leaves EMBEDDING in GPU memory (DLPack): no host round trip before the retriever
+        on_gpu = device != "cpu" and model_param(config, "output_on_gpu", True)
+        self.embed = self.embedder.embed_queries_on_device if on_gpu else self.embedder.embed_queries
 
     def execute(self, requests):
-        return serve_batch(requests, self._parse, self.embedder.embed_queries, self._respond)
+        return serve_batch(requests, self._parse, self.embed, self._respond)
 
     def _parse(self, request):
         return [decode_question(q, self.limits.max_question_bytes)
                 for q in required_array(request, "question").reshape(-1)]
 
     def _respond(self, vectors):
-        return pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", np.stack(vectors))])
+        # rows of one request: a slice of the batch's [n, d] torch tensor, or NumPy rows
+        return pb_utils.InferenceResponse([output_tensor("EMBEDDING", vectors if hasattr(vectors, "detach")
+                                                         else np.stack(vectors))])

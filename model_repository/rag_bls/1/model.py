@@ -20,7 +20,7 @@ from tritonrag.bls import (
 )
 from tritonrag.limits import RequestError
 from tritonrag.params import model_param
-from tritonrag.triton_glue import error_response, input_array, parse_config, read_limits
+from tritonrag.triton_glue import error_response, from_dlpack, input_array, parse_config, read_limits
 
 
 class TritonPythonModel:
@@ -67,4 +67,6 @@ def _call(model, inputs, outputs):
         error = response.error()
         code = error.code() if hasattr(error, "code") else None
         raise StageError(model, error.message(), code)
-    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+    # a GPU embedder's EMBEDDING is in GPU memory: as_numpy() reads CPU tensors only
+    tensors = {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
+    return {name: t.as_numpy() if t.is_cpu() else from_dlpack(t).cpu().numpy() for name, t in tensors.items()}

@@ -47,8 +47,9 @@ class TritonPythonModel:
         return [v.decode("utf-8", "replace")[:32] if isinstance(v, bytes) else str(v)[:32] for v in flat]
 
     def _parse(self, request):
-        vectors = check_embeddings(required_array(request, "EMBEDDING"), self.index.manifest["dimension"],
-                                   self.limits.max_embedding_norm)
+        # a GPU embedder's output stays on the GPU (FORCE_CPU_ONLY_INPUT_TENSORS "no")
+        vectors = check_embeddings(required_array(request, "EMBEDDING", on_device=True),
+                                   self.index.manifest["dimension"], self.limits.max_embedding_norm)
         ks = [check_range("top_k", k, self.limits.default_top_k, self.limits.max_top_k)
               for k in optional_rows(request, "top_k", len(vectors))]
         if len(set(ks)) > 1:

@@ -1,0 +1,133 @@
+"""The fused score + top-k Triton kernels (`tritonrag.fused_topk`), run by Triton's interpreter on CPU.
+
+Integer-valued vectors make every product and distance exact in fp16 and fp32, so the
+fused results must equal the NumPy path's exactly, ties (to the lower index) included.
+The kernels are imported under TRITON_INTERPRET=1; the GPU runs of the same kernels are in perf/retrieval_bench.py.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("triton was imported uninterpreted before this module", allow_module_level=True)
+# Triton's own helpers (tl.zeros, ...) are interpreted only if the variable is set when
+# triton is first imported; it is restored at once, so nothing else in the session sees it.
+_saved = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    pytest.importorskip("triton")
+    from tritonrag import fused_topk  # noqa: E402
+
+    fused_topk._kernels.cache_clear()
+    _INTERPRETED = fused_topk._kernels()[2]
+finally:
+    if _saved is None:
+        os.environ.pop("TRITON_INTERPRET")
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+
+from tritonrag.search import ExactSearch  # noqa: E402
+from tritonrag.torch_search import TorchSearch, decode_score_keys  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch):
+    """The interpreter reads the variable at each launch too: set it for these tests only."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def test_the_kernels_here_are_interpreted():
+    assert _INTERPRETED
+
+
+def _integer_data(rows=1100, dim=80, queries=5, seed=0):
+    """dim 80: a partial last d block; 1100 rows: a partial last tile; duplicates across tiles."""
+    rng = np.random.default_rng(seed)
+    corpus = rng.integers(-3, 4, size=(rows, dim)).astype(np.float32)
+    dup = rows * 2 // 3
+    corpus[dup:dup + rows // 6] = corpus[:rows // 6]
+    q = rng.integers(-3, 4, size=(queries, dim)).astype(np.float32)
+    q[0] = corpus[dup + 50]  # its exact match also sits at row 50: the lower index must come first
+    return corpus, q
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2", "l1"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fused_keys_equal_the_numpy_path(metric, dtype):
+    corpus, q = _integer_data()
+    x = torch.from_numpy(corpus).to(getattr(torch, dtype))
+    norms = (x.float() ** 2).sum(1) if metric == "l2" else None
+    for k in (1, 10, 64):
+        want_i, want_s = ExactSearch(corpus, metric).search(q, k)
+        keys = fused_topk.topk_keys(torch, x, torch.from_numpy(q), k, metric, norms)
+        got_i, ranked = decode_score_keys(keys.numpy())
+        assert np.array_equal(got_i, want_i), (metric, dtype, k)
+        if metric == "ip":
+            assert np.array_equal(ranked, want_s)
+        if metric == "l1":
+            assert np.array_equal(-ranked, want_s)
+    if metric in ("ip", "l2"):
+        assert got_i[0, 0] == 50 and got_i[0, 1] == 50 + len(corpus) * 2 // 3
+
+
+def test_fp16_block_sums_of_l1_give_the_same_result_on_small_integers():
+    corpus, q = _integer_data(rows=300, dim=64, queries=3)
+    x = torch.from_numpy(corpus).half()
+    want = fused_topk.topk_keys(torch, x, torch.from_numpy(q), 10, "l1", half_l1=0)
+    got = fused_topk.topk_keys(torch, x, torch.from_numpy(q), 10, "l1", tiles=(64, 32, 4, 1), half_l1=16)
+    assert torch.equal(want, got)
+
+
+def test_many_queries_take_several_query_blocks_and_small_tiles_still_hold_k():
+    corpus, q = _integer_data(rows=400, dim=32, queries=40)
+    want_i, _ = ExactSearch(corpus, "ip").search(q, 20)
+    keys = fused_topk.topk_keys(torch, torch.from_numpy(corpus), torch.from_numpy(q), 20, "ip",
+                                tiles=(16, 16, 4, 1))  # a 16-row tile is widened to hold k = 20
+    assert np.array_equal(decode_score_keys(keys.numpy())[0], want_i)
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
+def test_torch_search_with_the_fused_kernel_equals_its_score_matrix_path(metric):
+    corpus, q = _integer_data(rows=600)
+    fused = TorchSearch(corpus, metric, device="cpu", dtype="float32", kernel="fused")
+    plain = TorchSearch(corpus, metric, device="cpu", dtype="float32", kernel="cublas")
+    a, b = fused.search(q, 10), plain.search(q, 10)
+    assert np.array_equal(a[0], b[0])
+    assert np.allclose(a[1], b[1], rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_choice():
+    assert not fused_topk.wanted("auto", "ip", 10, "cpu", False)      # compiled kernels need CUDA
+    assert not fused_topk.wanted("fused", "ip", 10, "cuda", True)     # streamed: the chunked path
+    assert not fused_topk.wanted("fused", "ip", fused_topk.MAX_FUSED_K + 1, "cuda", False)
+    assert not fused_topk.wanted("cublas", "l1", 10, "cuda", False)
+    assert fused_topk.wanted("fused", "ip", 10, "cpu", False)         # the interpreter, as in these tests
+    with pytest.raises(ValueError, match="search kernel"):
+        fused_topk.wanted("fast", "ip", 10, "cuda", False)
+    with pytest.raises(ValueError, match="k <="):
+        fused_topk.topk_keys(torch, torch.zeros(100, 16), torch.zeros(1, 16), 65, "ip")
+
+
+def test_auto_fuses_where_it_measured_faster(monkeypatch):
+    """H100: L1 fused always; ip/cos/l2 fused for large corpora or batches, not 1M x batch 1-16."""
+    monkeypatch.setattr(fused_topk, "available", lambda device_type: device_type == "cuda")
+    assert fused_topk.wanted("auto", "l1", 10, "cuda", False, rows=1000, batch=1)
+    assert not fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=8)
+    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=32)
+    assert fused_topk.wanted("auto", "cosine", 10, "cuda", False, rows=10_000_000, batch=1)
+    assert not fused_topk.wanted("auto", "l2", 10, "cpu", False, rows=10_000_000, batch=32)
+
+
+def test_k_is_rounded_up_to_a_few_pass_counts():
+    """A kernel per pass count, not per top_k: k = 4 runs 5 passes per tile, the merge keeps 4."""
+    corpus, q = _integer_data(rows=300, dim=32)
+    x = torch.from_numpy(corpus)
+    want_i, _ = ExactSearch(corpus, "l2").search(q, 4)
+    keys = fused_topk.topk_keys(torch, x, torch.from_numpy(q), 4, "l2", (x * x).sum(1))
+    assert keys.shape == (5, 4) and np.array_equal(decode_score_keys(keys.numpy())[0], want_i)
+    assert all(fused_topk.K_STEPS[i] < fused_topk.K_STEPS[i + 1] for i in range(len(fused_topk.K_STEPS) - 1))
+    assert fused_topk.K_STEPS[-1] == fused_topk.MAX_FUSED_K

@@ -1,0 +1,105 @@
+"""Triton-language kernels of `tritonrag.fused_topk` (imported only where triton exists).
+
+Each program: one tile of BLOCK_N corpus rows x one block of BLOCK_B queries; scores in
+registers (fp32), then K passes of "max over the tile's rows, mask the winner" write the
+tile's best K per query as 64-bit keys, `tritonrag.torch_search.score_keys`: signed int32
+in float order high, MAX_INDEX - row low (the lowest row of equal scores is taken first).
+"""
+
+import triton
+import triton.language as tl
+
+MAX_INDEX = tl.constexpr(0xFFFFFFFF)
+EMPTY_KEY = tl.constexpr(-9223372036854775808)
+
+
+@triton.jit
+def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K: tl.constexpr):
+    """The tile's best K per query as keys, best first. Passes work on the fp32 scores and
+    int32 rows (32-bit max/min instead of pairs of 64-bit compares and selects); the max's
+    lowest row wins ties. A score of -inf marks a spent or missing row (finite inputs never
+    score -inf) and its slot gets EMPTY_KEY."""
+    neg_inf = float("-inf")
+    score = tl.where((rows < n_rows)[:, None], score, neg_inf)
+    q_ok = qs < n_queries
+    base = out_ptr + qs.to(tl.int64) * out_stride + tile * K
+    for i in tl.static_range(K):
+        best = tl.max(score, axis=0)
+        row = tl.min(tl.where(score == best[None, :], rows[:, None], 2147483647), axis=0)
+        bits = best.to(tl.int32, bitcast=True)
+        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        key = (ordered.to(tl.int64) << 32) | (MAX_INDEX - row.to(tl.int64))
+        key = tl.where(best == neg_inf, EMPTY_KEY, key)
+        tl.store(base + i, key, mask=q_ok)
+        score = tl.where(rows[:, None] == row[None, :], neg_inf, score)
+
+
+# n_queries and out_stride change with every batch size and k: specialising on them (value 1,
+# divisible by 16) compiled a new kernel for most (batch, k) pairs, ~1-3 s each on the H100 host
+@triton.jit(do_not_specialize=["n_queries", "out_stride"])
+def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride,
+             DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_NORMS: tl.constexpr, IEEE: tl.constexpr):
+    """ip / cosine / squared L2 (2 q.x - |x|^2): x [N, DIM], qt [DIM, B padded] in x's dtype."""
+    tile = tl.program_id(0)
+    qb = tl.program_id(1)
+    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    qs = qb * BLOCK_B + tl.arange(0, BLOCK_B)
+    ds = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    x_ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_x + ds[None, :]
+    q_ptrs = qt_ptr + ds[:, None] * stride_qt + qs[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+    for d0 in tl.range(0, DIM, BLOCK_D, num_stages=NUM_STAGES):
+        if DIM % BLOCK_D == 0:  # no d mask: the loads vectorize
+            x = tl.load(x_ptrs + d0, mask=row_ok[:, None], other=0.0)
+            q = tl.load(q_ptrs + d0 * stride_qt)
+        else:
+            d_ok = (d0 + ds) < DIM
+            x = tl.load(x_ptrs + d0, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            q = tl.load(q_ptrs + d0 * stride_qt, mask=d_ok[:, None], other=0.0)
+        if IEEE:  # fp32 storage: no TF32 rounding
+            acc = tl.dot(x, q, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, q, acc)
+    if HAS_NORMS:
+        norms = tl.load(norms_ptr + rows, mask=row_ok, other=0.0)
+        acc = 2.0 * acc - norms[:, None]
+    _emit_topk(acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
+
+
+@triton.jit(do_not_specialize=["n_queries", "out_stride"])
+def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_stride,
+            DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+            BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HALF: tl.constexpr):
+    """-sum|x - q|: HALF sums fp16 differences over BLOCK_D dims, in fp32 across blocks.
+
+    The difference tile is [BLOCK_D, BLOCK_N, BLOCK_B] with d first: Triton then keeps a
+    thread's d values in its registers and sums them without shuffles (d last, the sum took
+    384 SHFL per loop step on sm_90; d first, none: SASS of ptxas from this triton wheel).
+    """
+    tile = tl.program_id(0)
+    qb = tl.program_id(1)
+    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    qs = qb * BLOCK_B + tl.arange(0, BLOCK_B)
+    ds = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    q_ok = qs < n_queries
+    x_ptrs = x_ptr + rows.to(tl.int64)[None, :] * stride_x + ds[:, None]   # [BLOCK_D, BLOCK_N]
+    q_ptrs = q_ptr + qs[None, :] * stride_q + ds[:, None]                  # [BLOCK_D, BLOCK_B]
+    acc = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+    for d0 in tl.range(0, DIM, BLOCK_D, num_stages=NUM_STAGES):
+        if DIM % BLOCK_D == 0:
+            x = tl.load(x_ptrs + d0, mask=row_ok[None, :], other=0.0)
+            q = tl.load(q_ptrs + d0, mask=q_ok[None, :], other=0.0)
+        else:
+            d_ok = (d0 + ds) < DIM
+            x = tl.load(x_ptrs + d0, mask=d_ok[:, None] & row_ok[None, :], other=0.0)
+            q = tl.load(q_ptrs + d0, mask=d_ok[:, None] & q_ok[None, :], other=0.0)
+        if HALF:  # packed fp16 (HADD2): about twice the fp32 rate
+            diff = tl.abs(x.to(tl.float16)[:, :, None] - q.to(tl.float16)[:, None, :])
+            acc += tl.sum(diff, axis=0).to(tl.float32)
+        else:
+            diff = tl.abs(x.to(tl.float32)[:, :, None] - q.to(tl.float32)[:, None, :])
+            acc += tl.sum(diff, axis=0)
+    _emit_topk(-acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)

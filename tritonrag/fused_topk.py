@@ -1,0 +1,163 @@
+"""Top-k fused with the scoring: Triton-language kernels that read the corpus once.
+
+The cuBLAS path writes a [B, rows] fp32 score block and reads it back for the top-k; at
+batch 32 on an H100 that round trip plus the top-k kernel cost as much as the product
+(perf/README.md). Here each program scores one tile of corpus rows against a block of
+queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps only the
+tile's best k per query: k passes of "max, lowest row of the max, mask it" over the scores
+in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index`` low, the
+keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names its row.
+The tiles' [B, tiles * k] candidates are merged by one `torch.topk` (~k/128 of the scores,
+but at 1M rows still ~0.2 ms on an H100: perf/README.md). Scores never go to memory.
+
+Inputs are torch tensors on one device (a CuPy corpus is shared through DLPack, no copy).
+Imported under `TRITON_INTERPRET=1`, the same kernels run on CPU tensors (the unit tests).
+Tile shapes per (metric, batch block) come from the H100 sweep in `perf/retrieval_bench.py`
+(`--fused-tune`), see `TILES`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
+MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
+MAX_QUERY_BLOCK = 32        # queries per program; more queries: more programs along grid axis 1
+# Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
+# compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
+K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
+
+# (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
+# "dot" covers ip/cosine/l2. For l1 the fifth value > 0 sums |x - q| in fp16 over that many
+# dims and in fp32 across them (0: fp32 throughout); its [block_d, block_n, queries]
+# difference tile lives in registers. The H100 tune's choices (`retrieval_bench.py
+# --fused-tune`, perf/results/2026-11-24_H100_retrieval_s11.json) where it ran; 2, 4, 16:
+# neighbours by register count (offline ptxas), not timed. At batch 8 the fp16 L1 sums were
+# 13 % faster but kept 97.5 % of the top-10 sets, so fp32 sums stay.
+TILES = {
+    ("dot", 16): (128, 128, 4, 3),
+    ("dot", 32): (256, 64, 8, 3),
+    ("l1", 1): (128, 64, 4, 3, 0),
+    ("l1", 2): (256, 16, 4, 3, 0),
+    ("l1", 4): (256, 16, 4, 3, 0),
+    ("l1", 8): (256, 16, 8, 3, 0),
+    ("l1", 16): (128, 16, 8, 3, 0),
+    ("l1", 32): (64, 8, 4, 3, 8),
+}
+
+
+def available(device_type: str) -> bool:
+    """True where the kernels can run as compiled code: triton importable and a CUDA device."""
+    if device_type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """(dot, l1, interpreted): compiled on demand; their module imports triton (optional on CPU).
+
+    Imported with TRITON_INTERPRET=1 (the unit tests), the kernels run on CPU tensors."""
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    from . import fused_kernels
+
+    return fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def query_block(batch: int, metric: str) -> int:
+    """Queries per program: tl.dot needs >= 16 columns; L1 uses the batch's power of two."""
+    b = min(MAX_QUERY_BLOCK, _pow2(batch))
+    return max(16, b) if metric != "l1" else b
+
+
+def tiles_for(metric: str, block_b: int) -> tuple:
+    kind = "l1" if metric == "l1" else "dot"
+    return TILES[(kind, block_b)]
+
+
+def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None):
+    """[B, k] int64 keys (best first) of the top-k corpus rows for each query.
+
+    corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
+    [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
+    """
+    dot_kernel, l1_kernel, interpreted = _kernels()
+    n, dim = corpus.shape
+    batch = queries.shape[0]
+    k = min(int(k), n)
+    if not 0 < k <= MAX_FUSED_K:
+        raise ValueError(f"fused top-k takes 1 <= k <= {MAX_FUSED_K}, got {k}")
+    passes = next(s for s in K_STEPS if s >= k)
+    block_b = query_block(batch, metric)
+    tiles = tiles or tiles_for(metric, block_b)
+    block_n, block_d, warps, stages = tiles[:4]
+    block_n = max(block_n, _pow2(passes))
+    block_d = min(block_d, _pow2(dim))
+    n_tiles = -(-n // block_n)
+    q_blocks = -(-batch // block_b)
+    cands = torch.empty((batch, n_tiles * passes), dtype=torch.int64, device=corpus.device)
+    grid = (n_tiles, q_blocks)
+    extra = {} if interpreted else {"num_warps": warps}
+    if metric == "l1":
+        half = half_l1 if half_l1 is not None else (tiles[4] if len(tiles) > 4 else 0)
+        half = half if corpus.dtype == torch.float16 else 0  # fp16 sums only over an fp16 corpus
+        q = queries.to(torch.float16 if half else torch.float32).contiguous()
+        bd = min(block_d, half) if half else block_d
+        l1_kernel[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0),
+                        DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=bd, NUM_STAGES=stages,
+                        HALF=bool(half), **extra)
+    else:
+        # queries in the corpus type (as the cuBLAS path), transposed and zero-padded to the block
+        qt = torch.zeros((dim, q_blocks * block_b), dtype=corpus.dtype, device=corpus.device)
+        qt[:, :batch] = queries.to(corpus.dtype).T
+        dummy = norms if norms is not None else cands
+        dot_kernel[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0),
+                         DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
+                         HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, **extra)
+    if cands.shape[1] == k:
+        return cands
+    return torch.topk(cands, k, dim=1).values
+
+
+# "auto": where the fused search measured faster on the H100 (perf/results/2026-11-24_H100_
+# retrieval_s11.json, end to end): L1 always (1M rows: 1.07 / 1.57 / 3.28 ms against 2.10 / 2.48
+# / 4.89 at batch 1 / 8 / 32); ip/cosine/l2 from AUTO_MIN_ROWS rows (10M: 3-20 % faster) or
+# past 16 queries (1M, batch 32: equal or 8 % faster), but not for smaller searches (1M, batch
+# 1 and 8: 7-16 % slower, as merging the tiles' candidates costs ~0.2 ms there).
+AUTO_MIN_ROWS = 4_000_000
+AUTO_MIN_BATCH = 17
+KERNELS = ("auto", "fused", "cublas")
+
+
+def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool, rows: int = 0,
+           batch: int = 1) -> bool:
+    """Whether a search runs fused: `kernel` is the `search_kernel` setting (auto/fused/cublas)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"search kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "cublas" or streamed or not 0 < k <= MAX_FUSED_K:
+        return False
+    if kernel == "auto" and metric != "l1" and rows < AUTO_MIN_ROWS and batch < AUTO_MIN_BATCH:
+        return False
+    if device_type == "cpu" and kernel == "fused":  # the interpreter (tests) only
+        try:
+            return _kernels()[2]
+        except ImportError:
+            return False
+    return available(device_type)
+
+
+def search(torch, corpus, queries, k: int, metric: str, norms=None):
+    """(indices, ranking values) as host arrays, [B, k] best first (values "larger is better")."""
+    from .torch_search import decode_score_keys
+
+    keys = topk_keys(torch, corpus, queries, k, metric, norms)
+    return decode_score_keys(keys.cpu().numpy())
