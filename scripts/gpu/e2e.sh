@@ -34,6 +34,14 @@ $PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models ${M
   --concurrency $CONC --top-k 3 --max-tokens 128 --max-trials 3 --timeout 120 \
   --results $OUT --tag ${TAG:-h100-e2e-dummy-prod} 2>&1 | grep -v "^\s*$" | tail -40
 echo "sweeps done at +$(( $(date +%s) - t0 )) s"
+# arrival patterns (issue 4): rag_ensemble at fixed request rates, constant / Poisson / bursty
+if [ -n "${RATES:-}" ]; then
+  $PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models rag_ensemble \
+    --request-rate $RATES --distribution constant poisson bursty --burst 16 --request-count ${RATE_COUNT:-256} \
+    --top-k 3 --max-tokens 128 --max-trials 3 --timeout 90 \
+    --results $OUT --tag ${TAG:-h100-e2e-dummy-prod}-rate 2>&1 | grep -v "^\s*$" | tail -12
+  echo "rates done at +$(( $(date +%s) - t0 )) s"
+fi
 # generation alone, streamed from the engine's model (perf_analyzer --streaming: the latency
 # is the whole answer's, 128 forced tokens), with prompts of the sweep's size (3 passages)
 $PY - <<'PY'
