@@ -55,11 +55,13 @@ for c in ${STREAM_CONC:-32 64 128}; do
   echo "generator_stream streaming c=$c"
   timeout 120 $PERF_ANALYZER -m generator_stream -i grpc --streaming -u 127.0.0.1:8001 --input-data /tmp/generator_stream.json \
     --concurrency-range $c:$c --measurement-mode count_windows --measurement-request-count $((c * 2)) --max-trials 3 \
-    --stability-percentage 999 -f $OUT/generator_stream_c$c.csv 2>&1 | grep -iE "throughput|avg latency|p50|p90|p99|error|fail" | head -8
+    --stability-percentage 999 -f /tmp/generator_stream_c$c.csv 2>&1 | grep -iE "throughput|avg latency|p50|p90|p99|error|fail" | head -8
 done
 curl -s localhost:8002/metrics | grep -E "^tritonrag_generator|^nv_gpu_memory_used" | head
 tail -5 /tmp/serve.log
 grep -hE "Fatal Python|Segmentation|not healthy|Traceback|Thread 0x|File \"" /tmp/serve.log $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log 2>/dev/null | cut -c1-300 | head -40
-cp $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log $OUT/e2e_tritonserver.log 2>/dev/null
+# the log comes back only when something crashed (the device returns at most 8 files)
+grep -qE "Fatal Python|not healthy" /tmp/serve.log $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log 2>/dev/null &&
+  cp $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log $OUT/e2e_tritonserver.log
 grep -nE 'generator_0|unhealthy|Traceback|Error|what\\(\\)' $TRITONRAG_CACHE_DIR/run/8000/tritonserver.log | cut -c1-400 | head -40
 kill $SERVE; wait $SERVE
