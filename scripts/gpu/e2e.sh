@@ -15,7 +15,7 @@ source scripts/gpu/stub_env.sh
 rm -f /tmp/stubsite/cupy* /tmp/stubsite/fastrlock*   # CuPy 14 there needs NumPy 2: the retriever uses torch
 PY=$(command -v python3)
 export PATH=$(echo "$PATH" | tr ':' '\n' | grep -v -e '\.venv' | paste -sd:)
-export TRITONRAG_CACHE_DIR=$PWD/.gpu-pack/cache PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+export TRITONRAG_CACHE_DIR=$PWD/.gpu-pack/cache PYTHONPATH=$PWD:$PWD/client:$PYTHONPATH PYTHONUNBUFFERED=1
 OUT=${OUT:-perf/results}
 EMB=dummy:multilingual-e5-large-instruct
 GEN=dummy:qwen2.5-1.5b-instruct
@@ -23,7 +23,7 @@ t0=$(date +%s)
 $PY perf/synthetic_index.py --out /tmp/idx1m --count ${COUNT:-1000000} --dim 1024 --embedder $EMB || exit 1
 echo "index built at +$(( $(date +%s) - t0 )) s"
 $PY -m tritonrag serve --embedder $EMB --generator $GEN --index /tmp/idx1m \
-  --param retriever.fusion=dense --param generator_stream.ignore_eos=true \
+  --param retriever.fusion=dense --param generator_stream.ignore_eos=true ${EXTRA_PARAMS:-} \
   --max-queue embedder=4096 --max-queue retriever=4096 --max-queue generator=4096 \
   --no-supervise --http-port 8000 --grpc-port 8001 --metrics-port 8002 > /tmp/serve.log 2>&1 &
 SERVE=$!
@@ -51,7 +51,7 @@ data = [{"question": [f"What does passage {i} say about the topic?"], "passages"
          "max_tokens": [128], "stream": [True]} for i in range(64)]
 json.dump({"data": data}, open("/tmp/generator_stream.json", "w"))
 PY
-for c in ${STREAM_CONC:-32 64 128}; do
+for c in ${STREAM_CONC-32 64 128}; do
   echo "generator_stream streaming c=$c"
   timeout 120 $PERF_ANALYZER -m generator_stream -i grpc --streaming -u 127.0.0.1:8001 --input-data /tmp/generator_stream.json \
     --concurrency-range $c:$c --measurement-mode count_windows --measurement-request-count $((c * 2)) --max-trials 3 \
