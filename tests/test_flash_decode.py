@@ -154,7 +154,11 @@ def test_engine_triton_path_gives_the_sdpa_paths_greedy_tokens():
     from tritonrag import model_sources
     from tritonrag.engine import ContinuousBatcher, DecodeEngine, Sequence
 
-    model = AutoModelForCausalLM.from_pretrained(model_sources.resolve(model_sources.DEFAULT_GENERATOR),
+    try:
+        path = model_sources.resolve(model_sources.DEFAULT_GENERATOR)
+    except FileNotFoundError as exc:   # a GPU host without the model packages
+        pytest.skip(str(exc))
+    model = AutoModelForCausalLM.from_pretrained(path,
                                                  dtype=torch.float32).eval().to(DEVICE)
     model.model.layers = model.model.layers[:6]      # the interpreter runs every program in Python
     model.config.num_hidden_layers = 6

@@ -62,7 +62,7 @@ def test_bad_storage_dtype_is_refused():
 
 
 def test_search_kernel_setting():
-    assert RetrieverSettings.from_config({"parameters": {}}).search_kernel == "auto"
+    assert RetrieverSettings.from_config({"parameters": {}}).search_kernel == "cublas"
     fused = RetrieverSettings.from_config({"parameters": {"search_kernel": {"string_value": "fused"}}})
     assert fused.search_kernel == "fused"
     with pytest.raises(ValueError, match="search_kernel"):

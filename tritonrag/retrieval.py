@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class RetrieverSettings:
     storage_dtype: str = "float16"
     gpu_memory_budget_mb: int = 0      # 0: 80 % of the GPU's free memory
-    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k (auto: where it measured faster)
+    search_kernel: str = "cublas"      # GPU, k <= 64: "auto"/"fused" = fused Triton score+top-k (config.pbtxt says why not by default)
     hybrid: HybridConfig = HybridConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
