@@ -26,6 +26,7 @@ import asyncio
 import csv
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -230,8 +231,12 @@ def run_point(binary: str, env: dict, model: str, url: str, protocol: str, data_
     level = concurrency if rate is None else rate
     csv_path = tmp / f"{model}_{protocol}_{distribution}_{level}.csv"
     count = args.request_count or (max(16, 2 * concurrency) if rate is None else max(16, int(rate * 10)))
+    # perf_analyzer's rate mode sends synchronous calls, one per thread: a rate needs
+    # rate x latency threads, or it silently caps (on the H100, 64 threads held
+    # rag_ensemble at 73 requests/s for asked rates of 120 and 180 at ~0.9 s latency)
+    threads = args.max_threads if rate is None else max(args.max_threads, math.ceil(rate * args.rate_latency_s))
     command = perf_command(binary, model, url, protocol, concurrency, data_path, csv_path, count, args.max_trials,
-                           rate, distribution, args.max_threads, streaming)
+                           rate, distribution, threads, streaming)
     row = {"model": model, "protocol": protocol, "distribution": "closed" if rate is None else distribution,
            "command": " ".join(command)}
     before = stats.snapshot(url, protocol)
@@ -436,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-count", type=int, default=0,
                         help="requests per window (default max(16, 2 x concurrency) or 10 s of arrivals)")
     parser.add_argument("--max-trials", type=int, default=3)
-    parser.add_argument("--max-threads", type=int, default=64, help="perf_analyzer's threads in rate mode")
+    parser.add_argument("--max-threads", type=int, default=64, help="perf_analyzer's threads in rate mode (at least)")
+    parser.add_argument("--rate-latency-s", type=float, default=2.0,
+                        help="latency to provision threads for in rate mode: threads >= rate x this")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per point")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="extra words for the result file names")
