@@ -26,7 +26,7 @@ class TritonPythonModel:
         self.embedder = Embedder(model_param(config, "embedder_model", DEFAULT_EMBEDDER), device=device,
                                  max_length=model_param(config, "max_length", 256))
         # a GPU instance leaves EMBEDDING in GPU memory (DLPack): no host round trip before the retriever
-        on_gpu = device != "cpu" and model_param(config, "output_on_gpu", True)
+        on_gpu = device != "cpu" and model_param(config, "output_on_gpu", False)
         self.embed = self.embedder.embed_queries_on_device if on_gpu else self.embedder.embed_queries
 
     def execute(self, requests):
