@@ -47,11 +47,12 @@ class EngineSettings:
     attention: str = "auto"         # decode step: "triton" kernels on CUDA (auto), "sdpa" (the CPU's)
     overlap_steps: bool = True      # CUDA: launch step n+1 before reading step n's ids (greedy batches)
     ignore_eos: bool = False        # every answer runs to its max_tokens (capacity benchmarks)
-    max_waiting: int = 256          # requests waiting for a slot before new ones are refused
+    max_waiting: int = 0            # requests waiting for a slot before new ones are refused (0: max_running)
 
     @classmethod
     def from_config(cls, config: dict, device: str) -> "EngineSettings":
-        """From a model's `config.pbtxt` parameters; max_running 0 means 8 on a CPU, 256 on a GPU."""
+        """From a model's `config.pbtxt` parameters; max_running 0 means 8 on a CPU, 256 on a GPU,
+        max_waiting 0 as many as max_running (a second batch's worth)."""
         from .params import model_param
 
         defaults = cls()
@@ -60,6 +61,8 @@ class EngineSettings:
         values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)
         if values["max_running"] <= 0:
             values["max_running"] = 256 if device.startswith("cuda") else 8
+        if values["max_waiting"] <= 0:
+            values["max_waiting"] = values["max_running"]
         return cls(**values)
 
 
@@ -112,11 +115,12 @@ class Generator:
 
     def submit(self, request: GenerationRequest,
                on_text: Callable[[str, bool, EngineSequence], None] | None = None,
-               stream: bool = True) -> EngineSequence:
+               stream: bool = True, bounded: bool = True) -> EngineSequence:
         """Start one request; `on_text(piece, finished, seq)` is called from the engine thread
         with each new piece of answer text (the last call has finished=True). With
         `stream` false and no stop strings it is called once, at the end, with no piece
-        (read the answer with `answer(seq)`): no text is decoded per token."""
+        (read the answer with `answer(seq)`): no text is decoded per token. `bounded`: refuse
+        it (OverloadedError) when `max_waiting` requests already wait."""
         text = IncrementalText(self.tokenizer, request.stop, self.eos_ids)
         pieces = stream or bool(text.stop)
 
@@ -137,8 +141,11 @@ class Generator:
                              stop_ids=frozenset() if self.settings.ignore_eos else frozenset(self.eos_ids),
                              on_token=on_token)
         seq.text = text
-        if len(self.batcher.waiting) >= self.settings.max_waiting:
-            raise OverloadedError(f"the generator already has {self.settings.max_waiting} requests waiting")
+        limit = self.settings.max_waiting or self.settings.max_running
+        if bounded and len(self.batcher.waiting) >= limit:
+            # worded as Triton's own full-queue rejection, which clients and load tests look for
+            raise OverloadedError(f"Exceeds maximum queue size: {limit} requests already "
+                                  "wait for the generator's engine")
         try:
             return self.batcher.submit(seq)
         except SequenceError as exc:
@@ -146,7 +153,7 @@ class Generator:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """Answers, one per request, in order (greedy unless a request asks for sampling)."""
-        seqs = [self.submit(r, stream=False) for r in requests]
+        seqs = [self.submit(r, stream=False, bounded=False) for r in requests]   # the caller waits for all
         for seq in seqs:
             seq.done.wait()
         for seq in seqs:

@@ -240,6 +240,10 @@ class TritonServer:
             "generator": {"generator_model": s.generator},
             "generator_stream": {"generator_model": s.generator},
         }
+        if "generator" in s.max_queue:
+            # the forwarder answers later and never fills its own Triton queue: the requests
+            # wait in the engine, so its queue bound is the engine's
+            overrides["generator_stream"]["max_waiting"] = str(s.max_queue["generator"])
         for model, params in s.extra_parameters.items():
             overrides.setdefault(model, {}).update(params)
         repository = render_repository(self.run_dir / "model_repository", overrides,
