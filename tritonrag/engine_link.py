@@ -34,13 +34,14 @@ Reply = Callable[[tuple], None]
 
 
 def _hang_up(conn) -> None:
-    """Close a connection that another thread may be blocked reading: shut the socket
-    down first, or the reader never wakes (close alone keeps the kernel socket open)."""
+    """Shut down a connection that another thread is blocked reading: that thread wakes
+    (EOF) and closes it. Closing here instead would race its close (the same fd twice,
+    or a number already reused), and close alone never wakes a blocked reader."""
     try:
-        socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
+        with socket.socket(fileno=os.dup(conn.fileno())) as view:
+            view.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    conn.close()
 
 
 def socket_dir() -> str:
@@ -131,13 +132,17 @@ class EngineServer:
                 for handle in orphans:
                     self._cancel(handle)
             self._conns.discard(conn)
-            conn.close()
+            try:
+                conn.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Stop listening and hang up on every forwarder (their rows fail at once)."""
         self._closed = True
         try:
-            socket.socket(fileno=os.dup(self._listener._listener._socket.fileno())).shutdown(socket.SHUT_RDWR)
+            with socket.socket(fileno=os.dup(self._listener._listener._socket.fileno())) as view:
+                view.shutdown(socket.SHUT_RDWR)
         except (OSError, AttributeError):
             pass
         self._listener.close()
@@ -235,6 +240,10 @@ class _Link:
             self.broken = True
             orphans = list(self._pending.items())
             self._pending.clear()
+        try:
+            self._conn.close()            # this thread owns the close (see _hang_up)
+        except OSError:
+            pass
         for rid, on_done in orphans:
             on_done(("error", rid, "UNAVAILABLE", "the decode engine went away"))
 
