@@ -140,12 +140,10 @@ def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callabl
     return _write_index(path, vectors, passages, embedder, metric)
 
 
-def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
-                 embedder: str, batch_size: int = 64, progress: bool = True) -> dict:
-    """Append `passages` to the index at `path`, embedding only them; atomic like build_index.
-
-    The existing vectors are copied, not recomputed. A crash leaves the index as it was.
-    """
+def _new_rows(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+              embedder: str, batch_size: int, progress: bool):
+    """The index as it is and the embeddings of `passages`, checked to be addable to it
+    (new unique ids, the index's dimension): the common start of both ways of adding."""
     current = load_index(path, embedder=embedder)
     if not passages:
         raise ValueError("no passages to add")
@@ -156,6 +154,16 @@ def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callab
     added = _embed(passages, embed_passages, batch_size, progress)
     if added.shape[1] != current.vectors.shape[1]:
         raise IndexMismatchError(f"new vectors have dimension {added.shape[1]}, the index {current.vectors.shape[1]}")
+    return current, added
+
+
+def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+                 embedder: str, batch_size: int = 64, progress: bool = True) -> dict:
+    """Append `passages` to the index at `path`, embedding only them; atomic like build_index.
+
+    The existing vectors are copied, not recomputed. A crash leaves the index as it was.
+    """
+    current, added = _new_rows(path, passages, embed_passages, embedder, batch_size, progress)
     vectors = [current.vectors, added]  # the old rows are copied from the memory map, a slice at a time
     # BM25: the stored counts get the new documents appended (old passages are not re-tokenized)
     lexical = load_lexical(path, current.passages, None)
@@ -193,16 +201,7 @@ def append_to_index(path: Path, passages: Sequence[Passage], embed_passages: Cal
     next append); earlier BM25 folders are removed after it.
     """
     path = Path(path)
-    current = load_index(path, embedder=embedder)
-    if not passages:
-        raise ValueError("no passages to add")
-    taken = {p.id for p in current.passages}
-    clashes = sorted({p.id for p in passages} & taken)
-    if clashes or len({p.id for p in passages}) != len(passages):
-        raise ValueError(f"passage ids must be new and unique; already in the index or repeated: {clashes[:5]}")
-    added = _embed(passages, embed_passages, batch_size, progress)
-    if added.shape[1] != current.manifest["dimension"]:
-        raise IndexMismatchError(f"new vectors have dimension {added.shape[1]}, the index {current.manifest['dimension']}")
+    current, added = _new_rows(path, passages, embed_passages, embedder, batch_size, progress)
     lexical = load_lexical(path, current.passages, None)
     lexical.add(p.embedding_text() for p in passages)
     manifest = json.loads(json.dumps(current.manifest))
