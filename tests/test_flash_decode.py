@@ -128,7 +128,8 @@ def test_plan_splits_fills_the_gpu_and_keeps_whole_blocks(kernel):
 
 
 @needs_kernel
-def test_prefill_rope_store_rotates_q_and_k_in_place_and_fills_the_cache_rows():
+@pytest.mark.parametrize("block_tokens", [16, 4])   # one program with 6 masked tokens; 3 programs, the last ragged
+def test_prefill_rope_store_rotates_q_and_k_in_place_and_fills_the_cache_rows(block_tokens):
     from tritonrag.engine import triton_ops
 
     torch.manual_seed(3)
@@ -141,7 +142,7 @@ def test_prefill_rope_store_rotates_q_and_k_in_place_and_fills_the_cache_rows():
     rotated = torch.cat((-qkv[..., dim // 2:], qkv[..., :dim // 2]), -1)
     expected = qkv * cos[pos][:, None] + rotated * sin[pos][:, None]
     expected[:, heads + kv_heads:] = qkv[:, heads + kv_heads:]                      # v heads unchanged
-    triton_ops.rope_store(qkv, cache, slots, width, cos, signed, heads)
+    triton_ops.rope_store(qkv, cache, slots, width, cos, signed, heads, block_tokens=block_tokens)
     torch.testing.assert_close(qkv, expected, atol=1e-5, rtol=1e-5)
     kv = expected[:, heads:].view(n, width, 2 * kv_heads, dim).transpose(1, 2)
     torch.testing.assert_close(cache[3, :, :width], kv[0])

@@ -131,12 +131,19 @@ class DecodeEngine:
 
         w = self.w
         n, width = len(prompts), max(len(p) for p in prompts)
-        tokens = torch.zeros((n, width), dtype=torch.long)
+        # one host buffer, one copy: the prompts (right-padded), their cache rows, their last positions
+        host = torch.zeros((n + 2, max(width, n)), dtype=torch.long)
         for i, p in enumerate(prompts):
-            tokens[i, :len(p)] = torch.tensor(p)    # right-padded: causal attention never sees the pads
-        tokens = tokens.to(self.device)
-        row_index = torch.tensor(list(rows), device=self.device)
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+            host[i, :len(p)] = torch.tensor(p)    # right-padded: causal attention never sees the pads
+        host[n, :n] = torch.tensor(list(rows))
+        host[n + 1, :n] = torch.tensor([len(p) - 1 for p in prompts])
+        if self.device.type == "cuda":
+            # pinned + non-blocking: the copy queues behind a decode step still running instead
+            # of making the host wait for it (the scheduler launches a prefill before reading
+            # the step in flight)
+            host = host.pin_memory()
+        host = host.to(self.device, non_blocking=True)
+        tokens, row_index, last = host[:n, :width], host[n, :n], host[n + 1, :n]
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         fused = self.attention == "triton"     # the decode step's Triton norm and silu*up kernels
         if not fused:   # the decode step's per-layer parts over all n * width tokens as rows
@@ -147,6 +154,7 @@ class DecodeEngine:
         with torch.inference_mode():
             x = F.embedding(tokens, w.embed).view(n * width, -1)
             y = None
+            final = len(w.layers) - 1
             for index, layer in enumerate(w.layers):
                 if fused:   # rope in place and the K/V store in one kernel
                     qkv = F.linear(add_rms_norm(x, y, layer.input_norm, w.eps), layer.qkv, layer.qkv_bias)
@@ -162,15 +170,18 @@ class DecodeEngine:
                 att = F.scaled_dot_product_attention(q, kv[:, :kv_heads], kv[:, kv_heads:], is_causal=True,
                                                      scale=self.scale, enable_gqa=True)
                 att = att.transpose(1, 2).reshape(n * width, -1)
+                if index == final:
+                    # only each prompt's last position reaches the logits: the last layer's output
+                    # projection and MLP over n rows instead of n * width (~3 % of a prefill)
+                    picked = torch.arange(n, device=self.device) * width + last
+                    att, x = att[picked], x[picked]
                 if fused:
                     h = add_rms_norm(x, F.linear(att, layer.o), layer.post_norm, w.eps)
                     y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
                 else:
                     x = self._mlp_part(x, att, layer.o, layer.post_norm, layer.gate_up, layer.down)
-            ar = torch.arange(n, device=self.device)
-            x = x.view(n, width, -1)[ar, last]
             if fused:
-                return F.linear(add_rms_norm(x, y.view(n, width, -1)[ar, last], w.final_norm, w.eps), w.lm_head)
+                return F.linear(add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
             return F.linear(self._norm(x, w.final_norm), w.lm_head)
 
     # -- decode step --------------------------------------------------------------

@@ -11,7 +11,8 @@ burst of arrivals delays the running batch by a bounded amount).
 With `overlap` (the default when the engine runs on CUDA) greedy decode steps are
 pipelined: step n+1 is launched, its tokens taken from step n's ids still on the
 device, before the host reads step n's ids and runs the callbacks, so the GPU does
-not wait for the Python side between steps. A sequence that ended at step n (an end
+not wait for the Python side between steps. A prefill is likewise queued behind the
+step in flight before the host reads that step. A sequence that ended at step n (an end
 token) has had one step n+1 computed for it, which is dropped. Any running sequence
 that samples (temperature > 0) makes the steps synchronous again.
 """
@@ -135,8 +136,9 @@ class ContinuousBatcher:
             self._retire_requested()
             admitted = self._admit()
             if admitted:
-                self._flush()
-                self._prefill(admitted)
+                prefilled = self._launch_prefill(admitted)
+                self._flush()           # read step n while the GPU runs the prefill queued behind it
+                self._emit(*prefilled)
             if self.running and self.overlap and not any(s.temperature > 0 for s in self.running.values()):
                 launched = self._launch()
                 self._flush()                   # read step n while the GPU runs step n+1
@@ -180,11 +182,12 @@ class ContinuousBatcher:
                 admitted.append(seq)
         return admitted
 
-    def _prefill(self, admitted: list[Sequence]) -> None:
+    def _launch_prefill(self, admitted: list[Sequence]):
+        """Enqueue the prefill of the admitted prompts; `_emit(*result)` reads their first tokens."""
         # similar lengths together: less padding in each prefill call
         admitted = sorted(admitted, key=lambda s: len(s.prompt_ids))
         logits = self.engine.prefill([s.slot for s in admitted], [s.prompt_ids for s in admitted])
-        self._emit(admitted, list(range(len(admitted))), logits, logits.argmax(-1))
+        return admitted, list(range(len(admitted))), logits, logits.argmax(-1)
 
     def _decode(self) -> None:
         rows = self.engine.cache.used_rows(set(self.running))

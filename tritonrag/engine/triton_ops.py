@@ -46,36 +46,40 @@ if triton is not None:
 
 if triton is not None:
     @triton.jit
-    def _rope_store_kernel(qkv_ptr, kv_ptr, slot_ptr, cos_ptr, sin_ptr, width, s_xt, s_xh, s_cb, s_ch, s_cl, s_rl,
-                           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr):
-        t = tl.program_id(0)
+    def _rope_store_kernel(qkv_ptr, kv_ptr, slot_ptr, cos_ptr, sin_ptr, tokens, width, s_xt, s_xh, s_cb, s_ch, s_cl,
+                           s_rl, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                           BLOCK_T: tl.constexpr):
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         head = tl.program_id(1)
-        pos = t % width
-        offs = tl.arange(0, D)
-        row = qkv_ptr + t * s_xt + head * s_xh
-        x = tl.load(row + offs)
+        ok = (t < tokens)[:, None]
+        pos = (t % width)[:, None]
+        offs = tl.arange(0, D)[None, :]
+        rows = qkv_ptr + t[:, None] * s_xt + head * s_xh
+        x = tl.load(rows + offs, mask=ok)
         if head < HEADS + KV_HEADS:     # q and k heads: rotate in place
-            swapped = tl.load(row + (offs + D // 2) % D).to(tl.float32)
-            cos = tl.load(cos_ptr + pos * s_rl + offs).to(tl.float32)
-            sin = tl.load(sin_ptr + pos * s_rl + offs).to(tl.float32)
+            swapped = tl.load(rows + (offs + D // 2) % D, mask=ok).to(tl.float32)
+            cos = tl.load(cos_ptr + pos * s_rl + offs, mask=ok).to(tl.float32)
+            sin = tl.load(sin_ptr + pos * s_rl + offs, mask=ok).to(tl.float32)
             x = (x.to(tl.float32) * cos + swapped * sin).to(qkv_ptr.dtype.element_ty)
             tl.debug_barrier()          # every lane has read its partner before any writes
-            tl.store(row + offs, x)
+            tl.store(rows + offs, x, mask=ok)
         if head >= HEADS:               # k and v heads: into the cache row of this prompt
-            slot = tl.load(slot_ptr + t // width)
+            slot = tl.load(slot_ptr + t // width, mask=t < tokens)[:, None]
             tl.store(kv_ptr + slot * s_cb + (head - HEADS) * s_ch + pos * s_cl + offs,
-                     x.to(kv_ptr.dtype.element_ty))
+                     x.to(kv_ptr.dtype.element_ty), mask=ok)
 
 
-def rope_store(qkv, cache, slots, width: int, cos, sin, heads: int):
+def rope_store(qkv, cache, slots, width: int, cos, sin, heads: int, block_tokens: int = 16):
     """Prefill: rotate the q and k heads of `qkv` `[n * width, heads + 2 * kv_heads, D]` in place
     (token t at position t % width) and write k and v into `cache` `[slots, 2 * kv_heads, max_len, D]`
-    at row `slots[t // width]`. `sin` is signed as in `flash_decode.decode_attention`."""
+    at row `slots[t // width]`. `sin` is signed as in `flash_decode.decode_attention`.
+    A program takes `block_tokens` tokens of one head: one token per program (one warp each)
+    took 80 us per layer for 32 x 256 tokens on the H100, ~6 % of the prefill."""
     tokens, all_heads, dim = qkv.shape
     kv_heads = (all_heads - heads) // 2
-    _rope_store_kernel[(tokens, all_heads)](qkv, cache, slots, cos, sin, width, qkv.stride(0), qkv.stride(1),
-                                            cache.stride(0), cache.stride(1), cache.stride(2), cos.stride(0),
-                                            HEADS=heads, KV_HEADS=kv_heads, D=dim, num_warps=1)
+    _rope_store_kernel[(triton.cdiv(tokens, block_tokens), all_heads)](
+        qkv, cache, slots, cos, sin, tokens, width, qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1),
+        cache.stride(2), cos.stride(0), HEADS=heads, KV_HEADS=kv_heads, D=dim, BLOCK_T=block_tokens, num_warps=4)
 
 
 def add_rms_norm(x, y, weight, eps: float):
