@@ -44,3 +44,16 @@ def test_on_device_embeddings_equal_the_host_ones(embedder):
     assert isinstance(on_device, torch.Tensor) and on_device.device == embedder.device
     assert on_device.dtype == torch.float32 and tuple(on_device.shape) == (2, 384)
     np.testing.assert_allclose(on_device.numpy(), embedder.embed_queries(texts), atol=1e-6)
+
+
+def test_warm_up_encodes_every_batch_size_and_changes_no_embedding(embedder):
+    before = embedder.embed_queries(["Where is the Eiffel Tower?"])
+    seen = []
+    encode = embedder._encode
+    embedder._encode = lambda texts, **kw: seen.append(len(texts)) or encode(texts, **kw)
+    try:
+        seconds = embedder.warm_up(batch_sizes=(1, 3), words=(2, 40))
+    finally:
+        embedder._encode = encode
+    assert seen == [1, 1, 3, 3] and seconds > 0
+    np.testing.assert_array_equal(embedder.embed_queries(["Where is the Eiffel Tower?"]), before)

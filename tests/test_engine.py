@@ -68,6 +68,16 @@ def test_greedy_tokens_equal_transformers_generate_alone_and_in_a_mixed_batch(en
     assert any(len(t) < 12 and t[-1] in eos for t in expected)   # one stopped at its end token
 
 
+def test_prefill_warm_up_leaves_no_trace_in_later_answers(engine, hf_model, prompts, tokenizer):
+    """The load-time warm-up prefills dummy prompts into free cache rows (done on CUDA only)."""
+    eos = [tokenizer.eos_token_id]
+    engine.warm_prefill()
+    assert engine.prefill_warmup_s > 0
+    seqs = [Sequence(p, 6, stop_ids=frozenset(eos)) for p in prompts]
+    run(engine, seqs)
+    assert [s.tokens for s in seqs] == [hf_greedy(hf_model, p, 6, eos) for p in prompts]
+
+
 def test_a_short_request_joins_the_running_batch_and_leaves_before_the_long_one(engine, prompts):
     batcher = ContinuousBatcher(engine)
     finished = []

@@ -25,6 +25,8 @@ class TritonPythonModel:
         device = instance_device(args)
         self.embedder = Embedder(model_param(config, "embedder_model", DEFAULT_EMBEDDER), device=device,
                                  max_length=model_param(config, "max_length", 256))
+        if device != "cpu" and model_param(config, "warm_up", True):
+            pb_utils.Logger.log_info(f"embedder: warmed up in {self.embedder.warm_up():.1f} s")
         # a GPU instance leaves EMBEDDING in GPU memory (DLPack): no host round trip before the retriever
         on_gpu = device != "cpu" and model_param(config, "output_on_gpu", False)
         self.embed = self.embedder.embed_queries_on_device if on_gpu else self.embedder.embed_queries
