@@ -130,7 +130,8 @@ def parameters_for(variant: str) -> dict[str, dict[str, str]]:
     return {}
 
 
-def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str], load: Load) -> dict[str, dict]:
+def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str], load: Load,
+               protocol: str = "http") -> dict[str, dict]:
     """The Triton variants, grouped by rendered repository (bls shares batching-on's server)."""
     from tritonrag.launcher import ServerSettings, TritonServer
 
@@ -153,22 +154,27 @@ def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str],
             ready_s = time.perf_counter() - started
             for variant in members:
                 model = "rag_bls" if variant == "bls" else "rag_ensemble"
-                before = stats.snapshot(server.http_url, "http")
-                result = measure(_triton_send(server.http_url, model, load), questions, load)
-                result["stages"] = stats.breakdown(before, stats.snapshot(server.http_url, "http"))
-                result.update(model=model, scheduling=settings.scheduling, server_ready_s=ready_s)
+                url = server.http_url if protocol == "http" else server.grpc_url
+                before = stats.snapshot(url, protocol)
+                result = measure(_triton_send(url, model, load, protocol), questions, load)
+                result["stages"] = stats.breakdown(before, stats.snapshot(url, protocol))
+                result.update(model=model, protocol=protocol, scheduling=settings.scheduling, server_ready_s=ready_s)
                 results[variant] = result
                 print(f"{variant:>14}: {_line(result)}", flush=True)
     return results
 
 
-def _triton_send(url: str, model: str, load: Load):
-    """(send, close) over Triton's HTTP endpoint; the client opens inside the loop that uses it.
+def _triton_send(url: str, model: str, load: Load, protocol: str = "http"):
+    """(send, close) over Triton's HTTP (or gRPC) endpoint; the client opens inside the loop that uses it.
 
     tritonclient's aio HTTP client is made here rather than through AsyncRagClient: its
     connection timeout (default 60 s) bounds a whole request, shorter than a CPU batch of 32.
+    gRPC is for hosts whose tritonclient has no HTTP support (it needs gevent: the GPU host's).
     """
-    import tritonclient.http.aio as module
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    else:
+        import tritonclient.http.aio as module
 
     from tritonrag_client.protocol import ASK_OUTPUTS, build_inputs, parse_answer, requested_outputs
 
@@ -176,10 +182,12 @@ def _triton_send(url: str, model: str, load: Load):
 
     async def send(question: str):
         if "client" not in holder:
-            holder["client"] = module.InferenceServerClient(url, conn_limit=max(100, 2 * load.concurrency),
-                                                            conn_timeout=load.max_seconds)
+            holder["client"] = module.InferenceServerClient(url) if protocol == "grpc" else \
+                module.InferenceServerClient(url, conn_limit=max(100, 2 * load.concurrency),
+                                             conn_timeout=load.max_seconds)
+        timeout = {"client_timeout": load.max_seconds} if protocol == "grpc" else {}
         result = await holder["client"].infer(model, build_inputs(module, question, load.top_k, load.max_tokens),
-                                              outputs=requested_outputs(module, ASK_OUTPUTS))
+                                              outputs=requested_outputs(module, ASK_OUTPUTS), **timeout)
         parse_answer(result)
 
     async def close():
@@ -308,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", default="auto", choices=["auto", "squad", "synthetic"])
     parser.add_argument("--results", type=Path, default=ROOT / "perf" / "results")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--protocol", default="http", choices=["http", "grpc"],
+                        help="client protocol for the Triton variants (the baseline is HTTP/JSON)")
     args = parser.parse_args(argv)
     load = Load(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Load)})
     questions = load_questions(args.questions, max(200, load.requests + load.warmup))
@@ -321,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     index = ensure_index(kwargs.get("corpus", ["pydoc"]), embedder)
     kwargs["index"] = index
     load_before = os.getloadavg()
-    results = run_triton([v for v in args.variants if v != "baseline"], kwargs, questions, load)
+    results = run_triton([v for v in args.variants if v != "baseline"], kwargs, questions, load, args.protocol)
     if "baseline" in args.variants:
         results["baseline"] = run_baseline(index, embedder, generator, questions, load)
     ordered = {v: results[v] for v in args.variants if v in results}
