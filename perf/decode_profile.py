@@ -4,6 +4,9 @@ decode-step variants and prefill timings, on one GPU with the dummy Qwen2.5-1.5B
   python perf/decode_profile.py --out perf/results            # ~3 min on an H100
 
 Sections (each written to the JSON as soon as it is measured, so a cut-off run keeps them):
+  skinny     the skinny Triton GEMM (swap AB, split-K) against F.linear per projection and M = 32..256,
+             every candidate configuration timed (not in the default sections: ~2.5 min;
+             `--sections skinny --tag skinny-gemm`)
   gemm       every per-layer projection at M = 32..256, row-major ([N, K], cuBLAS "TN") and
              column-major weights, cuBLAS and cuBLASLt: us per call and GB/s of weights read
              (28 distinct weight copies per shape, so the 50 MB L2 does not serve them)
@@ -30,26 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def graph_time_us(fn, reps: int = 10) -> float:
-    """Mean time of `fn` (a batch of GPU work) captured once in a CUDA graph and replayed."""
-    import torch
+    """Mean time of `fn` captured once in a CUDA graph and replayed (skinny_gemm.graph_time_us)."""
+    from tritonrag.engine.skinny_gemm import graph_time_us as timed
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps * 1000
+    return timed(fn, reps)
 
 
 def gemm_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=28):
@@ -73,6 +60,63 @@ def gemm_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=
             del ws
         del weights
     torch.backends.cuda.preferred_blas_library("cublas")
+    return rows
+
+
+def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=28, vocab=151936,
+                   ms=(32, 64, 128, 256), budget_s=150.0, only=None):
+    """The skinny Triton GEMM (`tritonrag.engine.skinny_gemm`) against F.linear (cuBLAS) per decode
+    projection and M: every candidate configuration timed in a CUDA graph over 28 distinct weight
+    copies (one for the 467 MB lm_head), checked against F.linear, the best kept per (shape, M)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tritonrag.engine.skinny_gemm import candidates, default_config, graph_time_us, skinny_linear
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = {"gate_up": (2 * inter, hidden, False), "down": (hidden, inter, False),
+              "lm_head": (vocab, hidden, False), "qkv": ((heads + 2 * kv_heads) * dim, hidden, True),
+              "o": (hidden, heads * dim, False)}
+    start = time.perf_counter()
+    rows = []
+    for name, (n, k, has_bias) in shapes.items():
+        if only and name not in only:
+            continue
+        copies = 1 if name == "lm_head" else layers
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+        biases = [torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None for _ in range(copies)]
+        pairs = list(zip(weights, biases))
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = F.linear(x, weights[0], biases[0]).float()
+            cublas = graph_time_us(lambda: [F.linear(x, w, b) for w, b in pairs]) / copies
+            heuristic = default_config(m, n, k, sms)
+            configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic]
+            tried = []
+            for config in configs:
+                if time.perf_counter() - start > budget_s and tried:
+                    break
+                try:
+                    err = float((skinny_linear(x, weights[0], biases[0], config).float() - ref).abs().max())
+                    us = graph_time_us(lambda: [skinny_linear(x, w, b, config) for w, b in pairs]) / copies
+                except Exception as exc:  # noqa: BLE001 — out of shared memory, say: record, go on
+                    tried.append({"config": list(config.__dict__.values()), "error": str(exc)[:200]})
+                    continue
+                tried.append({"config": list(config.__dict__.values()), "us": round(us, 2),
+                              "max_abs_err": round(err, 4)})
+            ok = [t for t in tried if "us" in t]
+            best = min(ok, key=lambda t: t["us"]) if ok else None
+            weight_bytes = n * k * 2
+            row = {"proj": name, "N": n, "K": k, "M": m, "bias": has_bias, "copies": copies,
+                   "cublas_us": round(cublas, 2), "cublas_GBps": round(weight_bytes / cublas / 1e3, 1),
+                   "heuristic_us": ok[0]["us"] if ok and tried[0] is ok[0] else None,
+                   "best": best, "best_GBps": round(weight_bytes / best["us"] / 1e3, 1) if best else None,
+                   "speedup": round(cublas / best["us"], 3) if best else None,
+                   "config_fields": list(heuristic.__dict__.keys()), "tried": tried}
+            rows.append(row)
+            print("skinny", json.dumps({key: v for key, v in row.items() if key != "tried"}), flush=True)
+        del weights, biases, pairs
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -166,6 +210,7 @@ def main(argv=None):
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--kv-len", type=int, default=320, help="cached positions per row in the step timings")
     parser.add_argument("--serve-variant", default="triton")
+    parser.add_argument("--skinny-budget-s", type=float, default=150, help="time for the skinny GEMM sweep")
     parser.add_argument("--deadline-s", type=float, default=250)
     args = parser.parse_args(argv)
 
@@ -203,7 +248,12 @@ def main(argv=None):
         save()
         print("section", name, "done in", result["section_s"][name], "s", flush=True)
 
+    section("skinny", lambda: skinny_section(budget_s=args.skinny_budget_s))
     section("attention", attention_section)
+    if not set(args.sections) & {"variants", "profile", "prefill", "serving"}:   # kernels only: no model
+        section("gemm", gemm_section)
+        print("wrote", path)
+        return
     model = model_sources.load_model(args.model, device, torch.bfloat16, causal=True)
     bandwidth = peak_bandwidth(device)
     result["peak_bandwidth_GBps"] = round(bandwidth / 1e9, 1)

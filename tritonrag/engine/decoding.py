@@ -48,7 +48,8 @@ class DecodeEngine:
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "auto",
-                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False):
+                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False,
+                 gemm: str = "auto"):
         import torch
 
         from . import flash_decode
@@ -66,6 +67,18 @@ class DecodeEngine:
                 torch.device(device).type == "cuda" or flash_decode.interpreted())):
             raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         self.attention = attention
+        if gemm not in ("auto", "cublas", "triton"):
+            raise ValueError(f"gemm must be auto, cublas or triton, not {gemm!r}")
+        if gemm == "triton" and attention != "triton":
+            raise ValueError("gemm='triton' is the Triton decode step's (attention='triton')")
+        if gemm == "triton" and transposed_weights:
+            raise ValueError("gemm='triton' reads row-major weights: not with transposed_weights")
+        if gemm == "auto" and (attention != "triton" or self.device.type != "cuda" or transposed_weights):
+            gemm = "cublas"     # nothing to measure: the CPU, the SDPA path, column-major weights
+        self.gemm = gemm
+        # per batch bucket, per projection: a skinny_gemm configuration, or None for F.linear
+        self._gemm_plan: dict[int, dict[str, object]] = {}
+        self.gemm_timings: list[dict] = []      # what gemm="auto" measured at warm-up
         self.cos = rope_cos.to(self.device, dtype)     # [max_len, head_dim]
         self.sin = rope_sin.to(self.device, dtype)
         # per-head tables over the fused q|k|v heads, v heads left as they are (cos 1, sin 0),
@@ -228,17 +241,73 @@ class DecodeEngine:
 
         w = self.w
         split_len = plan_splits(rows, w.n_kv_heads, length, self._sms)
+        linear = self._linears(rows)
         x = F.embedding(tokens, w.embed)            # the residual stream, updated in place
         y = None
         for index, layer in enumerate(w.layers):
             h = add_rms_norm(x, y, layer.input_norm, w.eps)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(rows, -1, w.head_dim)
+            qkv = linear["qkv"](h, layer.qkv, layer.qkv_bias).view(rows, -1, w.head_dim)
             att = decode_attention(qkv, self.cache.kv[index][:rows, :, :length], positions, self.scale, split_len,
                                    w.n_heads, self.cos, self.sin_signed)
-            h = add_rms_norm(x, F.linear(att.view(rows, -1), layer.o), layer.post_norm, w.eps)
-            y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
-        logits = F.linear(add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
+            h = add_rms_norm(x, linear["o"](att.view(rows, -1), layer.o), layer.post_norm, w.eps)
+            y = linear["down"](silu_mul(linear["gate_up"](h, layer.gate_up)), layer.down)
+        logits = linear["lm_head"](add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
         return logits, logits.argmax(-1)
+
+    _PROJECTIONS = ("qkv", "o", "gate_up", "down", "lm_head")
+
+    def _weights_of(self, name: str) -> tuple[list, list]:
+        """Every layer's weight (and bias) of one projection; the single lm_head."""
+        if name == "lm_head":
+            return [self.w.lm_head], [None]
+        return ([getattr(layer, name) for layer in self.w.layers],
+                [layer.qkv_bias if name == "qkv" else None for layer in self.w.layers])
+
+    def _linears(self, rows: int) -> dict:
+        """The decode step's product per projection for this batch: F.linear (cuBLAS) or the
+        skinny Triton GEMM with the configuration chosen for the batch bucket."""
+        import functools
+
+        import torch.nn.functional as F
+
+        from .skinny_gemm import skinny_linear
+
+        if self.gemm == "cublas":
+            return dict.fromkeys(self._PROJECTIONS, F.linear)
+        bucket = next((b for b in self.batch_buckets if b >= rows), self.batch_buckets[-1])
+        if bucket not in self._gemm_plan:
+            self._plan_gemm(bucket)
+        return {name: F.linear if config is None else functools.partial(skinny_linear, config=config)
+                for name, config in self._gemm_plan[bucket].items()}
+
+    def _plan_gemm(self, bucket: int) -> None:
+        """Choose each projection's product for a batch bucket (before any graph capture: this
+        compiles kernels and, for gemm="auto", times both in CUDA graphs over all layers' weights).
+
+        "auto" measures rather than trusting a fixed table: the table's configurations are the
+        H100's best (perf/results/2026-11-24_H100_skinny-gemm.json), and another GPU, or a
+        cuBLAS update, may rank them differently; the timing costs ~0.1 s per (bucket, projection)."""
+        import torch
+
+        from .skinny_gemm import config_for, faster_than_cublas
+
+        plan = {}
+        for name in self._PROJECTIONS:
+            weights, biases = self._weights_of(name)
+            n, k = weights[0].shape
+            config = config_for(bucket, n, k, self._sms)
+            if self.gemm == "auto":
+                x = torch.randn(bucket, k, device=self.device, dtype=self.dtype)
+                try:
+                    faster, cublas_us, triton_us = faster_than_cublas(x, weights, biases, config)
+                except Exception:  # noqa: BLE001 — (another GPU: too little shared memory, say) keep cuBLAS
+                    log.exception("skinny GEMM %s at batch %d failed; using cuBLAS", name, bucket)
+                    faster, cublas_us, triton_us = False, float("nan"), float("nan")
+                self.gemm_timings.append({"bucket": bucket, "proj": name, "cublas_us": round(cublas_us, 2),
+                                          "triton_us": round(triton_us, 2), "triton": faster})
+                config = config if faster else None
+            plan[name] = config
+        self._gemm_plan[bucket] = plan
 
     def _qkv_part(self, x, norm, qkv_weight, qkv_bias, cos, sin):
         """Norm, fused q/k/v projection and rotary embedding (v heads pass unchanged)."""
@@ -347,6 +416,9 @@ class DecodeEngine:
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
+            if self.attention == "triton" and self.gemm != "cublas":
+                for rows in self.batch_buckets:     # kernels compiled and timed outside any capture
+                    self._plan_gemm(rows)
             for length in reversed(self.length_buckets):
                 for rows in reversed(self.batch_buckets):
                     args = (self._tokens[:rows], self._positions[:rows], rows, length)

@@ -1,0 +1,227 @@
+"""The decode step's skinny products `y[M, N] = x[M, K] @ W[N, K]^T (+ bias)` as a Triton kernel.
+
+Why: at decode time M is the batch (1..256) and every weight byte is read once per step, so
+the matmuls are memory-bound; cuBLAS reached ~1.85 TB/s averaged over the step's projections
+on the H100 (perf/results/2026-11-24_H100_decode-profile-s11.json) against 3.0 TB/s for a
+device copy. The kernel here is "swap AB": each program computes `y^T` tile
+`[BLOCK_N, BLOCK_M] = W[BLOCK_N, K] @ x^T[K, BLOCK_M]`, so the weight's rows fill the MMA's
+M side (64/128) and the small batch is its N side (16..256, no padding to 64). Weight tiles
+stream through `num_stages` shared-memory buffers. Projections with too few row blocks to
+fill the GPU (o, qkv, down: N = 1536..2048) are split along K: each split writes an fp32
+partial and a second small kernel sums the splits in a fixed order (deterministic: the same
+row gives the same bits alone or in any batch; no float atomics), adding the bias there.
+
+Works on CUDA tensors, and on CPU tensors with `TRITON_INTERPRET=1` (tests). CUDA-graph
+capturable: no host syncs, the configuration is chosen on the host from the shapes alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .flash_decode import triton
+
+if triton is not None:
+    import triton.language as tl
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One launch configuration; `splits` is the number of K slices (1: no partials)."""
+    block_n: int = 128
+    block_k: int = 128
+    block_m: int = 64
+    splits: int = 1
+    warps: int = 4
+    stages: int = 4
+
+    def smem_bytes(self, elem: int = 2) -> int:
+        return self.stages * (self.block_n + self.block_m) * self.block_k * elem
+
+
+if triton is not None:
+    @triton.jit
+    def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ps, s_pm,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       EVEN_K: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
+        pid_m = tl.program_id(0)      # fastest: the M tiles of one weight block run side by side (L2 reuse)
+        pid_n = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = tl.arange(0, BLOCK_K)
+        # rows past N / M wrap onto valid ones (loads need no mask); their results are not stored
+        rows_n = offs_n % N
+        rows_m = offs_m % M
+        k_start = pid_s * k_split
+        k_end = tl.minimum(k_start + k_split, K)
+        w_ptrs = w_ptr + rows_n[:, None] * s_wn + (k_start + offs_k)[None, :]
+        x_ptrs = x_ptr + rows_m[None, :] * s_xm + (k_start + offs_k)[:, None]      # x^T tile [BLOCK_K, BLOCK_M]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs)
+            else:
+                k_ok = (k0 + offs_k) < k_end
+                w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+                x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
+            acc = tl.dot(w, x, acc, input_precision=PRECISION)
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        keep = (offs_n < N)[:, None] & (offs_m < M)[None, :]
+        if PARTIAL:
+            tl.store(part_ptr + pid_s * s_ps + offs_m[None, :] * s_pm + offs_n[:, None], acc, mask=keep)
+        else:
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rows_n).to(tl.float32)[:, None]
+            tl.store(y_ptr + offs_m[None, :] * s_ym + offs_n[:, None], acc.to(y_ptr.dtype.element_ty), mask=keep)
+
+    @triton.jit
+    def _reduce_kernel(part_ptr, b_ptr, y_ptr, N, splits, s_ps, s_pm, s_ym, HAS_BIAS: tl.constexpr,
+                       BLOCK: tl.constexpr):
+        m = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < N
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in range(0, splits):      # a fixed order: deterministic
+            acc += tl.load(part_ptr + s * s_ps + m * s_pm + offs, mask=ok, other=0.0)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * s_ym + offs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+def k_split_of(k: int, config: GemmConfig) -> int:
+    """K elements per split: a whole number of BLOCK_K blocks."""
+    return math.ceil(math.ceil(k / config.splits) / config.block_k) * config.block_k
+
+
+def skinny_linear(x, weight, bias=None, config: GemmConfig | None = None, sms: int = 132):
+    """`F.linear(x, weight, bias)` for a small batch: x `[M, K]`, weight `[N, K]` (row-major,
+    as the engine stores it), bias `[N]` or None. fp32 accumulation, output in x's dtype.
+    Without `config` the shape heuristic `default_config` picks one."""
+    import torch
+
+    m, k = x.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k or x.stride(-1) != 1 or weight.stride(-1) != 1:
+        raise ValueError(f"skinny_linear needs x [M, K] and weight [N, K] with a contiguous last axis, "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+    config = config or default_config(m, n, k, sms)
+    block_m = min(config.block_m, max(16, triton.next_power_of_2(m)))
+    k_split = k_split_of(k, config)
+    splits = math.ceil(k / k_split)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    partial = splits > 1
+    part = torch.empty((splits, m, n) if partial else (1, 1, 1), dtype=torch.float32, device=x.device)
+    has_bias = bias is not None
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, config.block_n), splits)
+    _skinny_kernel[grid](x, weight, bias if has_bias else weight, y, part, m, n, k, k_split,
+                         x.stride(0), weight.stride(0), y.stride(0), part.stride(0), part.stride(1),
+                         BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                         HAS_BIAS=has_bias and not partial, EVEN_K=k_split % config.block_k == 0 and
+                         k % config.block_k == 0, PARTIAL=partial,
+                         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                         num_warps=config.warps, num_stages=config.stages)
+    if partial:
+        block = 1024
+        _reduce_kernel[(m, triton.cdiv(n, block))](part, bias if has_bias else part, y, n, splits, part.stride(0),
+                                                   part.stride(1), y.stride(0), HAS_BIAS=has_bias, BLOCK=block,
+                                                   num_warps=4)
+    return y
+
+
+def default_config(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
+    """A shape heuristic (the fallback when no measured entry fits): 128-row weight tiles,
+    K blocks of 128, split-K until about two programs per SM."""
+    block_m = max(16, min(128, 1 << max(0, m - 1).bit_length()))
+    block_n = 128 if n >= 128 * sms else 64
+    tiles = math.ceil(n / block_n) * math.ceil(m / block_m)
+    splits = 1
+    while tiles * splits < 2 * sms and k // (2 * splits) >= 256:
+        splits *= 2
+    stages = 4 if block_m <= 64 else 3
+    return GemmConfig(block_n=block_n, block_k=128, block_m=block_m, splits=splits,
+                      warps=8 if block_m * block_n >= 128 * 128 else 4, stages=stages)
+
+
+def candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -> list[GemmConfig]:
+    """The configurations a sweep times for one (M, N, K): weight tiles of 64/128 rows, K blocks of
+    64..256, as many stages as shared memory holds (2 fewer too), splits giving ~1 or ~2 waves."""
+    block_ms = sorted({max(16, min(128, 1 << max(0, m - 1).bit_length())), max(16, min(256, 1 << max(0, m - 1)
+                                                                                    .bit_length()))})
+    out = []
+    for block_m in block_ms:
+        for block_n in (64, 128):
+            for block_k in (64, 128, 256):
+                if k % block_k:
+                    continue
+                tiles = math.ceil(n / block_n) * math.ceil(m / block_m)
+                split_set = {1}
+                for waves in (1, 2, 4):
+                    s = 1
+                    while tiles * s < waves * sms and k // (2 * s) >= block_k:
+                        s *= 2
+                    split_set.add(s)
+                per_stage = (block_n + block_m) * block_k * 2
+                most = min(6, smem // per_stage)
+                if most < 2:
+                    continue
+                for stages in sorted({most, max(2, most - 2)}):
+                    for splits in sorted(split_set):
+                        warps = 8 if block_m * block_n >= 128 * 128 else 4
+                        out.append(GemmConfig(block_n, block_k, block_m, splits, warps, stages))
+    return out
+
+
+# Measured configurations per weight shape (N, K) and batch bucket M, from the sweep of
+# `perf/decode_profile.py --sections skinny` on the H100 (filled in from its results);
+# shapes or buckets not listed fall back to `default_config`.
+MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {}
+
+
+def config_for(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
+    """The measured configuration of the smallest listed bucket >= m (else the largest), or the heuristic."""
+    table = MEASURED.get((n, k))
+    if not table:
+        return default_config(m, n, k, sms)
+    fits = [bucket for bucket in sorted(table) if bucket >= m]
+    return table[fits[0] if fits else max(table)]
+
+
+def graph_time_us(fn, reps: int = 10) -> float:
+    """Mean time of `fn` (a batch of GPU work) captured once in a CUDA graph and replayed: the
+    way the decode step runs, with no launch overhead from Python in the figure."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    del graph
+    return start.elapsed_time(end) / reps * 1000
+
+
+def faster_than_cublas(x, weights, biases, config: GemmConfig, margin: float = 0.02) -> tuple[bool, float, float]:
+    """Time every layer's product (distinct weights, so the L2 cannot serve them) with cuBLAS and
+    with `config`, each in one CUDA graph; True when the kernel is faster by more than `margin`.
+    Returns (faster, cublas us, triton us) per call."""
+    import torch.nn.functional as F
+
+    pairs = list(zip(weights, biases))
+    cublas = graph_time_us(lambda: [F.linear(x, w, b) for w, b in pairs]) / len(pairs)
+    mine = graph_time_us(lambda: [skinny_linear(x, w, b, config) for w, b in pairs]) / len(pairs)
+    return mine < cublas * (1 - margin), cublas, mine
