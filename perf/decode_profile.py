@@ -77,7 +77,6 @@ def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layer
     shapes = {"gate_up": (2 * inter, hidden, False), "down": (hidden, inter, False),
               "lm_head": (vocab, hidden, False), "qkv": ((heads + 2 * kv_heads) * dim, hidden, True),
               "o": (hidden, heads * dim, False)}
-    start = time.perf_counter()
     rows = []
     for name, (n, k, has_bias) in shapes.items():
         if only and name not in only:
@@ -93,8 +92,10 @@ def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layer
             heuristic = default_config(m, n, k, sms)
             configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic]
             tried = []
+            pair_start, pair_budget = time.perf_counter(), budget_s / (len(only or shapes) * len(ms))
             for config in configs:
-                if time.perf_counter() - start > budget_s and tried:
+                if time.perf_counter() - pair_start > pair_budget and tried:
+                    tried.append({"skipped": "budget", "left": len(configs) - len(tried)})
                     break
                 try:
                     err = float((skinny_linear(x, weights[0], biases[0], config).float() - ref).abs().max())

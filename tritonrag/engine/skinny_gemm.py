@@ -172,7 +172,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -
                     for splits in sorted(split_set):
                         warps = 8 if block_m * block_n >= 128 * 128 else 4
                         out.append(GemmConfig(block_n, block_k, block_m, splits, warps, stages))
-    return out
+    # deepest pipelines first: a sweep cut short by its time budget has tried the likeliest
+    return sorted(out, key=lambda c: (-c.stages * c.block_n * c.block_k, c.splits))
 
 
 # Measured configurations per weight shape (N, K) and batch bucket M, from the sweep of
