@@ -64,7 +64,7 @@ def gemm_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=
 
 
 def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=28, vocab=151936,
-                   ms=(32, 64, 128, 256), budget_s=150.0, only=None):
+                   ms=(32, 64, 128, 256), budget_s=150.0, only=None, wide_only=False):
     """The skinny Triton GEMM (`tritonrag.engine.skinny_gemm`) against F.linear (cuBLAS) per decode
     projection and M: every candidate configuration timed in a CUDA graph over 28 distinct weight
     copies (one for the 467 MB lm_head), checked against F.linear, the best kept per (shape, M)."""
@@ -90,7 +90,8 @@ def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layer
             ref = F.linear(x, weights[0], biases[0]).float()
             cublas = graph_time_us(lambda: [F.linear(x, w, b) for w, b in pairs]) / copies
             heuristic = default_config(m, n, k, sms)
-            configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic]
+            configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic
+                                     and (c.block_n == 256 or not wide_only)]
             tried = []
             pair_start, pair_budget = time.perf_counter(), budget_s / (len(only or shapes) * len(ms))
             for config in configs:
@@ -212,6 +213,9 @@ def main(argv=None):
     parser.add_argument("--kv-len", type=int, default=320, help="cached positions per row in the step timings")
     parser.add_argument("--serve-variant", default="triton")
     parser.add_argument("--skinny-budget-s", type=float, default=150, help="time for the skinny GEMM sweep")
+    parser.add_argument("--skinny-only", nargs="+", help="projections swept (default all)")
+    parser.add_argument("--skinny-ms", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--skinny-wide-only", action="store_true", help="only the 256-row weight tiles")
     parser.add_argument("--deadline-s", type=float, default=250)
     args = parser.parse_args(argv)
 
@@ -249,7 +253,8 @@ def main(argv=None):
         save()
         print("section", name, "done in", result["section_s"][name], "s", flush=True)
 
-    section("skinny", lambda: skinny_section(budget_s=args.skinny_budget_s))
+    section("skinny", lambda: skinny_section(budget_s=args.skinny_budget_s, only=args.skinny_only,
+                                             ms=tuple(args.skinny_ms), wide_only=args.skinny_wide_only))
     section("attention", attention_section)
     if not set(args.sections) & {"variants", "profile", "prefill", "serving"}:   # kernels only: no model
         section("gemm", gemm_section)

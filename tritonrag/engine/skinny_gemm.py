@@ -153,7 +153,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -
                                                                                     .bit_length()))})
     out = []
     for block_m in block_ms:
-        for block_n in (64, 128):
+        # 256-row weight tiles halve the re-reads of x from L2 at large M (8 warps for the accumulator)
+        for block_n in (64, 128, 256) if block_m >= 64 else (64, 128):
             for block_k in (64, 128, 256):
                 if k % block_k:
                     continue
@@ -168,18 +169,41 @@ def candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -
                 most = min(6, smem // per_stage)
                 if most < 2:
                     continue
-                for stages in sorted({most, max(2, most - 2)}):
+                stage_set = {most, max(2, most - 1), max(2, most - 2)} if block_n == 256 else {most, max(2, most - 2)}
+                for stages in sorted(stage_set):
                     for splits in sorted(split_set):
                         warps = 8 if block_m * block_n >= 128 * 128 else 4
+                        if block_n == 256 and (stages < 3 or splits > 1 or block_m > 128):
+                            continue        # the wide tiles only with a real pipeline, no split
                         out.append(GemmConfig(block_n, block_k, block_m, splits, warps, stages))
     # deepest pipelines first: a sweep cut short by its time budget has tried the likeliest
     return sorted(out, key=lambda c: (-c.stages * c.block_n * c.block_k, c.splits))
 
 
-# Measured configurations per weight shape (N, K) and batch bucket M, from the sweep of
-# `perf/decode_profile.py --sections skinny` on the H100 (filled in from its results);
-# shapes or buckets not listed fall back to `default_config`.
-MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {}
+# The fastest configuration per weight shape (N, K) and batch bucket M of the sweep
+# `perf/decode_profile.py --sections skinny` on the H100 (Qwen2.5-1.5B's projections,
+# perf/results/2026-11-24_H100_skinny-gemm.json); other shapes fall back to `default_config`.
+# Fields: block_n, block_k, block_m, splits, warps, stages. Only the small batches beat cuBLAS
+# (the engine's gemm="auto" measures which, per bucket, at warm-up).
+_C = GemmConfig
+MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {
+    (17920, 1536): {  # gate_up: cuBLAS / Triton us at M 32 24.5/22.9, 64 23.4/24.2, 128 25.2/29.4, 256 26.7/36.2
+        32: _C(128, 64, 32, 1, 4, 4), 64: _C(128, 64, 64, 1, 4, 4), 128: _C(64, 64, 128, 1, 4, 4),
+        256: _C(128, 64, 128, 1, 8, 6)},
+    (1536, 8960): {  # down: cuBLAS / Triton us at M 32 15.2/15.7, 64 15.4/16.8, 128 16.7/18.9, 256 18.6/22.5
+        32: _C(64, 64, 32, 8, 4, 6), 64: _C(64, 64, 64, 8, 4, 6), 128: _C(64, 64, 128, 8, 4, 4),
+        256: _C(64, 64, 128, 4, 4, 4)},
+    (151936, 1536): {  # lm_head: cuBLAS / Triton us at M 32 174.4/164.7, 64 178.6/171.2, 128 186.8/184.5,
+        # 256 206.2/231.8
+        32: _C(128, 128, 32, 1, 4, 3), 64: _C(128, 128, 64, 1, 4, 4), 128: _C(128, 64, 128, 1, 8, 6),
+        256: _C(128, 64, 256, 1, 8, 4)},
+    (2048, 1536): {  # qkv: cuBLAS / Triton us at M 32 6.2/6.5, 64 6.3/7.4, 128 6.5/8.5, 256 7.2/8.6
+        32: _C(64, 128, 32, 1, 4, 6), 64: _C(64, 128, 64, 1, 4, 4), 128: _C(64, 64, 128, 1, 4, 6),
+        256: _C(64, 64, 128, 1, 4, 6)},
+    (1536, 1536): {  # o: cuBLAS / Triton us at M 32 5.5/5.8, 64 5.6/6.4, 128 5.8/7.9, 256 6.2/7.9
+        32: _C(64, 128, 32, 1, 4, 6), 64: _C(64, 128, 64, 1, 4, 6), 128: _C(64, 64, 128, 1, 4, 6),
+        256: _C(64, 64, 128, 1, 4, 6)},
+}
 
 
 def config_for(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
