@@ -4,7 +4,8 @@ decode-step variants and prefill timings, on one GPU with the dummy Qwen2.5-1.5B
   python perf/decode_profile.py --out perf/results            # ~3 min on an H100
 
 Sections (each written to the JSON as soon as it is measured, so a cut-off run keeps them):
-  skinny     the skinny Triton GEMM (swap AB, split-K) against F.linear per projection and M = 32..256,
+  skinny     the skinny Triton GEMM (swap AB, split-K) against F.linear per projection and M = 32..256
+             (gate_up_silu: the gate/up product fused with silu * up, against F.linear + silu_mul),
              every candidate configuration timed (not in the default sections: ~2.5 min;
              `--sections skinny --tag skinny-gemm`)
   gemm       every per-layer projection at M = 32..256, row-major ([N, K], cuBLAS "TN") and
@@ -74,7 +75,12 @@ def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layer
     from tritonrag.engine.skinny_gemm import candidates, default_config, graph_time_us, skinny_linear
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    shapes = {"gate_up": (2 * inter, hidden, False), "down": (hidden, inter, False),
+    from tritonrag.engine.skinny_gemm import fused_candidates, gate_up_silu
+    from tritonrag.engine.triton_ops import silu_mul
+
+    # gate_up_silu: gate/up product + silu * up, fused (Triton) against F.linear then silu_mul
+    shapes = {"gate_up_silu": (2 * inter, hidden, False), "gate_up": (2 * inter, hidden, False),
+              "down": (hidden, inter, False),
               "lm_head": (vocab, hidden, False), "qkv": ((heads + 2 * kv_heads) * dim, hidden, True),
               "o": (hidden, heads * dim, False)}
     rows = []
@@ -87,11 +93,26 @@ def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layer
         pairs = list(zip(weights, biases))
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ref = F.linear(x, weights[0], biases[0]).float()
-            cublas = graph_time_us(lambda: [F.linear(x, w, b) for w, b in pairs]) / copies
-            heuristic = default_config(m, n, k, sms)
-            configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic
-                                     and (c.block_n == 256 or not wide_only)]
+            fused = name == "gate_up_silu"
+            if fused:
+                def base(w, b):
+                    return silu_mul(F.linear(x, w))
+
+                def mine(w, b, config):
+                    return gate_up_silu(x, w, config)
+                configs = fused_candidates(m, n // 2, k, sms)
+                heuristic = configs[0]
+            else:
+                def base(w, b):
+                    return F.linear(x, w, b)
+
+                def mine(w, b, config):
+                    return skinny_linear(x, w, b, config)
+                heuristic = default_config(m, n, k, sms)
+                configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic
+                                         and (c.block_n == 256 or not wide_only)]
+            ref = base(weights[0], biases[0]).float()
+            cublas = graph_time_us(lambda: [base(w, b) for w, b in pairs]) / copies
             tried = []
             pair_start, pair_budget = time.perf_counter(), budget_s / (len(only or shapes) * len(ms))
             for config in configs:
@@ -99,8 +120,8 @@ def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layer
                     tried.append({"skipped": "budget", "left": len(configs) - len(tried)})
                     break
                 try:
-                    err = float((skinny_linear(x, weights[0], biases[0], config).float() - ref).abs().max())
-                    us = graph_time_us(lambda: [skinny_linear(x, w, b, config) for w, b in pairs]) / copies
+                    err = float((mine(weights[0], biases[0], config).float() - ref).abs().max())
+                    us = graph_time_us(lambda: [mine(w, b, config) for w, b in pairs]) / copies
                 except Exception as exc:  # noqa: BLE001 — out of shared memory, say: record, go on
                     tried.append({"config": list(config.__dict__.values()), "error": str(exc)[:200]})
                     continue
@@ -207,11 +228,13 @@ def main(argv=None):
                                                          "gemm"])
     parser.add_argument("--variants", nargs="+",
                         default=["sdpa", "triton", "triton+colmajor", "triton+compile", "sdpa+compile"],
-                        help="attention sdpa|triton|matmul, +compile (torch.compile), +colmajor (NN weights)")
+                        help="attention sdpa|triton|matmul, +compile (torch.compile), +colmajor (NN weights), "
+                             "+skinny / +auto / +cublas (decode GEMMs: Triton, measured per bucket, cuBLAS)")
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--kv-len", type=int, default=320, help="cached positions per row in the step timings")
     parser.add_argument("--serve-variant", default="triton")
+    parser.add_argument("--profile-all", action="store_true", help="kernel tables of every variant")
     parser.add_argument("--skinny-budget-s", type=float, default=150, help="time for the skinny GEMM sweep")
     parser.add_argument("--skinny-only", nargs="+", help="projections swept (default all)")
     parser.add_argument("--skinny-ms", type=int, nargs="+", default=[32, 64, 128, 256])
@@ -269,7 +292,8 @@ def main(argv=None):
     def build(variant):
         parts = variant.split("+")
         start = time.perf_counter()
-        engine = DecodeEngine.from_hf(model, slots=slots, max_len=args.max_len, attention=parts[0],
+        gemm = next((g for g in ("cublas", "auto") if g in parts), "triton" if "skinny" in parts else "cublas")
+        engine = DecodeEngine.from_hf(model, slots=slots, max_len=args.max_len, attention=parts[0], gemm=gemm,
                                       compile="compile" in parts, transposed_weights="colmajor" in parts)
         return engine, round(time.perf_counter() - start, 1)
 
@@ -287,11 +311,12 @@ def main(argv=None):
             rows = step_times(engine, args.batches, args.kv_len, 0, 50, device)
             for row in rows:
                 row["roofline_ms"] = round(row["bytes_per_step"] / bandwidth * 1000, 3)
-            out[variant] = {"build_s": build_s, "capture_s": round(engine.warmup_s, 1), "steps": rows}
+            out[variant] = {"build_s": build_s, "capture_s": round(engine.warmup_s, 1), "steps": rows,
+                            "gemm": engine.gemm, "gemm_auto_timings": engine.gemm_timings}
             print("variant", variant, json.dumps(out[variant]), flush=True)
             result["variants"] = out
             save()
-            if variant in ("sdpa", args.serve_variant):
+            if variant in ("sdpa", args.serve_variant) or args.profile_all:
                 engines[variant] = engine
             del engine
         return out

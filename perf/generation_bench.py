@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--variants", nargs="+", default=["auto", "sdpa"],
                         help="decode-step variants: attention auto|triton|sdpa|matmul (auto: triton on CUDA), "
                              "+compile for torch.compile before capture, +colmajor for column-major weights, "
-                             "+cublas / +skinny for the decode step's GEMMs (default: auto, the faster per bucket)")
+                             "+skinny / +auto for the decode step's GEMMs (Triton; the faster per bucket; default cuBLAS)")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
     parser.add_argument("--tag", default="")
@@ -337,7 +337,7 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
 
     start = time.perf_counter()
     try:
-        gemm = "triton" if "+skinny" in variant else "cublas" if "+cublas" in variant else "auto"
+        gemm = "triton" if "+skinny" in variant else "auto" if "+auto" in variant else "cublas"
         engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
                                       compile="+compile" in variant, transposed_weights="+colmajor" in variant,
                                       gemm=gemm)

@@ -32,15 +32,29 @@ def test_kernel_cases_pass_in_triton_interpreter():
 @pytest.mark.parametrize("k", [64, 200])                 # whole K blocks; a ragged last block
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("splits", [1, 3])               # one pass; split-K with the reduce kernel
-def test_skinny_linear_equals_f_linear(m, k, bias, splits):
+@pytest.mark.parametrize("rows", [0, 40])                # whole 64-row tiles; 40 rows each (3 programs)
+def test_skinny_linear_equals_f_linear(m, k, bias, splits, rows):
     from tritonrag.engine.skinny_gemm import GemmConfig, skinny_linear
 
     torch.manual_seed(m * 1000 + k + 7 * splits + bias)
     x = torch.randn(m, k, device=DEVICE)
     weight = torch.randn(96, k, device=DEVICE)              # N = 96: one whole 64-row block, one ragged
     b = torch.randn(96, device=DEVICE) if bias else None
-    config = GemmConfig(block_n=64, block_k=64, block_m=16, splits=splits, warps=4, stages=2)
+    config = GemmConfig(block_n=64, block_k=64, block_m=16, splits=splits, warps=4, stages=2, rows=rows)
     torch.testing.assert_close(skinny_linear(x, weight, b, config), torch.nn.functional.linear(x, weight, b),
+                               atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m, k, rows", [(3, 64, 0), (16, 200, 40)])
+def test_gate_up_silu_equals_silu_of_gate_times_up(m, k, rows):
+    from tritonrag.engine.skinny_gemm import GemmConfig, gate_up_silu
+
+    torch.manual_seed(m + k)
+    x, weight = torch.randn(m, k, device=DEVICE), torch.randn(2 * 96, k, device=DEVICE)
+    gate, up = torch.nn.functional.linear(x, weight).chunk(2, dim=-1)
+    config = GemmConfig(block_n=64, block_k=64, block_m=16, warps=4, stages=2, rows=rows)
+    torch.testing.assert_close(gate_up_silu(x, weight, config), torch.nn.functional.silu(gate) * up,
                                atol=1e-4, rtol=1e-4)
 
 
@@ -69,7 +83,10 @@ def test_shape_errors_are_clear():
 
 @needs_kernel   # imports triton: in the child
 def test_configs_fit_shared_memory_and_split_only_what_fills_too_few_programs():
-    from tritonrag.engine.skinny_gemm import GemmConfig, candidates, config_for, default_config, k_split_of
+    import math
+
+    from tritonrag.engine.skinny_gemm import (GemmConfig, balanced, candidates, config_for, default_config,
+                                              k_split_of)
 
     for m, n, k in ((32, 2048, 1536), (256, 1536, 8960), (128, 151936, 1536)):
         configs = candidates(m, n, k, sms=132)
@@ -79,12 +96,16 @@ def test_configs_fit_shared_memory_and_split_only_what_fills_too_few_programs():
     assert default_config(3, 96, 64).block_m == 16
     assert k_split_of(200, GemmConfig(block_k=64, splits=3)) == 128  # whole blocks: 2 splits of 128 and 72
     assert config_for(7, 123, 45) == default_config(7, 123, 45)     # no measured entry: the heuristic
+    # 17920 rows: 140 programs of 128 would leave 8 for a second wave; 136-row programs make 132
+    wide = balanced(GemmConfig(block_n=256, block_k=64, block_m=128, warps=8), 128, 17920, 1536, sms=132)
+    assert wide.rows == 136 and math.ceil(17920 / wide.rows) == 132
+    assert balanced(GemmConfig(block_n=128), 128, 151936, 1536, sms=132) is None   # no fewer rows fit
 
 
 @needs_kernel
 def test_engine_with_the_skinny_gemm_gives_the_same_greedy_tokens():
-    """The Triton decode step with gemm="triton" (every projection, lm_head included) against
-    gemm="cublas": SmolLM2's first 2 layers, fp32, two ragged prompts."""
+    """The Triton decode step with gemm="triton" (every projection, lm_head included, gate/up
+    fused with silu * up) against gemm="cublas": SmolLM2's first 2 layers, fp32, two ragged prompts."""
     from transformers import AutoModelForCausalLM
 
     from tritonrag import model_sources

@@ -49,7 +49,7 @@ class DecodeEngine:
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "auto",
                  min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False,
-                 gemm: str = "auto"):
+                 gemm: str = "cublas"):
         import torch
 
         from . import flash_decode
@@ -237,7 +237,7 @@ class DecodeEngine:
         import torch.nn.functional as F
 
         from .flash_decode import decode_attention, plan_splits
-        from .triton_ops import add_rms_norm, silu_mul
+        from .triton_ops import add_rms_norm
 
         w = self.w
         split_len = plan_splits(rows, w.n_kv_heads, length, self._sms)
@@ -250,7 +250,7 @@ class DecodeEngine:
             att = decode_attention(qkv, self.cache.kv[index][:rows, :, :length], positions, self.scale, split_len,
                                    w.n_heads, self.cos, self.sin_signed)
             h = add_rms_norm(x, linear["o"](att.view(rows, -1), layer.o), layer.post_norm, w.eps)
-            y = linear["down"](silu_mul(linear["gate_up"](h, layer.gate_up)), layer.down)
+            y = linear["down"](linear["gate_up"](h, layer.gate_up), layer.down)   # gate_up: silu(gate) * up
         logits = linear["lm_head"](add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
         return logits, logits.argmax(-1)
 
@@ -265,48 +265,79 @@ class DecodeEngine:
 
     def _linears(self, rows: int) -> dict:
         """The decode step's product per projection for this batch: F.linear (cuBLAS) or the
-        skinny Triton GEMM with the configuration chosen for the batch bucket."""
+        skinny Triton GEMM with the configuration chosen for the batch bucket; "gate_up" gives
+        silu(gate) * up (the fused kernel, or the product then `silu_mul`)."""
         import functools
 
         import torch.nn.functional as F
 
-        from .skinny_gemm import skinny_linear
+        from .skinny_gemm import gate_up_silu, skinny_linear
+        from .triton_ops import silu_mul
+
+        def unfused(product):
+            return lambda x, w: silu_mul(product(x, w))
 
         if self.gemm == "cublas":
-            return dict.fromkeys(self._PROJECTIONS, F.linear)
+            return dict(dict.fromkeys(self._PROJECTIONS, F.linear), gate_up=unfused(F.linear))
         bucket = next((b for b in self.batch_buckets if b >= rows), self.batch_buckets[-1])
         if bucket not in self._gemm_plan:
             self._plan_gemm(bucket)
-        return {name: F.linear if config is None else functools.partial(skinny_linear, config=config)
-                for name, config in self._gemm_plan[bucket].items()}
+        out = {}
+        for name, choice in self._gemm_plan[bucket].items():
+            if choice is None:
+                out[name] = unfused(F.linear) if name == "gate_up" else F.linear
+            elif isinstance(choice, tuple):      # ("fused", config): gate_up + silu * up in one kernel
+                out[name] = functools.partial(gate_up_silu, config=choice[1])
+            else:
+                product = functools.partial(skinny_linear, config=choice)
+                out[name] = unfused(product) if name == "gate_up" else product
+        return out
 
     def _plan_gemm(self, bucket: int) -> None:
         """Choose each projection's product for a batch bucket (before any graph capture: this
-        compiles kernels and, for gemm="auto", times both in CUDA graphs over all layers' weights).
+        compiles kernels and, for gemm="auto", times the options in CUDA graphs over all layers'
+        weights, so the L2 cannot serve them as it would one layer's).
 
         "auto" measures rather than trusting a fixed table: the table's configurations are the
-        H100's best (perf/results/2026-11-24_H100_skinny-gemm.json), and another GPU, or a
-        cuBLAS update, may rank them differently; the timing costs ~0.1 s per (bucket, projection)."""
+        H100's best (perf/results/2026-11-24_H100_skinny-gemm.json), and another GPU, or a cuBLAS
+        update, may rank them differently; it costs ~20-40 s of warm-up on the H100 (compiles included)."""
         import torch
+        import torch.nn.functional as F
 
-        from .skinny_gemm import config_for, faster_than_cublas
+        from .skinny_gemm import balanced, config_for, fused_candidates, gate_up_silu, graph_time_us, skinny_linear
+        from .triton_ops import silu_mul
 
         plan = {}
         for name in self._PROJECTIONS:
             weights, biases = self._weights_of(name)
             n, k = weights[0].shape
-            config = config_for(bucket, n, k, self._sms)
-            if self.gemm == "auto":
-                x = torch.randn(bucket, k, device=self.device, dtype=self.dtype)
+            x = torch.randn(bucket, k, device=self.device, dtype=self.dtype)
+            if name == "gate_up":
+                options = {None: lambda w, b: silu_mul(F.linear(x, w))}
+                for config in fused_candidates(bucket, n // 2, k, self._sms)[:None if self.gemm == "auto" else 1]:
+                    options[("fused", config)] = lambda w, b, c=config: gate_up_silu(x, w, c)
+            else:   # the table's configuration, then (auto) its variants sized to whole waves over the SMs
+                config = config_for(bucket, n, k, self._sms)
+                configs = [config] + [b for waves in (1, 2) if (b := balanced(config, bucket, n, k, self._sms, waves))]
+                options = {None: lambda w, b: F.linear(x, w, b)}
+                for config in configs[:None if self.gemm == "auto" else 1]:
+                    options[config] = lambda w, b, c=config: skinny_linear(x, w, b, c)
+            if self.gemm != "auto":
+                plan[name] = list(options)[1]
+                continue
+            pairs = list(zip(weights, biases))
+            timings = {}
+            for choice, fn in options.items():
                 try:
-                    faster, cublas_us, triton_us = faster_than_cublas(x, weights, biases, config)
-                except Exception:  # noqa: BLE001 — (another GPU: too little shared memory, say) keep cuBLAS
-                    log.exception("skinny GEMM %s at batch %d failed; using cuBLAS", name, bucket)
-                    faster, cublas_us, triton_us = False, float("nan"), float("nan")
-                self.gemm_timings.append({"bucket": bucket, "proj": name, "cublas_us": round(cublas_us, 2),
-                                          "triton_us": round(triton_us, 2), "triton": faster})
-                config = config if faster else None
-            plan[name] = config
+                    timings[choice] = graph_time_us(lambda: [fn(w, b) for w, b in pairs]) / len(pairs)
+                except Exception:  # noqa: BLE001 — (another GPU: too little shared memory, say) not this one
+                    log.exception("decode GEMM option %s for %s at batch %d failed", choice, name, bucket)
+            best = min(timings, key=timings.get)
+            # a Triton option must win by 2 %: below that the timings' noise decides
+            plan[name] = best if best is not None and timings[best] < timings[None] * 0.98 else None
+            self.gemm_timings.append({"bucket": bucket, "proj": name, "cublas_us": round(timings[None], 2),
+                                      "triton_us": {str(c): round(t, 2) for c, t in timings.items() if c is not None},
+                                      "choice": str(plan[name])})
         self._gemm_plan[bucket] = plan
 
     def _qkv_part(self, x, norm, qkv_weight, qkv_bias, cos, sin):

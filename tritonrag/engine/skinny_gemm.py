@@ -35,6 +35,11 @@ class GemmConfig:
     splits: int = 1
     warps: int = 4
     stages: int = 4
+    rows: int = 0        # weight rows per program when fewer than block_n (0: block_n), so that the
+    # programs come out at ~a whole number of waves over the SMs (as cuBLAS's 144-row tiles do)
+
+    def rows_per_program(self) -> int:
+        return self.rows or self.block_n
 
     def smem_bytes(self, elem: int = 2) -> int:
         return self.stages * (self.block_n + self.block_m) * self.block_k * elem
@@ -42,17 +47,22 @@ class GemmConfig:
 
 if triton is not None:
     @triton.jit
-    def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ps, s_pm,
+    def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, M, N, K, k_split, rows, s_xm, s_wn, s_ym, s_ps, s_pm,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       EVEN_K: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr):
+                       EVEN_K: tl.constexpr, PARTIAL: tl.constexpr, PART_ROWS: tl.constexpr,
+                       PRECISION: tl.constexpr):
         pid_m = tl.program_id(0)      # fastest: the M tiles of one weight block run side by side (L2 reuse)
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_n = pid_n * rows + tl.arange(0, BLOCK_N)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_k = tl.arange(0, BLOCK_K)
-        # rows past N / M wrap onto valid ones (loads need no mask); their results are not stored
-        rows_n = offs_n % N
+        if PART_ROWS:   # `rows` < BLOCK_N weight rows: the others masked (no memory traffic)
+            n_ok = (tl.arange(0, BLOCK_N) < rows) & (offs_n < N)
+            rows_n = tl.where(n_ok, offs_n, 0)
+        else:           # rows past N wrap onto valid ones (loads need no mask); their results are not stored
+            n_ok = offs_n < N
+            rows_n = offs_n % N
         rows_m = offs_m % M
         k_start = pid_s * k_split
         k_end = tl.minimum(k_start + k_split, K)
@@ -61,16 +71,19 @@ if triton is not None:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             if EVEN_K:
-                w = tl.load(w_ptrs)
+                if PART_ROWS:
+                    w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+                else:
+                    w = tl.load(w_ptrs)
                 x = tl.load(x_ptrs)
             else:
                 k_ok = (k0 + offs_k) < k_end
-                w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
                 x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
             acc = tl.dot(w, x, acc, input_precision=PRECISION)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
-        keep = (offs_n < N)[:, None] & (offs_m < M)[None, :]
+        keep = n_ok[:, None] & (offs_m < M)[None, :]
         if PARTIAL:
             tl.store(part_ptr + pid_s * s_ps + offs_m[None, :] * s_pm + offs_n[:, None], acc, mask=keep)
         else:
@@ -90,6 +103,118 @@ if triton is not None:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + m * s_ym + offs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+if triton is not None:
+    @triton.jit
+    def _gate_up_silu_kernel(x_ptr, w_ptr, y_ptr, M, N, K, rows, s_xm, s_wn, s_ym, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                             PART_ROWS: tl.constexpr, PRECISION: tl.constexpr):
+        """silu(x @ Wg^T) * (x @ Wu^T) with W = [Wg; Wu] `[2N, K]`: both halves' tiles in one program."""
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_n = pid_n * rows + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = tl.arange(0, BLOCK_K)
+        if PART_ROWS:
+            n_ok = (tl.arange(0, BLOCK_N) < rows) & (offs_n < N)
+            rows_n = tl.where(n_ok, offs_n, 0)
+        else:
+            n_ok = offs_n < N
+            rows_n = offs_n % N
+        rows_m = offs_m % M
+        g_ptrs = w_ptr + rows_n[:, None] * s_wn + offs_k[None, :]
+        u_ptrs = g_ptrs + N * s_wn
+        x_ptrs = x_ptr + rows_m[None, :] * s_xm + offs_k[:, None]
+        acc_g = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                if PART_ROWS:
+                    g = tl.load(g_ptrs, mask=n_ok[:, None], other=0.0)
+                    u = tl.load(u_ptrs, mask=n_ok[:, None], other=0.0)
+                else:
+                    g = tl.load(g_ptrs)
+                    u = tl.load(u_ptrs)
+                x = tl.load(x_ptrs)
+            else:
+                k_ok = (k0 + offs_k) < K
+                g = tl.load(g_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                u = tl.load(u_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
+            acc_g = tl.dot(g, x, acc_g, input_precision=PRECISION)
+            acc_u = tl.dot(u, x, acc_u, input_precision=PRECISION)
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        # rounded to the output dtype first, as the unfused path's gate_up output is
+        gate = acc_g.to(y_ptr.dtype.element_ty).to(tl.float32)
+        up = acc_u.to(y_ptr.dtype.element_ty).to(tl.float32)
+        act = gate / (1.0 + tl.exp(-gate)) * up
+        keep = n_ok[:, None] & (offs_m < M)[None, :]
+        tl.store(y_ptr + offs_m[None, :] * s_ym + offs_n[:, None], act.to(y_ptr.dtype.element_ty), mask=keep)
+
+
+def gate_up_silu(x, weight, config: GemmConfig | None = None, sms: int = 132):
+    """`silu(gate) * up` of `F.linear(x, weight)` split in halves, in one kernel: the gate/up
+    product's output is never written (and the separate silu * up kernel never runs).
+    weight `[2 * I, K]` (gate rows, then up rows); returns `[M, I]`. `config.block_n` counts
+    rows per half; splits are not used."""
+    import torch
+
+    m, k = x.shape
+    n = weight.shape[0] // 2
+    if weight.shape[0] != 2 * n or weight.shape[1] != k or x.stride(-1) != 1 or weight.stride(-1) != 1:
+        raise ValueError(f"gate_up_silu needs x [M, K] and weight [2 I, K] with a contiguous last axis, "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+    config = config or fused_candidates(m, n, k, sms)[0]
+    block_m = min(config.block_m, max(16, triton.next_power_of_2(m)))
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    rows = _rows(config)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, rows))
+    _gate_up_silu_kernel[grid](x, weight, y, m, n, k, rows, x.stride(0), weight.stride(0), y.stride(0),
+                               BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                               EVEN_K=k % config.block_k == 0, PART_ROWS=rows < config.block_n,
+                               PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                               num_warps=config.warps, num_stages=config.stages)
+    return y
+
+
+def fused_candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -> list[GemmConfig]:
+    """Configurations for `gate_up_silu` (two weight tiles per program), the shape heuristic's first."""
+    block_m = max(16, min(128, 1 << max(0, m - 1).bit_length()))
+    out = []
+    for block_n in (64, 32, 128):
+        for block_k in (64, 128):
+            per_stage = (2 * block_n + block_m) * block_k * 2
+            stages = min(5, smem // per_stage)
+            if stages < 3:
+                continue
+            warps = 8 if 2 * block_n * block_m >= 128 * 128 else 4
+            out.append(GemmConfig(block_n, block_k, block_m, 1, warps, stages))
+    return out + [b for c in out for waves in (1, 2) if (b := balanced(c, m, n, k, sms, waves)) is not None]
+
+
+def _rows(config: GemmConfig) -> int:
+    rows = config.rows_per_program()
+    if not 0 < rows <= config.block_n:
+        raise ValueError(f"rows per program must be in 1..block_n, got {config}")
+    return rows
+
+
+def balanced(config: GemmConfig, m: int, n: int, k: int, sms: int, waves: int = 1) -> GemmConfig | None:
+    """`config` with fewer weight rows per program (a multiple of 8, at least half of block_n) so that
+    the programs fill `waves` whole waves over the SMs instead of spilling a few into one more
+    (17920 rows in 128-row tiles are 140 programs on 132 SMs: the last 8 take a second turn),
+    or None when no such row count exists."""
+    m_tiles = math.ceil(m / max(16, min(config.block_m, 1 << max(0, m - 1).bit_length())))
+    splits = math.ceil(k / k_split_of(k, config))
+    per_tile = m_tiles * splits
+    programs = waves * sms
+    rows = 8 * math.ceil(n / (programs // per_tile) / 8) if programs >= per_tile else 0
+    if not rows or rows >= config.block_n or rows * 2 < config.block_n:
+        return None
+    return GemmConfig(config.block_n, config.block_k, config.block_m, config.splits, config.warps, config.stages, rows)
 
 
 def k_split_of(k: int, config: GemmConfig) -> int:
@@ -116,12 +241,13 @@ def skinny_linear(x, weight, bias=None, config: GemmConfig | None = None, sms: i
     partial = splits > 1
     part = torch.empty((splits, m, n) if partial else (1, 1, 1), dtype=torch.float32, device=x.device)
     has_bias = bias is not None
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, config.block_n), splits)
-    _skinny_kernel[grid](x, weight, bias if has_bias else weight, y, part, m, n, k, k_split,
+    rows = _rows(config)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, rows), splits)
+    _skinny_kernel[grid](x, weight, bias if has_bias else weight, y, part, m, n, k, k_split, rows,
                          x.stride(0), weight.stride(0), y.stride(0), part.stride(0), part.stride(1),
                          BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                          HAS_BIAS=has_bias and not partial, EVEN_K=k_split % config.block_k == 0 and
-                         k % config.block_k == 0, PARTIAL=partial,
+                         k % config.block_k == 0, PARTIAL=partial, PART_ROWS=rows < config.block_n,
                          PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                          num_warps=config.warps, num_stages=config.stages)
     if partial:
@@ -176,8 +302,9 @@ def candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -
                         if block_n == 256 and (stages < 3 or splits > 1 or block_m > 128):
                             continue        # the wide tiles only with a real pipeline, no split
                         out.append(GemmConfig(block_n, block_k, block_m, splits, warps, stages))
+    out += [b for c in out for waves in (1, 2) if (b := balanced(c, m, n, k, sms, waves)) is not None]
     # deepest pipelines first: a sweep cut short by its time budget has tried the likeliest
-    return sorted(out, key=lambda c: (-c.stages * c.block_n * c.block_k, c.splits))
+    return sorted(dict.fromkeys(out), key=lambda c: (-c.stages * c.block_n * c.block_k, c.splits, c.rows))
 
 
 # The fastest configuration per weight shape (N, K) and batch bucket M of the sweep
@@ -238,15 +365,3 @@ def graph_time_us(fn, reps: int = 10) -> float:
     torch.cuda.synchronize()
     del graph
     return start.elapsed_time(end) / reps * 1000
-
-
-def faster_than_cublas(x, weights, biases, config: GemmConfig, margin: float = 0.02) -> tuple[bool, float, float]:
-    """Time every layer's product (distinct weights, so the L2 cannot serve them) with cuBLAS and
-    with `config`, each in one CUDA graph; True when the kernel is faster by more than `margin`.
-    Returns (faster, cublas us, triton us) per call."""
-    import torch.nn.functional as F
-
-    pairs = list(zip(weights, biases))
-    cublas = graph_time_us(lambda: [F.linear(x, w, b) for w, b in pairs]) / len(pairs)
-    mine = graph_time_us(lambda: [skinny_linear(x, w, b, config) for w, b in pairs]) / len(pairs)
-    return mine < cublas * (1 - margin), cublas, mine
