@@ -85,8 +85,8 @@ def test_shape_errors_are_clear():
 def test_configs_fit_shared_memory_and_split_only_what_fills_too_few_programs():
     import math
 
-    from tritonrag.engine.skinny_gemm import (GemmConfig, balanced, candidates, config_for, default_config,
-                                              k_split_of)
+    from tritonrag.engine.skinny_gemm import (FUSED_MEASURED, GemmConfig, balanced, candidates, config_for,
+                                              default_config, fused_configs, k_split_of)
 
     for m, n, k in ((32, 2048, 1536), (256, 1536, 8960), (128, 151936, 1536)):
         configs = candidates(m, n, k, sms=132)
@@ -100,6 +100,7 @@ def test_configs_fit_shared_memory_and_split_only_what_fills_too_few_programs():
     wide = balanced(GemmConfig(block_n=256, block_k=64, block_m=128, warps=8), 128, 17920, 1536, sms=132)
     assert wide.rows == 136 and math.ceil(17920 / wide.rows) == 132
     assert balanced(GemmConfig(block_n=128), 128, 151936, 1536, sms=132) is None   # no fewer rows fit
+    assert fused_configs(20, 8960, 1536)[0] == FUSED_MEASURED[(8960, 1536)][32]     # the measured one first
 
 
 @needs_kernel

@@ -304,7 +304,7 @@ class DecodeEngine:
         import torch
         import torch.nn.functional as F
 
-        from .skinny_gemm import balanced, config_for, fused_candidates, gate_up_silu, graph_time_us, skinny_linear
+        from .skinny_gemm import balanced, config_for, fused_configs, gate_up_silu, graph_time_us, skinny_linear
         from .triton_ops import silu_mul
 
         plan = {}
@@ -314,7 +314,7 @@ class DecodeEngine:
             x = torch.randn(bucket, k, device=self.device, dtype=self.dtype)
             if name == "gate_up":
                 options = {None: lambda w, b: silu_mul(F.linear(x, w))}
-                for config in fused_candidates(bucket, n // 2, k, self._sms)[:None if self.gemm == "auto" else 1]:
+                for config in fused_configs(bucket, n // 2, k, self._sms)[:None if self.gemm == "auto" else 1]:
                     options[("fused", config)] = lambda w, b, c=config: gate_up_silu(x, w, c)
             else:   # the table's configuration, then (auto) its variants sized to whole waves over the SMs
                 config = config_for(bucket, n, k, self._sms)

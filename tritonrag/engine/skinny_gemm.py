@@ -167,7 +167,7 @@ def gate_up_silu(x, weight, config: GemmConfig | None = None, sms: int = 132):
     if weight.shape[0] != 2 * n or weight.shape[1] != k or x.stride(-1) != 1 or weight.stride(-1) != 1:
         raise ValueError(f"gate_up_silu needs x [M, K] and weight [2 I, K] with a contiguous last axis, "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
-    config = config or fused_candidates(m, n, k, sms)[0]
+    config = config or fused_configs(m, n, k, sms)[0]
     block_m = min(config.block_m, max(16, triton.next_power_of_2(m)))
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     rows = _rows(config)
@@ -333,13 +333,30 @@ MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {
 }
 
 
+# `gate_up_silu`'s best per (I, K) and M in the same sweep (perf/results/2026-11-24_H100_skinny-gemm-s12b.json):
+# us against F.linear + silu_mul at M 32 23.1/26.4, 64 24.7/25.9, 128 28.1/28.6, 256 44.0/31.6
+FUSED_MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {
+    (8960, 1536): {32: _C(64, 64, 32, 1, 4, 5, 40), 64: _C(128, 64, 64, 1, 8, 5, 72), 128: _C(128, 64, 128, 1, 8, 4),
+                   256: _C(64, 64, 128, 1, 8, 5)},
+}
+
+
+def _lookup(table, m: int):
+    fits = [bucket for bucket in sorted(table) if bucket >= m]
+    return table[fits[0] if fits else max(table)]
+
+
 def config_for(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
     """The measured configuration of the smallest listed bucket >= m (else the largest), or the heuristic."""
     table = MEASURED.get((n, k))
-    if not table:
-        return default_config(m, n, k, sms)
-    fits = [bucket for bucket in sorted(table) if bucket >= m]
-    return table[fits[0] if fits else max(table)]
+    return _lookup(table, m) if table else default_config(m, n, k, sms)
+
+
+def fused_configs(m: int, n: int, k: int, sms: int = 132) -> list[GemmConfig]:
+    """`gate_up_silu` configurations for I = n, the measured one (if any) first."""
+    table = FUSED_MEASURED.get((n, k))
+    first = [_lookup(table, m)] if table else []
+    return list(dict.fromkeys(first + fused_candidates(m, n, k, sms)))
 
 
 def graph_time_us(fn, reps: int = 10) -> float:
