@@ -4,6 +4,10 @@ decode-step variants and prefill timings, on one GPU with the dummy Qwen2.5-1.5B
   python perf/decode_profile.py --out perf/results            # ~3 min on an H100
 
 Sections (each written to the JSON as soon as it is measured, so a cut-off run keeps them):
+  skinny     the skinny Triton GEMM (swap AB, split-K) against F.linear per projection and M = 32..256
+             (gate_up_silu: the gate/up product fused with silu * up, against F.linear + silu_mul),
+             every candidate configuration timed (not in the default sections: ~2.5 min;
+             `--sections skinny --tag skinny-gemm`)
   gemm       every per-layer projection at M = 32..256, row-major ([N, K], cuBLAS "TN") and
              column-major weights, cuBLAS and cuBLASLt: us per call and GB/s of weights read
              (28 distinct weight copies per shape, so the 50 MB L2 does not serve them)
@@ -30,26 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def graph_time_us(fn, reps: int = 10) -> float:
-    """Mean time of `fn` (a batch of GPU work) captured once in a CUDA graph and replayed."""
-    import torch
+    """Mean time of `fn` captured once in a CUDA graph and replayed (skinny_gemm.graph_time_us)."""
+    from tritonrag.engine.skinny_gemm import graph_time_us as timed
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps * 1000
+    return timed(fn, reps)
 
 
 def gemm_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=28):
@@ -73,6 +61,85 @@ def gemm_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=
             del ws
         del weights
     torch.backends.cuda.preferred_blas_library("cublas")
+    return rows
+
+
+def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=28, vocab=151936,
+                   ms=(32, 64, 128, 256), budget_s=150.0, only=None, wide_only=False):
+    """The skinny Triton GEMM (`tritonrag.engine.skinny_gemm`) against F.linear (cuBLAS) per decode
+    projection and M: every candidate configuration timed in a CUDA graph over 28 distinct weight
+    copies (one for the 467 MB lm_head), checked against F.linear, the best kept per (shape, M)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tritonrag.engine.skinny_gemm import candidates, default_config, graph_time_us, skinny_linear
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    from tritonrag.engine.skinny_gemm import fused_candidates, gate_up_silu
+    from tritonrag.engine.triton_ops import silu_mul
+
+    # gate_up_silu: gate/up product + silu * up, fused (Triton) against F.linear then silu_mul
+    shapes = {"gate_up_silu": (2 * inter, hidden, False), "gate_up": (2 * inter, hidden, False),
+              "down": (hidden, inter, False),
+              "lm_head": (vocab, hidden, False), "qkv": ((heads + 2 * kv_heads) * dim, hidden, True),
+              "o": (hidden, heads * dim, False)}
+    rows = []
+    for name, (n, k, has_bias) in shapes.items():
+        if only and name not in only:
+            continue
+        copies = 1 if name == "lm_head" else layers
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+        biases = [torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None for _ in range(copies)]
+        pairs = list(zip(weights, biases))
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            fused = name == "gate_up_silu"
+            if fused:
+                def base(w, b):
+                    return silu_mul(F.linear(x, w))
+
+                def mine(w, b, config):
+                    return gate_up_silu(x, w, config)
+                configs = fused_candidates(m, n // 2, k, sms)
+                heuristic = configs[0]
+            else:
+                def base(w, b):
+                    return F.linear(x, w, b)
+
+                def mine(w, b, config):
+                    return skinny_linear(x, w, b, config)
+                heuristic = default_config(m, n, k, sms)
+                configs = [heuristic] + [c for c in candidates(m, n, k, sms) if c != heuristic
+                                         and (c.block_n == 256 or not wide_only)]
+            ref = base(weights[0], biases[0]).float()
+            cublas = graph_time_us(lambda: [base(w, b) for w, b in pairs]) / copies
+            tried = []
+            pair_start, pair_budget = time.perf_counter(), budget_s / (len(only or shapes) * len(ms))
+            for config in configs:
+                if time.perf_counter() - pair_start > pair_budget and tried:
+                    tried.append({"skipped": "budget", "left": len(configs) - len(tried)})
+                    break
+                try:
+                    err = float((mine(weights[0], biases[0], config).float() - ref).abs().max())
+                    us = graph_time_us(lambda: [mine(w, b, config) for w, b in pairs]) / copies
+                except Exception as exc:  # noqa: BLE001 — out of shared memory, say: record, go on
+                    tried.append({"config": list(config.__dict__.values()), "error": str(exc)[:200]})
+                    continue
+                tried.append({"config": list(config.__dict__.values()), "us": round(us, 2),
+                              "max_abs_err": round(err, 4)})
+            ok = [t for t in tried if "us" in t]
+            best = min(ok, key=lambda t: t["us"]) if ok else None
+            weight_bytes = n * k * 2
+            row = {"proj": name, "N": n, "K": k, "M": m, "bias": has_bias, "copies": copies,
+                   "cublas_us": round(cublas, 2), "cublas_GBps": round(weight_bytes / cublas / 1e3, 1),
+                   "heuristic_us": ok[0]["us"] if ok and tried[0] is ok[0] else None,
+                   "best": best, "best_GBps": round(weight_bytes / best["us"] / 1e3, 1) if best else None,
+                   "speedup": round(cublas / best["us"], 3) if best else None,
+                   "config_fields": list(heuristic.__dict__.keys()), "tried": tried}
+            rows.append(row)
+            print("skinny", json.dumps({key: v for key, v in row.items() if key != "tried"}), flush=True)
+        del weights, biases, pairs
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -161,11 +228,17 @@ def main(argv=None):
                                                          "gemm"])
     parser.add_argument("--variants", nargs="+",
                         default=["sdpa", "triton", "triton+colmajor", "triton+compile", "sdpa+compile"],
-                        help="attention sdpa|triton|matmul, +compile (torch.compile), +colmajor (NN weights)")
+                        help="attention sdpa|triton|matmul, +compile (torch.compile), +colmajor (NN weights), "
+                             "+skinny / +auto / +cublas (decode GEMMs: Triton, measured per bucket, cuBLAS)")
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--kv-len", type=int, default=320, help="cached positions per row in the step timings")
     parser.add_argument("--serve-variant", default="triton")
+    parser.add_argument("--profile-all", action="store_true", help="kernel tables of every variant")
+    parser.add_argument("--skinny-budget-s", type=float, default=150, help="time for the skinny GEMM sweep")
+    parser.add_argument("--skinny-only", nargs="+", help="projections swept (default all)")
+    parser.add_argument("--skinny-ms", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--skinny-wide-only", action="store_true", help="only the 256-row weight tiles")
     parser.add_argument("--deadline-s", type=float, default=250)
     args = parser.parse_args(argv)
 
@@ -203,7 +276,13 @@ def main(argv=None):
         save()
         print("section", name, "done in", result["section_s"][name], "s", flush=True)
 
+    section("skinny", lambda: skinny_section(budget_s=args.skinny_budget_s, only=args.skinny_only,
+                                             ms=tuple(args.skinny_ms), wide_only=args.skinny_wide_only))
     section("attention", attention_section)
+    if not set(args.sections) & {"variants", "profile", "prefill", "serving"}:   # kernels only: no model
+        section("gemm", gemm_section)
+        print("wrote", path)
+        return
     model = model_sources.load_model(args.model, device, torch.bfloat16, causal=True)
     bandwidth = peak_bandwidth(device)
     result["peak_bandwidth_GBps"] = round(bandwidth / 1e9, 1)
@@ -213,7 +292,8 @@ def main(argv=None):
     def build(variant):
         parts = variant.split("+")
         start = time.perf_counter()
-        engine = DecodeEngine.from_hf(model, slots=slots, max_len=args.max_len, attention=parts[0],
+        gemm = next((g for g in ("cublas", "auto") if g in parts), "triton" if "skinny" in parts else "cublas")
+        engine = DecodeEngine.from_hf(model, slots=slots, max_len=args.max_len, attention=parts[0], gemm=gemm,
                                       compile="compile" in parts, transposed_weights="colmajor" in parts)
         return engine, round(time.perf_counter() - start, 1)
 
@@ -231,11 +311,12 @@ def main(argv=None):
             rows = step_times(engine, args.batches, args.kv_len, 0, 50, device)
             for row in rows:
                 row["roofline_ms"] = round(row["bytes_per_step"] / bandwidth * 1000, 3)
-            out[variant] = {"build_s": build_s, "capture_s": round(engine.warmup_s, 1), "steps": rows}
+            out[variant] = {"build_s": build_s, "capture_s": round(engine.warmup_s, 1), "steps": rows,
+                            "gemm": engine.gemm, "gemm_auto_timings": engine.gemm_timings}
             print("variant", variant, json.dumps(out[variant]), flush=True)
             result["variants"] = out
             save()
-            if variant in ("sdpa", args.serve_variant):
+            if variant in ("sdpa", args.serve_variant) or args.profile_all:
                 engines[variant] = engine
             del engine
         return out

@@ -257,7 +257,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=50, help="decode steps timed per batch size")
     parser.add_argument("--variants", nargs="+", default=["auto", "sdpa"],
                         help="decode-step variants: attention auto|triton|sdpa|matmul (auto: triton on CUDA), "
-                             "+compile for torch.compile before capture, +colmajor for column-major weights")
+                             "+compile for torch.compile before capture, +colmajor for column-major weights, "
+                             "+skinny / +auto for the decode step's GEMMs (Triton; the faster per bucket; default cuBLAS)")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
     parser.add_argument("--tag", default="")
@@ -336,8 +337,10 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
 
     start = time.perf_counter()
     try:
+        gemm = "triton" if "+skinny" in variant else "auto" if "+auto" in variant else "cublas"
         engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
-                                      compile="+compile" in variant, transposed_weights="+colmajor" in variant)
+                                      compile="+compile" in variant, transposed_weights="+colmajor" in variant,
+                                      gemm=gemm)
     except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
         result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
         print(variant, "failed:", result["errors"][variant], flush=True)
@@ -345,6 +348,7 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
     result.setdefault("engine_build_s", {})[variant] = round(time.perf_counter() - start, 2)
     result.setdefault("attention", {})[variant] = engine.attention
     result["graph_capture_s"][variant] = round(engine.warmup_s, 2)
+    result.setdefault("gemm", {})[variant] = {"choice": engine.gemm, "auto_timings": engine.gemm_timings}
     result.setdefault("agreement_with_hf", {})[variant] = agreement(model, engine, device, min(64, max_len - 5))
     print(variant, result["agreement_with_hf"][variant], "capture s", engine.warmup_s, flush=True)
     rows = step_times(engine, batches, args.prompt, args.output, args.steps, device)

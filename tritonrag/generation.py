@@ -46,6 +46,7 @@ class EngineSettings:
     torch_compile: bool = False     # fuse each layer's small ops with torch.compile before capture (GPU)
     attention: str = "auto"         # decode step: "triton" kernels on CUDA (auto), "sdpa" (the CPU's)
     overlap_steps: bool = True      # CUDA: launch step n+1 before reading step n's ids (greedy batches)
+    gemm: str = "cublas"            # decode-step matmuls: cublas, triton (skinny_gemm) or auto (faster per batch)
     ignore_eos: bool = False        # every answer runs to its max_tokens (capacity benchmarks)
     max_waiting: int = 0            # requests waiting for a slot before new ones are refused (0: max_running)
 
@@ -85,7 +86,7 @@ class Generator:
         self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
                                            cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile,
-                                           attention=settings.attention)
+                                           attention=settings.attention, gemm=settings.gemm)
         if self.engine.warmup_s:
             log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)
         self.batcher = ContinuousBatcher(self.engine, max_tokens_in_flight=settings.max_tokens_in_flight or None,

@@ -48,7 +48,8 @@ class DecodeEngine:
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "auto",
-                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False):
+                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False,
+                 gemm: str = "cublas"):
         import torch
 
         from . import flash_decode
@@ -66,6 +67,18 @@ class DecodeEngine:
                 torch.device(device).type == "cuda" or flash_decode.interpreted())):
             raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         self.attention = attention
+        if gemm not in ("auto", "cublas", "triton"):
+            raise ValueError(f"gemm must be auto, cublas or triton, not {gemm!r}")
+        if gemm == "triton" and attention != "triton":
+            raise ValueError("gemm='triton' is the Triton decode step's (attention='triton')")
+        if gemm == "triton" and transposed_weights:
+            raise ValueError("gemm='triton' reads row-major weights: not with transposed_weights")
+        if gemm == "auto" and (attention != "triton" or self.device.type != "cuda" or transposed_weights):
+            gemm = "cublas"     # nothing to measure: the CPU, the SDPA path, column-major weights
+        self.gemm = gemm
+        # per batch bucket, per projection: a skinny_gemm configuration, or None for F.linear
+        self._gemm_plan: dict[int, dict[str, object]] = {}
+        self.gemm_timings: list[dict] = []      # what gemm="auto" measured at warm-up
         self.cos = rope_cos.to(self.device, dtype)     # [max_len, head_dim]
         self.sin = rope_sin.to(self.device, dtype)
         # per-head tables over the fused q|k|v heads, v heads left as they are (cos 1, sin 0),
@@ -244,21 +257,108 @@ class DecodeEngine:
         import torch.nn.functional as F
 
         from .flash_decode import decode_attention, plan_splits
-        from .triton_ops import add_rms_norm, silu_mul
+        from .triton_ops import add_rms_norm
 
         w = self.w
         split_len = plan_splits(rows, w.n_kv_heads, length, self._sms)
+        linear = self._linears(rows)
         x = F.embedding(tokens, w.embed)            # the residual stream, updated in place
         y = None
         for index, layer in enumerate(w.layers):
             h = add_rms_norm(x, y, layer.input_norm, w.eps)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(rows, -1, w.head_dim)
+            qkv = linear["qkv"](h, layer.qkv, layer.qkv_bias).view(rows, -1, w.head_dim)
             att = decode_attention(qkv, self.cache.kv[index][:rows, :, :length], positions, self.scale, split_len,
                                    w.n_heads, self.cos, self.sin_signed)
-            h = add_rms_norm(x, F.linear(att.view(rows, -1), layer.o), layer.post_norm, w.eps)
-            y = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
-        logits = F.linear(add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
+            h = add_rms_norm(x, linear["o"](att.view(rows, -1), layer.o), layer.post_norm, w.eps)
+            y = linear["down"](linear["gate_up"](h, layer.gate_up), layer.down)   # gate_up: silu(gate) * up
+        logits = linear["lm_head"](add_rms_norm(x, y, w.final_norm, w.eps), w.lm_head)
         return logits, logits.argmax(-1)
+
+    _PROJECTIONS = ("qkv", "o", "gate_up", "down", "lm_head")
+
+    def _weights_of(self, name: str) -> tuple[list, list]:
+        """Every layer's weight (and bias) of one projection; the single lm_head."""
+        if name == "lm_head":
+            return [self.w.lm_head], [None]
+        return ([getattr(layer, name) for layer in self.w.layers],
+                [layer.qkv_bias if name == "qkv" else None for layer in self.w.layers])
+
+    def _linears(self, rows: int) -> dict:
+        """The decode step's product per projection for this batch: F.linear (cuBLAS) or the
+        skinny Triton GEMM with the configuration chosen for the batch bucket; "gate_up" gives
+        silu(gate) * up (the fused kernel, or the product then `silu_mul`)."""
+        import functools
+
+        import torch.nn.functional as F
+
+        from .skinny_gemm import gate_up_silu, skinny_linear
+        from .triton_ops import silu_mul
+
+        def unfused(product):
+            return lambda x, w: silu_mul(product(x, w))
+
+        if self.gemm == "cublas":
+            return dict(dict.fromkeys(self._PROJECTIONS, F.linear), gate_up=unfused(F.linear))
+        bucket = next((b for b in self.batch_buckets if b >= rows), self.batch_buckets[-1])
+        if bucket not in self._gemm_plan:
+            self._plan_gemm(bucket)
+        out = {}
+        for name, choice in self._gemm_plan[bucket].items():
+            if choice is None:
+                out[name] = unfused(F.linear) if name == "gate_up" else F.linear
+            elif isinstance(choice, tuple):      # ("fused", config): gate_up + silu * up in one kernel
+                out[name] = functools.partial(gate_up_silu, config=choice[1])
+            else:
+                product = functools.partial(skinny_linear, config=choice)
+                out[name] = unfused(product) if name == "gate_up" else product
+        return out
+
+    def _plan_gemm(self, bucket: int) -> None:
+        """Choose each projection's product for a batch bucket (before any graph capture: this
+        compiles kernels and, for gemm="auto", times the options in CUDA graphs over all layers'
+        weights, so the L2 cannot serve them as it would one layer's).
+
+        "auto" measures rather than trusting a fixed table: the table's configurations are the
+        H100's best (perf/results/2026-11-24_H100_skinny-gemm.json), and another GPU, or a cuBLAS
+        update, may rank them differently; it costs ~20-40 s of warm-up on the H100 (compiles included)."""
+        import torch
+        import torch.nn.functional as F
+
+        from .skinny_gemm import balanced, config_for, fused_configs, gate_up_silu, graph_time_us, skinny_linear
+        from .triton_ops import silu_mul
+
+        plan = {}
+        for name in self._PROJECTIONS:
+            weights, biases = self._weights_of(name)
+            n, k = weights[0].shape
+            x = torch.randn(bucket, k, device=self.device, dtype=self.dtype)
+            if name == "gate_up":
+                options = {None: lambda w, b: silu_mul(F.linear(x, w))}
+                for config in fused_configs(bucket, n // 2, k, self._sms)[:None if self.gemm == "auto" else 1]:
+                    options[("fused", config)] = lambda w, b, c=config: gate_up_silu(x, w, c)
+            else:   # the table's configuration, then (auto) its variants sized to whole waves over the SMs
+                config = config_for(bucket, n, k, self._sms)
+                configs = [config] + [b for waves in (1, 2) if (b := balanced(config, bucket, n, k, self._sms, waves))]
+                options = {None: lambda w, b: F.linear(x, w, b)}
+                for config in configs[:None if self.gemm == "auto" else 1]:
+                    options[config] = lambda w, b, c=config: skinny_linear(x, w, b, c)
+            if self.gemm != "auto":
+                plan[name] = list(options)[1]
+                continue
+            pairs = list(zip(weights, biases))
+            timings = {}
+            for choice, fn in options.items():
+                try:
+                    timings[choice] = graph_time_us(lambda: [fn(w, b) for w, b in pairs]) / len(pairs)
+                except Exception:  # noqa: BLE001 — (another GPU: too little shared memory, say) not this one
+                    log.exception("decode GEMM option %s for %s at batch %d failed", choice, name, bucket)
+            best = min(timings, key=timings.get)
+            # a Triton option must win by 2 %: below that the timings' noise decides
+            plan[name] = best if best is not None and timings[best] < timings[None] * 0.98 else None
+            self.gemm_timings.append({"bucket": bucket, "proj": name, "cublas_us": round(timings[None], 2),
+                                      "triton_us": {str(c): round(t, 2) for c, t in timings.items() if c is not None},
+                                      "choice": str(plan[name])})
+        self._gemm_plan[bucket] = plan
 
     def _qkv_part(self, x, norm, qkv_weight, qkv_bias, cos, sin):
         """Norm, fused q/k/v projection and rotary embedding (v heads pass unchanged)."""
@@ -367,6 +467,9 @@ class DecodeEngine:
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
+            if self.attention == "triton" and self.gemm != "cublas":
+                for rows in self.batch_buckets:     # kernels compiled and timed outside any capture
+                    self._plan_gemm(rows)
             for length in reversed(self.length_buckets):
                 for rows in reversed(self.batch_buckets):
                     args = (self._tokens[:rows], self._positions[:rows], rows, length)
