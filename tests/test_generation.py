@@ -43,3 +43,18 @@ def test_retrieved_fact_reaches_the_answer(generator):
     facts = make_facts(6, seed=21)
     answers = generator.generate([generator.prepare(f.question, [f.passage], 24) for f in facts])
     assert sum(answer_is_correct(a, f.answer) for a, f in zip(answers, facts)) >= 4, answers
+
+
+def test_cpu_dtype_is_bf16_only_where_the_cpu_multiplies_bf16_natively():
+    from tritonrag.generation import cpu_dtype, cpu_has_native_bf16
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire = "flags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n"
+    older = "flags\t\t: fpu sse4_2 avx2 fma avx512f avx512bw\n"
+    graviton3 = "Features\t: fp asimd sve bf16 i8mm\n"
+    assert cpu_has_native_bf16(zen4) and cpu_has_native_bf16(sapphire) and cpu_has_native_bf16(graviton3)
+    assert not cpu_has_native_bf16(older) and not cpu_has_native_bf16("")
+    assert cpu_dtype("auto", zen4) == "bfloat16" and cpu_dtype("auto", older) == "float32"
+    assert cpu_dtype("float32", zen4) == "float32" and cpu_dtype("bfloat16", older) == "bfloat16"
+    with pytest.raises(ValueError, match="cpu_dtype"):
+        cpu_dtype("fp8")

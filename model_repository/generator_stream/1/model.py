@@ -29,7 +29,7 @@ class TritonPythonModel:
         self.generator = Generator(model_param(config, "generator_model", DEFAULT_GENERATOR), device=device,
                                    max_prompt_tokens=model_param(config, "max_prompt_tokens", 1024),
                                    settings=EngineSettings.from_config(config, device))
-        pb_utils.Logger.log_info(f"generator_stream: engine on {device}, {self.generator.settings}, "
+        pb_utils.Logger.log_info(f"generator_stream: engine on {device} ({self.generator.dtype}), {self.generator.settings}, "
                                  f"CUDA graphs captured in {self.generator.engine.warmup_s:.1f} s")
         # the family must outlive its metrics: keep it on the model
         self.metric_family = pb_utils.MetricFamily("tritonrag_generator_sequences", "sequences in the decode engine",
