@@ -47,11 +47,12 @@ class PipelineRag:
         if self.index.metric == "cosine":
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         self.vectors = vectors
-        dtype = torch.float32 if device == "cpu" else torch.float16
-        self.embed = pipeline("feature-extraction", model=model_sources.resolve(embedder), device=device,
-                              dtype=dtype)
-        self.generate = pipeline("text-generation", model=model_sources.resolve(generator), device=device,
-                                 dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+        self.embed = pipeline("feature-extraction", device=device,
+                              **_model_and_tokenizer(embedder, device, torch.float32 if device == "cpu" else torch.float16,
+                                                     causal=False))
+        self.generate = pipeline("text-generation", device=device,
+                                 **_model_and_tokenizer(generator, device,
+                                                        torch.float32 if device == "cpu" else torch.bfloat16, causal=True))
         self.special = special_token_strings(self.generate.tokenizer)
         self.limits = Limits()
 
@@ -71,6 +72,18 @@ class PipelineRag:
         out = self.generate(messages, max_new_tokens=max_tokens, do_sample=False, return_full_text=False)
         return {"answer": out[0]["generated_text"].strip(), "sources": [p.id for p in passages],
                 "scores": [float(scores[i]) for i in top]}
+
+
+def _model_and_tokenizer(spec: str, device: str, dtype, causal: bool) -> dict:
+    """A pipeline's `model` (and `tokenizer`) arguments: a path or Hub id as a user would pass it;
+    a ``dummy:`` spec (a production shape with random weights, for GPU hosts without the weights)
+    as the model object and the builtin tokenizer the Triton stack's dummy models borrow too."""
+    if not model_sources.is_dummy(spec):
+        return {"model": model_sources.resolve(spec), "dtype": dtype}
+    from transformers import AutoTokenizer
+
+    model = model_sources.load_model(spec, device, dtype, causal=causal)
+    return {"model": model, "tokenizer": AutoTokenizer.from_pretrained(model_sources.tokenizer_source(spec, causal))}
 
 
 class Ask(BaseModel):
