@@ -158,7 +158,8 @@ def serve(batcher, concurrency: int, requests: int, prompt: int, output: int, vo
             "requests_per_s": round(len(records) / elapsed, 2), "output_tokens_per_s": round(tokens / elapsed, 1),
             "ttft_ms_p50": round(percentile(ttft, 50), 2), "ttft_ms_p99": round(percentile(ttft, 99), 2),
             "tpot_ms_p50": round(percentile(tpot, 50), 3), "tpot_ms_p99": round(percentile(tpot, 99), 3),
-            "latency_ms_p50": round(percentile(latency, 50), 1), "decode_steps_total": steps_before}
+            "latency_ms_p50": round(percentile(latency, 50), 1), "latency_ms_p99": round(percentile(latency, 99), 1),
+            "decode_steps_total": steps_before}
 
 
 def hf_generate(model, batch: int, prompt: int, output: int, device) -> dict:
