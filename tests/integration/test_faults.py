@@ -102,19 +102,28 @@ def test_killed_generator_stub_is_recovered_and_readiness_tells_the_truth(fault_
             if readiness[-1][1] and recovered(server) > recoveries_before:
                 break
             time.sleep(0.1)
+        back = readiness[-1][0]
+        restarted = server.supervisor.count("unload-stuck") > stuck_before
+        if restarted:   # new server process: the clients' gRPC channels redial with backoff (seconds)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(kind == "ok" and t > back for t, kind, _ in load.results):
+                time.sleep(0.2)
         time.sleep(3)
     assert recovered(server) > recoveries_before, server.supervisor.events
     down = [t for t, ready in readiness if not ready]
     assert down, "readiness never reported the generator's absence"
-    back = readiness[-1][0]
     errors = [(t, msg) for t, kind, msg in load.results if kind == "error"]
-    # errors only around the outage; answers again afterwards
-    late = [(round(t - back, 2), m[:160]) for t, m in errors if t >= back + 1.0]
+    # errors only around the outage; answers again afterwards. After a server restart a client's
+    # channel may still be backing off from the dead server's port for a while: its "failed to
+    # connect" is the client's, not the server's (as in test_killed_server_is_restarted_on_the_same_ports)
+    redial = ("failed to connect", "Connection refused", "Socket closed", "Stream removed")
+    late = [(round(t - back, 2), m[:160]) for t, m in errors
+            if t >= back + 1.0 and not (restarted and any(r in m for r in redial))]
     assert not late, (round(back - killed_at, 2), late[:5])
     assert any(kind == "ok" and t > back for t, kind, _ in load.results)
     with RagClient(server.grpc_url, protocol="grpc") as client:
         assert client.ask(QUESTION, max_tokens=4, top_k=3).answer
-    how = "server restarted" if server.supervisor.count("unload-stuck") > stuck_before else "model reloaded"
+    how = "server restarted" if restarted else "model reloaded"
     report_figure(f"{model} stub killed ({how}): not ready after {down[0] - killed_at:.2f} s, ready again after "
                   f"{back - killed_at:.2f} s, {len(errors)} failed of {len(load.results)} (3 clients retrying "
                   f"every 0.2 s); messages: {sorted({m[:80] for _, m in errors})[:3]}")
