@@ -1,33 +1,20 @@
 """The split-KV decode attention kernel against SDPA, in Triton's interpreter on the CPU."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-# not imported here: the parent must leave triton unimported, for test_fused_topk.py after it
-# (which switches the interpreter on at its own first import of triton)
+# not imported here: the parent leaves triton unimported (see triton_interpreter.py)
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-# the kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter, which must be
-# switched on before triton is first imported: the CPU cases run in a child pytest
-DEVICE = "cpu" if INTERPRETED or not torch.cuda.is_available() else "cuda"
-needs_kernel = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="run by the child process below")
+from triton_interpreter import DEVICE, needs_kernel, parent_only, run_module_interpreted  # noqa: E402
 
 
-@pytest.mark.skipif(INTERPRETED or DEVICE == "cuda", reason="this is the parent")
+@parent_only
 def test_kernel_cases_pass_in_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and " 1 skipped" in done.stdout   # only the parent test is skipped there
+    run_module_interpreted(__file__)
 
 
 @pytest.fixture(scope="module")

@@ -1,30 +1,20 @@
 """The skinny decode-step GEMM against F.linear, in Triton's interpreter on the CPU (or on CUDA)."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-# not imported here: the parent leaves triton unimported (the interpreter must be switched on
-# before triton's first import, see test_flash_decode.py)
+# not imported here: the parent leaves triton unimported (see triton_interpreter.py)
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRETED or not torch.cuda.is_available() else "cuda"
-needs_kernel = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="run by the child process below")
+from triton_interpreter import DEVICE, needs_kernel, parent_only, run_module_interpreted  # noqa: E402
 
 
-@pytest.mark.skipif(INTERPRETED or DEVICE == "cuda", reason="this is the parent")
+@parent_only
 def test_kernel_cases_pass_in_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and " 1 skipped" in done.stdout   # only the parent test is skipped there
+    run_module_interpreted(__file__)
 
 
 @needs_kernel
