@@ -41,19 +41,30 @@ def log(*parts) -> None:
 
 
 # -- timing helpers ---------------------------------------------------------------------------
-def gpu_time(fn, repeat: int, warmup: int = 1) -> float:
-    """Median wall time in ms of fn() (fn returns host results, so it includes the sync)."""
+def gpu_time(fn, repeat: int, warmup: int = 1, warm_s: float = 0.1, host_result: bool = True) -> float:
+    """Median wall time in ms of fn(). With `host_result`, fn returns host results (so its GPU
+    work is done when it returns) and the device sync after each call, for a quiet start of
+    the next, is not timed (it added the same few us to every implementation: `host_calls`
+    measures it); otherwise the sync is timed too.
+
+    Calls fn for `warm_s` seconds first (at least `warmup` times), so that a measurement
+    starts on a busy GPU, not one idle (clocks down) through seconds of NumPy references."""
     import cupy as cp
 
-    for _ in range(warmup):
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < warm_s:
         fn()
+        done += 1
     cp.cuda.Device().synchronize()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        cp.cuda.Device().synchronize()
+        if not host_result:
+            cp.cuda.Device().synchronize()
         times.append((time.perf_counter() - start) * 1e3)
+        cp.cuda.Device().synchronize()
     return statistics.median(times)
 
 
@@ -231,10 +242,10 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         tiny = GpuSearch(corpus[:1000], "ip", 0, "float16")
         row["search_1000_rows_ms"] = gpu_time(lambda: tiny.search(q, k), 20)
         # where the per-call overhead goes (host wall time, synced): queries in, one launch, keys out
-        row["overhead_queries_ms"] = gpu_time(lambda: tiny._queries(q).astype(cp.float16), 20)
+        row["overhead_queries_ms"] = gpu_time(lambda: tiny._queries(q).astype(cp.float16), 20, host_result=False)
         small = cp.zeros((batch, k), cp.uint64)
         row["overhead_keys_to_host_ms"] = gpu_time(lambda: small.get(), 20)
-        row["overhead_empty_launch_ms"] = gpu_time(lambda: small.fill(0), 20)
+        row["overhead_empty_launch_ms"] = gpu_time(lambda: small.fill(0), 20, host_result=False)
         row["gemm_fp32_out_peak_fraction"] = corpus.nbytes / row["gemm_fp32_out_ms"] / 1e6 / peak
         rows.append(row)
         log(row)
@@ -346,8 +357,9 @@ def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
 
 def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
     """Where a fused ip search's time goes (adopted tiles): the kernel with k and with 1
-    pass per tile (the passes' cost), the merge of the tiles' candidates (torch.topk), and
-    the whole `topk_keys` call."""
+    pass per tile (the passes' cost), the merge of the tiles' candidates (`merge_keys`, and
+    torch.topk as before), the whole `topk_keys` call (events; and its host time alone), and
+    the whole search from GPU queries to host results (wall)."""
     import torch
 
     from tritonrag import fused_kernels, fused_topk
@@ -370,10 +382,24 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
                 BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages, HAS_NORMS=False, IEEE=False,
                 num_warps=warps)
             row[f"kernel_k{passes}_ms"] = event_ms(cp, launch)
-        cands = torch.empty((batch, tiles * k), dtype=torch.int64, device="cuda")
-        row["merge_topk_ms"] = event_ms(cp, lambda: torch.topk(cands, k, dim=1))
+        cands = torch.randint(-2**62, 2**62, (batch, tiles * k), dtype=torch.int64, device="cuda")
+        row["merge_torch_topk_ms"] = event_ms(cp, lambda: torch.topk(cands, k, dim=1))
+        chunk = fused_topk.MERGE_CHUNK
+        for size in (1024, 2048, 4096):
+            fused_topk.MERGE_CHUNK = size
+            row[f"merge_triton_{size}_ms"] = event_ms(cp, lambda: fused_topk.merge_keys(torch, cands, k))
+        fused_topk.MERGE_CHUNK = chunk
         row["topk_keys_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip"))
+        start = time.perf_counter()
+        for _ in range(20):  # the host's side of a call: launches only (the GPU catches up after)
+            fused_topk.topk_keys(torch, xt, q, k, "ip")
+        row["topk_keys_host_us"] = (time.perf_counter() - start) / 20 * 1e6
+        torch.cuda.synchronize()
+        search = ExactSearch(corpus, "ip", "cuda:0", dtype="float16", kernel="fused")
+        qc = cp.from_dlpack(q)
+        row["search_wall_ms"] = gpu_time(lambda: search.search(qc, k), 20)
         row["kernel_k_peak_fraction"] = corpus.nbytes / row[f"kernel_k{k}_ms"] / 1e6 / peak
+        row["search_peak_fraction"] = corpus.nbytes / row["search_wall_ms"] / 1e6 / peak
         rows.append(row)
         log(row)
     del corpus, xt
@@ -568,6 +594,31 @@ def numpy_long(a, b, metric):
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def host_calls(cp) -> dict:
+    """Host time (us) of small calls a search or a distance could make on every call."""
+    import torch
+
+    q = cp.random.default_rng(0).standard_normal((32, 1024), dtype=cp.float32)
+    qt = torch.from_dlpack(q)
+    out = {}
+    for name, fn in (("device_attributes_us", lambda: cp.cuda.Device().attributes["MultiProcessorCount"]),
+                     ("mem_get_info_us", lambda: cp.cuda.runtime.memGetInfo()),
+                     ("device_synchronize_us", lambda: cp.cuda.Device().synchronize()),
+                     ("cupy_row_sums_get_us", lambda: (q * q).sum(axis=1).get()),
+                     ("cupy_row_norms_us", lambda: cp.linalg.norm(q, axis=1, keepdims=True)),
+                     ("torch_row_sums_cpu_us", lambda: (qt * qt).sum(dim=1).cpu()),
+                     ("torch_normalize_us", lambda: torch.nn.functional.normalize(qt, dim=1))):
+        fn()
+        cp.cuda.Device().synchronize()
+        start = time.perf_counter()
+        for _ in range(20):
+            fn()
+        cp.cuda.Device().synchronize()
+        out[name] = (time.perf_counter() - start) / 20 * 1e6
+    log(out)
+    return out
+
+
 def long_sweep(cp, sizes, peak, h2d, budget, repeat) -> list[dict]:
     from tritonrag.gpu_search import pinned_empty
 
@@ -712,6 +763,8 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
     parser.add_argument("--fused-check", action="store_true", help="GPU: the fused kernels vs NumPy")
     parser.add_argument("--fused-tune", type=int, default=0, help="GPU: time the fused kernels' tile shapes at N rows")
+    parser.add_argument("--fused-profile", type=int, default=0,
+                        help="GPU: where a fused search's time goes at N rows (also after --fused-tune)")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -738,11 +791,15 @@ def main(argv=None) -> int:
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)
         log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
+        result["host_calls"] = host_calls(cp)
         if args.fused_tune:
             result["fused_tune"] = fused_tune(cp, args.fused_tune, args.dim, args.batches, args.k, peak)
             result["fused_tiles"] = adopt_best_tiles(result["fused_tune"])
+            save()
+        if args.fused_tune or args.fused_profile:
             try:
-                result["fused_profile"] = fused_profile(cp, args.fused_tune, args.dim, args.batches, args.k, peak)
+                result["fused_profile"] = fused_profile(cp, args.fused_profile or args.fused_tune, args.dim,
+                                                        args.batches, args.k, peak)
             except Exception as exc:  # noqa: BLE001 — a breakdown only
                 result["fused_profile_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 log("fused_profile failed:", exc)

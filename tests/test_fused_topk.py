@@ -82,6 +82,19 @@ def test_fp16_block_sums_of_l1_give_the_same_result_on_small_integers():
     assert torch.equal(want, got)
 
 
+def test_merge_keeps_the_best_keys_of_each_row_over_several_rounds(monkeypatch):
+    """Chunks of 64 keys: 1000 keys a row take three rounds (1000 -> 160 -> 30 -> 10), sorted
+    at the end; empty slots (the lowest key) never displace a real one."""
+    monkeypatch.setattr(fused_topk, "MERGE_CHUNK", 64)
+    rng = np.random.default_rng(3)
+    keys = rng.choice(np.arange(-10**12, 10**12, 7919), size=(3, 1000), replace=False).astype(np.int64)
+    keys[1, ::2] = np.iinfo(np.int64).min
+    keys[2, 5:] = np.iinfo(np.int64).min  # fewer real keys than k
+    got = fused_topk.merge_keys(torch, torch.from_numpy(keys), 10).numpy()
+    assert got.shape == (3, 10)
+    assert np.array_equal(got, np.sort(keys, axis=1)[:, ::-1][:, :10])
+
+
 def test_many_queries_take_several_query_blocks_and_small_tiles_still_hold_k():
     corpus, q = _integer_data(rows=400, dim=32, queries=40)
     want_i, _ = ExactSearch(corpus, "ip").search(q, 20)
@@ -113,11 +126,12 @@ def test_kernel_choice():
 
 
 def test_auto_fuses_where_it_measured_faster(monkeypatch):
-    """H100: L1 fused always; ip/cos/l2 fused for large corpora or batches, not 1M x batch 1-16."""
+    """H100: L1 fused always; ip/cos/l2 fused from 1M rows or past 16 queries."""
     monkeypatch.setattr(fused_topk, "available", lambda device_type: device_type == "cuda")
     assert fused_topk.wanted("auto", "l1", 10, "cuda", False, rows=1000, batch=1)
-    assert not fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=8)
-    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=32)
+    assert not fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=500_000, batch=8)
+    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=8)
+    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=500_000, batch=32)
     assert fused_topk.wanted("auto", "cosine", 10, "cuda", False, rows=10_000_000, batch=1)
     assert not fused_topk.wanted("auto", "l2", 10, "cpu", False, rows=10_000_000, batch=32)
 

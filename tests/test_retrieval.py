@@ -62,7 +62,7 @@ def test_bad_storage_dtype_is_refused():
 
 
 def test_search_kernel_setting():
-    assert RetrieverSettings.from_config({"parameters": {}}).search_kernel == "cublas"
+    assert RetrieverSettings.from_config({"parameters": {}}).search_kernel == "auto"
     fused = RetrieverSettings.from_config({"parameters": {"search_kernel": {"string_value": "fused"}}})
     assert fused.search_kernel == "fused"
     with pytest.raises(ValueError, match="search_kernel"):
@@ -78,3 +78,18 @@ def test_config_pbtxt_defaults_are_the_settings_defaults():
     params = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
     parsed = RetrieverSettings.from_config({"parameters": {k: {"string_value": v} for k, v in params.items()}})
     assert parsed == RetrieverSettings()
+
+
+def test_warm_up_searches_each_k_and_batch_and_changes_nothing(retriever, monkeypatch):
+    """On a GPU it runs the kernels' first compiles at load; here it must only search (k above
+    the corpus size is cut to it) and leave later results as they were."""
+    vectors = hash_embed([p.embedding_text() for p in PASSAGES])
+    before = retriever.dense.search(vectors[:2], 3)
+    calls = []
+    search = retriever.dense.search
+    monkeypatch.setattr(retriever.dense, "search", lambda q, k: calls.append((q.shape, k)) or search(q, k))
+    assert retriever.warm_up([3, 1000, 3]) >= 0
+    assert calls == [((1, vectors.shape[1]), 3), ((32, vectors.shape[1]), 3),
+                     ((1, vectors.shape[1]), len(PASSAGES)), ((32, vectors.shape[1]), len(PASSAGES))]
+    after = retriever.dense.search(vectors[:2], 3)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))

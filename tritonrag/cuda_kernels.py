@@ -268,14 +268,68 @@ extern "C" __global__ void __launch_bounds__(NT) l1_scores(
 """
 
 _LONG = r"""
+// Sum three doubles over a block of 256 threads (warp shuffles, then the 8 warps in order) into out[0..3).
+__device__ __forceinline__ void block_sum3(double s0, double s1, double s2, double* out) {
+    for (int off = 16; off > 0; off >>= 1) {
+        s0 += __shfl_down_sync(0xffffffffu, s0, off);
+        s1 += __shfl_down_sync(0xffffffffu, s1, off);
+        s2 += __shfl_down_sync(0xffffffffu, s2, off);
+    }
+    __shared__ double red[3][8];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) { red[0][warp] = s0; red[1][warp] = s1; red[2][warp] = s2; }
+    __syncthreads();
+    if (threadIdx.x < 3) {
+        double t = 0.0;
+        for (int w = 0; w < 8; ++w) t += red[threadIdx.x][w];
+        out[threadIdx.x] = t;
+    }
+    __syncthreads();  // red is reused by a second call
+}
+
 // metric: 0 dot, 1 squared L2, 2 L1, 3 cosine (dot, |a|^2, |b|^2). Partials [blocks, 3].
+// With `result` set, the last block to finish (a ticket from `counter`, which it resets to 0)
+// also sums the partials in block order (deterministic) into result[0..3): a pinned host
+// buffer, so the caller only waits for the stream instead of launching a sum and a copy.
 extern "C" __global__ void __launch_bounds__(256) long_reduce(
         const STORAGE_T* __restrict__ a, const STORAGE_T* __restrict__ b, long long n, int metric,
-        double* __restrict__ partial)
+        double* __restrict__ partial, unsigned int* __restrict__ counter, double* __restrict__ result)
 {
     double s0 = 0.0, s1 = 0.0, s2 = 0.0;
     const long long stride = (long long)gridDim.x * blockDim.x;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+#if VEC
+    // 16-byte loads (the caller checked alignment): UNROLL words of each vector in flight per
+    // thread, a float partial per word, double sums; the elements past the last word below.
+    constexpr int EPW = 16 / sizeof(STORAGE_T);
+    const long long words = n / EPW;
+    const uint4* __restrict__ a4 = reinterpret_cast<const uint4*>(a);
+    const uint4* __restrict__ b4 = reinterpret_cast<const uint4*>(b);
+    for (long long w = i; w < words; w += UNROLL * stride) {
+        uint4 wa[UNROLL], wb[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            long long at = w + u * stride;
+            if (at < words) { wa[u] = a4[at]; wb[u] = b4[at]; } else { wa[u] = make_uint4(0, 0, 0, 0); wb[u] = wa[u]; }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const STORAGE_T* xs = reinterpret_cast<const STORAGE_T*>(&wa[u]);
+            const STORAGE_T* ys = reinterpret_cast<const STORAGE_T*>(&wb[u]);
+            float p0 = 0.f, p1 = 0.f, p2 = 0.f;
+#pragma unroll
+            for (int e = 0; e < EPW; ++e) {
+                float x = CONVERT(xs[e]), y = CONVERT(ys[e]);
+                if (metric == 0) p0 += x * y;
+                else if (metric == 1) { float t = x - y; p0 += t * t; }
+                else if (metric == 2) p0 += fabsf(x - y);
+                else { p0 += x * y; p1 += x * x; p2 += y * y; }
+            }
+            s0 += p0; s1 += p1; s2 += p2;
+        }
+    }
+    i = words * EPW + i;  // the tail: fewer than EPW elements, scalar below
+#endif
     // UNROLL independent loads in flight per thread; float partials per step, double sums.
     for (; i + (UNROLL - 1) * stride < n; i += UNROLL * stride) {
         float x[UNROLL], y[UNROLL];
@@ -298,20 +352,23 @@ extern "C" __global__ void __launch_bounds__(256) long_reduce(
         else if (metric == 2) s0 += (double)fabsf(x - y);
         else { s0 += (double)(x * y); s1 += (double)(x * x); s2 += (double)(y * y); }
     }
-    for (int off = 16; off > 0; off >>= 1) {
-        s0 += __shfl_down_sync(0xffffffffu, s0, off);
-        s1 += __shfl_down_sync(0xffffffffu, s1, off);
-        s2 += __shfl_down_sync(0xffffffffu, s2, off);
-    }
-    __shared__ double red[3][8];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) { red[0][warp] = s0; red[1][warp] = s1; red[2][warp] = s2; }
+    block_sum3(s0, s1, s2, partial + blockIdx.x * 3);
+    if (result == nullptr) return;
+    __shared__ bool last;
+    __threadfence();  // this block's partials are visible before its ticket is taken
     __syncthreads();
-    if (threadIdx.x < 3) {
-        double t = 0.0;
-        for (int w = 0; w < 8; ++w) t += red[threadIdx.x][w];
-        partial[blockIdx.x * 3 + threadIdx.x] = t;
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // the partials, each thread a fixed stride of blocks, then the same fixed tree: deterministic
+    const volatile double* p = partial;
+    s0 = s1 = s2 = 0.0;
+    for (unsigned int blk = threadIdx.x; blk < gridDim.x; blk += blockDim.x) {
+        s0 += p[blk * 3]; s1 += p[blk * 3 + 1]; s2 += p[blk * 3 + 2];
     }
+    block_sum3(s0, s1, s2, result);
+    if (threadIdx.x == 0) *counter = 0u;
 }
 """
 
@@ -356,5 +413,7 @@ def l1_kernel(storage: str, tq: int, qpt: int, rpt: int, dk: int, threads: int =
     return _module("l1", storage, defines).get_function("l1_scores")
 
 
-def long_kernel(storage: str, unroll: int = 8):
-    return _module("long", storage, (("UNROLL", unroll),)).get_function("long_reduce")
+@functools.lru_cache(maxsize=None)
+def long_kernel(storage: str, unroll: int = 4, vec: bool = True):
+    """vec: 16-byte loads (both vectors 16-byte aligned); else one element a load, 8 in flight."""
+    return _module("long", storage, (("UNROLL", unroll if vec else 8), ("VEC", int(vec)))).get_function("long_reduce")

@@ -4,6 +4,8 @@ Each program: one tile of BLOCK_N corpus rows x one block of BLOCK_B queries; sc
 registers (fp32), then K passes of "max over the tile's rows, mask the winner" write the
 tile's best K per query as 64-bit keys, `tritonrag.torch_search.score_keys`: signed int32
 in float order high, MAX_INDEX - row low (the lowest row of equal scores is taken first).
+`merge_topk` then keeps the best K of each chunk of those keys, applied until one chunk
+is left per query.
 """
 
 import triton
@@ -103,3 +105,18 @@ def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_st
             diff = tl.abs(x.to(tl.float32)[:, :, None] - q.to(tl.float32)[:, None, :])
             acc += tl.sum(diff, axis=0)
     _emit_topk(-acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
+
+
+@triton.jit(do_not_specialize=["width", "in_stride", "out_stride"])
+def merge_topk(in_ptr, out_ptr, width, in_stride, out_stride, K: tl.constexpr, CHUNK: tl.constexpr):
+    """Grid (queries, chunks): the best K keys (best first) of keys [q, c*CHUNK, (c+1)*CHUNK)
+    to out[q, c*K ...]. Keys name their rows, so they are unique (but EMPTY_KEY)."""
+    q = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    keys = tl.load(in_ptr + q * in_stride + offs, mask=offs < width, other=EMPTY_KEY)
+    base = out_ptr + q * out_stride + chunk * K
+    for i in tl.static_range(K):
+        best = tl.max(keys, axis=0)
+        tl.store(base + i, best)
+        keys = tl.where(keys == best, EMPTY_KEY, keys)

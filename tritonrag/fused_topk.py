@@ -7,8 +7,12 @@ queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps
 tile's best k per query: k passes of "max, lowest row of the max, mask it" over the scores
 in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index`` low, the
 keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names its row.
-The tiles' [B, tiles * k] candidates are merged by one `torch.topk` (~k/128 of the scores,
-but at 1M rows still ~0.2 ms on an H100: perf/README.md). Scores never go to memory.
+The tiles' [B, tiles * k] candidates are merged by `merge_topk` passes: the best k of each
+chunk of MERGE_CHUNK keys, again until one chunk is left (at k = 10 two launches up to
+5M rows at batch <= 16, 10M at 32; three beyond). `torch.topk` over the candidates took
+0.23-0.25 ms at 1M rows and 0.55-0.95 ms at 10M, batch 32, on the H100, a fifth of the search
+at 1M (perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13-variants.json); the merge
+0.06-0.07 ms at 1M (`..._s13-final.json`, fused_profile). Scores never go to memory.
 
 Inputs are torch tensors on one device (a CuPy corpus is shared through DLPack, no copy).
 Imported under `TRITON_INTERPRET=1`, the same kernels run on CPU tensors (the unit tests).
@@ -24,6 +28,7 @@ import os
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
 MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
 MAX_QUERY_BLOCK = 32        # queries per program; more queries: more programs along grid axis 1
+MERGE_CHUNK = 2048          # candidate keys per merge program (~200 tiles at k = 10)
 # Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
 # compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
 K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
@@ -60,13 +65,13 @@ def available(device_type: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """(dot, l1, interpreted): compiled on demand; their module imports triton (optional on CPU).
+    """(dot, l1, interpreted, merge): compiled on demand; their module imports triton (optional on CPU).
 
     Imported with TRITON_INTERPRET=1 (the unit tests), the kernels run on CPU tensors."""
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     from . import fused_kernels
 
-    return fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted
+    return fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_topk
 
 
 def _pow2(x: int) -> int:
@@ -90,7 +95,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
     [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
     """
-    dot_kernel, l1_kernel, interpreted = _kernels()
+    dot_kernel, l1_kernel, interpreted, _ = _kernels()
     n, dim = corpus.shape
     batch = queries.shape[0]
     k = min(int(k), n)
@@ -117,23 +122,43 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
                         HALF=bool(half), **extra)
     else:
         # queries in the corpus type (as the cuBLAS path), transposed and zero-padded to the block
-        qt = torch.zeros((dim, q_blocks * block_b), dtype=corpus.dtype, device=corpus.device)
-        qt[:, :batch] = queries.to(corpus.dtype).T
+        qt = torch.empty((dim, q_blocks * block_b), dtype=corpus.dtype, device=corpus.device)
+        qt[:, :batch].copy_(queries.T)  # one kernel (cast + transpose) where the batch fills the blocks
+        if batch < qt.shape[1]:
+            qt[:, batch:].zero_()
         dummy = norms if norms is not None else cands
         dot_kernel[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0),
                          DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                          HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, **extra)
     if cands.shape[1] == k:
         return cands
-    return torch.topk(cands, k, dim=1).values
+    return merge_keys(torch, cands, passes)[:, :k]
 
 
-# "auto": where the fused search measured faster on the H100 (perf/results/2026-11-24_H100_
-# retrieval_s11.json, end to end): L1 always (1M rows: 1.07 / 1.57 / 3.28 ms against 2.10 / 2.48
-# / 4.89 at batch 1 / 8 / 32); ip/cosine/l2 from AUTO_MIN_ROWS rows (10M: 3-20 % faster) or
-# past 16 queries (1M, batch 32: equal or 8 % faster), but not for smaller searches (1M, batch
-# 1 and 8: 7-16 % slower, as merging the tiles' candidates costs ~0.2 ms there).
-AUTO_MIN_ROWS = 4_000_000
+def merge_keys(torch, keys, k: int):
+    """[B, k] best-first of each row of int64 keys [B, width] (k a `K_STEPS` value, width >= k).
+
+    Each `merge_topk` launch keeps the best k of every MERGE_CHUNK keys, so a launch shrinks a
+    row by MERGE_CHUNK / k; the last one (one chunk a row) also sorts."""
+    merge = _kernels()[3]
+    while True:
+        width = keys.shape[1]
+        chunks = -(-width // MERGE_CHUNK)
+        out = torch.empty((keys.shape[0], chunks * k), dtype=torch.int64, device=keys.device)
+        merge[(keys.shape[0], chunks)](keys, out, width, keys.stride(0), out.stride(0), K=k, CHUNK=MERGE_CHUNK)
+        if chunks == 1:
+            return out
+        keys = out
+
+
+# "auto": where the fused search measured faster on the H100, end to end (perf/results/2026-11-25_
+# NVIDIA-H100-80GB-HBM3_retrieval_s13-final.json, with the `merge_topk` merge): L1 always (1M
+# rows: 0.86 / 1.32 / 2.97 ms against 2.10 / 2.46 / 4.79 at batch 1 / 8 / 32); ip/cosine/l2
+# from AUTO_MIN_ROWS rows (1M and 10M, batch 1 / 8 / 32: 3-26 % faster in 17 of 18 cells, equal
+# for l2 at 1M x 32; the run before it, `2026-11-24_..._s13-final-synced`: 7-24 % faster in 17,
+# 6 % slower for l2 at 1M x 1) or past 16 queries (measured with the torch.topk merge; corpora
+# under 1M rows not measured since).
+AUTO_MIN_ROWS = 1_000_000
 AUTO_MIN_BATCH = 17
 KERNELS = ("auto", "fused", "cublas")
 

@@ -9,6 +9,7 @@ searched in one call, so a dynamic batch stays one GPU pass per fusion in use.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class RetrieverSettings:
     storage_dtype: str = "float16"
     gpu_memory_budget_mb: int = 0      # 0: 80 % of the GPU's free memory
-    search_kernel: str = "cublas"      # GPU, k <= 64: "auto"/"fused" = fused Triton score+top-k (config.pbtxt says why not by default)
+    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k where it measured faster (config.pbtxt)
     hybrid: HybridConfig = HybridConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -104,6 +105,22 @@ class Retriever:
                 raise RequestError(f"fusion {requested!r} needs the question text (input 'question')")
             return requested
         return self.settings.hybrid.fusion if text is not None else "dense"
+
+    def warm_up(self, top_ks: Sequence[int], batches: Sequence[int] = (1, 32)) -> float:
+        """Search random queries of a few batch sizes for each k; returns the seconds it took.
+
+        On a GPU the first search of each shape compiles kernels (Triton's fused top-k: one per
+        query block of 16 or 32 and per list length, 1-3 s each; CuPy's top-k per slot count).
+        Served on the H100 (1M x 1024, retriever alone, perf/results/2026-11-25_..._sweep_h100-
+        retriever-fused-s13.json) those compiles inside the first measurements left the mean
+        latency at twice the p50 (12.6 ms against 6.6 at concurrency 16)."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for k in sorted(set(top_ks)):
+            for batch in batches:
+                self.dense.search(rng.standard_normal((batch, self.dense.dimension), dtype=np.float32),
+                                  min(k, self.dense.count))
+        return time.perf_counter() - start
 
     def search(self, rows: Sequence[Row]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(indices, scores) per row, each cut to the row's k."""

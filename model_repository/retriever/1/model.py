@@ -29,8 +29,14 @@ class TritonPythonModel:
                 "retriever: parameter index_path is not set (`tritonrag serve` sets it)")
         embedder = model_name(model_param(config, "embedder_model", DEFAULT_EMBEDDER))
         self.index = load_index(index_path, embedder=embedder)
-        self.retriever = Retriever(self.index, RetrieverSettings.from_config(config), instance_device(args),
-                                   index_path)
+        device = instance_device(args)
+        self.retriever = Retriever(self.index, RetrieverSettings.from_config(config), device, index_path)
+        if device != "cpu" and model_param(config, "warm_up", True):
+            settings = self.retriever.settings
+            top_ks = [self.limits.default_top_k]
+            if settings.hybrid.fusion != "dense":
+                top_ks.append(settings.hybrid.candidates)
+            pb_utils.Logger.log_info(f"retriever: warmed up in {self.retriever.warm_up(top_ks):.1f} s")
 
     def execute(self, requests):
         return serve_batch(requests, self._parse, self.retriever.search, self._respond)
