@@ -84,12 +84,14 @@ def _reduce(cp, a, b, metric: str, partial, finish=None) -> None:
 class _Finish:
     """A zeroed ticket counter and a pinned host result for the in-kernel final sum.
 
-    One per (device, stream, thread), reused. On the H100 host the CuPy sum of the partials
-    and its copy back made a call at 1M elements (~3 us of reading) take 84-90 us; with the
-    final sum in the kernel and 16-byte loads, 50-66 us, and 100M elements went from .72-.76
-    of peak HBM to .75-.83 (perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13-long
-    and -long2.json)."""
+    One per (device, stream, thread), reused (the last MAX_CACHED). On the H100 host the CuPy
+    sum of the partials and its copy back made a call at 1M elements (~3 us of reading) take
+    84-90 us; with the final sum in the kernel, 16-byte loads and no device switch or free-
+    memory query on this path, 26-36 us, and 100M elements went from .72-.76 of peak HBM to
+    .93-.94 (perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13-long{,2,3}.json, then
+    2026-11-25_..._s13-final.json)."""
 
+    MAX_CACHED = 64
     _cache: dict = {}
 
     def __init__(self, cp, blocks: int):
@@ -103,6 +105,8 @@ class _Finish:
     def get(cls, cp, index: int, stream, blocks: int) -> "_Finish":
         key = (index, stream.ptr, threading.get_ident(), blocks)
         if key not in cls._cache:
+            if len(cls._cache) >= cls.MAX_CACHED:  # threads come and go: drop the oldest
+                cls._cache.pop(next(iter(cls._cache)))
             cls._cache[key] = cls(cp, blocks)
         return cls._cache[key]
 
