@@ -11,6 +11,7 @@ with the reduction of the previous chunk. On the CPU the same sums run over slic
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -63,9 +64,8 @@ def long_distance(a, b, metric: str = "l2", device: str = "cpu", budget: int | N
     import cupy as cp
 
     index = int(device.partition(":")[2] or 0)
-    if cp.cuda.runtime.getDevice() == index:  # the common case: no device switch and back
-        return _finish(metric, _gpu_sums(cp, a, b, metric, budget, chunk, index))
-    with cp.cuda.Device(index):
+    # the common case, the current device, skips the switch there and back
+    with contextlib.nullcontext() if cp.cuda.runtime.getDevice() == index else cp.cuda.Device(index):
         return _finish(metric, _gpu_sums(cp, a, b, metric, budget, chunk, index))
 
 

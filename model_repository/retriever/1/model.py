@@ -32,11 +32,8 @@ class TritonPythonModel:
         device = instance_device(args)
         self.retriever = Retriever(self.index, RetrieverSettings.from_config(config), device, index_path)
         if device != "cpu" and model_param(config, "warm_up", True):
-            settings = self.retriever.settings
-            top_ks = [self.limits.default_top_k]
-            if settings.hybrid.fusion != "dense":
-                top_ks.append(settings.hybrid.candidates)
-            pb_utils.Logger.log_info(f"retriever: warmed up in {self.retriever.warm_up(top_ks):.1f} s")
+            seconds = self.retriever.warm_up(self.limits.default_top_k)
+            pb_utils.Logger.log_info(f"retriever: warmed up in {seconds:.1f} s")
 
     def execute(self, requests):
         return serve_batch(requests, self._parse, self.retriever.search, self._respond)
