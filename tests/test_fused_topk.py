@@ -83,16 +83,40 @@ def test_fp16_block_sums_of_l1_give_the_same_result_on_small_integers():
 
 
 def test_merge_keeps_the_best_keys_of_each_row_over_several_rounds(monkeypatch):
-    """Chunks of 64 keys: 1000 keys a row take three rounds (1000 -> 160 -> 30 -> 10), sorted
-    at the end; empty slots (the lowest key) never displace a real one."""
-    monkeypatch.setattr(fused_topk, "MERGE_CHUNK", 64)
+    """Runs of 10 sorted keys, 8 runs a program: 100 runs a row take three rounds (100 -> 13
+    -> 2 -> 1); empty slots (the lowest key) never displace a real one."""
+    monkeypatch.setattr(fused_topk, "MERGE_RUNS", 8)
     rng = np.random.default_rng(3)
     keys = rng.choice(np.arange(-10**12, 10**12, 7919), size=(3, 1000), replace=False).astype(np.int64)
     keys[1, ::2] = np.iinfo(np.int64).min
     keys[2, 5:] = np.iinfo(np.int64).min  # fewer real keys than k
-    got = fused_topk.merge_keys(torch, torch.from_numpy(keys), 10).numpy()
+    runs = np.sort(keys.reshape(3, 100, 10), axis=2)[:, :, ::-1].reshape(3, 1000).copy()
+    got = fused_topk.merge_runs(torch, torch.from_numpy(runs), 10).numpy()
     assert got.shape == (3, 10)
     assert np.array_equal(got, np.sort(keys, axis=1)[:, ::-1][:, :10])
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
+def test_fused_searcher_returns_the_keys_and_query_norms_of_the_search(metric):
+    """The searcher does the query work itself (cosine normalises, l2 keeps |q|^2 for the
+    distances): its keys equal topk_keys over prepared queries (CPU: no graphs)."""
+    from tritonrag.fused_graphs import FusedSearcher
+
+    corpus, q = _integer_data(rows=300, dim=32, queries=5)
+    x = torch.from_numpy(corpus.astype(np.float32))
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    norms = (x * x).sum(dim=1) if metric == "l2" else None
+    qt = torch.from_numpy(q)
+    searcher = FusedSearcher(torch, x, metric, norms)
+    assert not searcher.graphs
+    keys, q_norms = searcher.search(qt, 7)
+    prepared = torch.nn.functional.normalize(qt, dim=1) if metric == "cosine" else qt
+    assert np.array_equal(keys, fused_topk.topk_keys(torch, x, prepared, 7, metric, norms).numpy())
+    if metric == "l2":
+        assert np.allclose(q_norms[:, 0], (q * q).sum(axis=1))
+    else:
+        assert q_norms is None
 
 
 def test_many_queries_take_several_query_blocks_and_small_tiles_still_hold_k():

@@ -4,8 +4,8 @@ Each program: one tile of BLOCK_N corpus rows x one block of BLOCK_B queries; sc
 registers (fp32), then K passes of "max over the tile's rows, mask the winner" write the
 tile's best K per query as 64-bit keys, `tritonrag.torch_search.score_keys`: signed int32
 in float order high, MAX_INDEX - row low (the lowest row of equal scores is taken first).
-`merge_topk` then keeps the best K of each chunk of those keys, applied until one chunk
-is left per query.
+`merge_runs` then keeps the best K of each chunk of those runs of K keys, applied until one
+chunk is left per query.
 """
 
 import triton
@@ -13,6 +13,27 @@ import triton.language as tl
 
 MAX_INDEX = tl.constexpr(0xFFFFFFFF)
 EMPTY_KEY = tl.constexpr(-9223372036854775808)
+
+
+@triton.jit
+def _widen(x, ASM: tl.constexpr):
+    """fp16/bf16 -> fp32 as an opaque inline-asm cvt where ASM: with a plain cast, LLVM sank the
+    conversion into every use, so an x broadcast to B queries was converted B times (sm_90 SASS of
+    the L1 loop at batch 8: 128 HADD2.F32 beside 256 FADD; with the cvt, 16)."""
+    if ASM and x.dtype == tl.float16:
+        return tl.inline_asm_elementwise("cvt.f32.f16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=True, pack=1)
+    elif ASM and x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def _program_block(q_blocks):
+    """(tile, query block) of a 1-D grid with the query block fastest: the programs sharing a tile
+    run side by side, so all but the first read it from L2 rather than HBM."""
+    pid = tl.program_id(0)
+    return pid // q_blocks, pid % q_blocks
 
 
 @triton.jit
@@ -38,13 +59,12 @@ def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K:
 
 # n_queries and out_stride change with every batch size and k: specialising on them (value 1,
 # divisible by 16) compiled a new kernel for most (batch, k) pairs, ~1-3 s each on the H100 host
-@triton.jit(do_not_specialize=["n_queries", "out_stride"])
-def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride,
+@triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks"])
+def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride, q_blocks,
              DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
              BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_NORMS: tl.constexpr, IEEE: tl.constexpr):
     """ip / cosine / squared L2 (2 q.x - |x|^2): x [N, DIM], qt [DIM, B padded] in x's dtype."""
-    tile = tl.program_id(0)
-    qb = tl.program_id(1)
+    tile, qb = _program_block(q_blocks)
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     qs = qb * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = tl.arange(0, BLOCK_D)
@@ -70,18 +90,18 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
     _emit_topk(acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
 
 
-@triton.jit(do_not_specialize=["n_queries", "out_stride"])
-def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_stride,
+@triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks"])
+def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_stride, q_blocks,
             DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
-            BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HALF: tl.constexpr):
+            BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HALF: tl.constexpr, ASM: tl.constexpr):
     """-sum|x - q|: HALF sums fp16 differences over BLOCK_D dims, in fp32 across blocks.
 
     The difference tile is [BLOCK_D, BLOCK_N, BLOCK_B] with d first: Triton then keeps a
     thread's d values in its registers and sums them without shuffles (d last, the sum took
     384 SHFL per loop step on sm_90; d first, none: SASS of ptxas from this triton wheel).
+    ASM widens x with `_widen` (not available to the interpreter).
     """
-    tile = tl.program_id(0)
-    qb = tl.program_id(1)
+    tile, qb = _program_block(q_blocks)
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     qs = qb * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = tl.arange(0, BLOCK_D)
@@ -102,21 +122,32 @@ def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_st
             diff = tl.abs(x.to(tl.float16)[:, :, None] - q.to(tl.float16)[:, None, :])
             acc += tl.sum(diff, axis=0).to(tl.float32)
         else:
-            diff = tl.abs(x.to(tl.float32)[:, :, None] - q.to(tl.float32)[:, None, :])
+            diff = tl.abs(_widen(x, ASM)[:, :, None] - q.to(tl.float32)[:, None, :])
             acc += tl.sum(diff, axis=0)
     _emit_topk(-acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
 
 
-@triton.jit(do_not_specialize=["width", "in_stride", "out_stride"])
-def merge_topk(in_ptr, out_ptr, width, in_stride, out_stride, K: tl.constexpr, CHUNK: tl.constexpr):
-    """Grid (queries, chunks): the best K keys (best first) of keys [q, c*CHUNK, (c+1)*CHUNK)
-    to out[q, c*K ...]. Keys name their rows, so they are unique (but EMPTY_KEY)."""
+@triton.jit(do_not_specialize=["n_runs", "in_stride", "out_stride"])
+def merge_runs(in_ptr, out_ptr, n_runs, in_stride, out_stride, K: tl.constexpr, RUNS: tl.constexpr):
+    """Grid (queries, chunks): the best K keys (best first) of runs [c*RUNS, (c+1)*RUNS) of a
+    query's keys, which come in runs of K sorted best first (a tile's emit, a merge's output),
+    to out[q, c*K ...]. K steps over the runs' heads, each taking the best head and moving that
+    run on (keys name their rows, so they are unique but EMPTY_KEY), where a step over all
+    RUNS * K keys did K times the work (`perf/results/..._s14-probe.json`: 0.04-0.10 ms against
+    0.06-0.11 ms at 1M-10M rows by events, which at this size mostly time the launches)."""
     q = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    offs = chunk * CHUNK + tl.arange(0, CHUNK)
-    keys = tl.load(in_ptr + q * in_stride + offs, mask=offs < width, other=EMPTY_KEY)
+    runs = chunk * RUNS + tl.arange(0, RUNS)
+    ok = runs < n_runs
+    row = in_ptr + q * in_stride + runs.to(tl.int64) * K
+    pos = tl.zeros((RUNS,), tl.int32)
+    heads = tl.load(row, mask=ok, other=EMPTY_KEY)
     base = out_ptr + q * out_stride + chunk * K
     for i in tl.static_range(K):
-        best = tl.max(keys, axis=0)
+        best = tl.max(heads, axis=0)
         tl.store(base + i, best)
-        keys = tl.where(keys == best, EMPTY_KEY, keys)
+        if i + 1 < K:
+            win = heads == best  # one run (keys name rows), or all spent runs once best is EMPTY_KEY
+            pos += win.to(tl.int32)
+            nxt = tl.load(row + pos, mask=win & ok & (pos < K), other=EMPTY_KEY)
+            heads = tl.where(win, nxt, heads)

@@ -7,12 +7,12 @@ queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps
 tile's best k per query: k passes of "max, lowest row of the max, mask it" over the scores
 in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index`` low, the
 keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names its row.
-The tiles' [B, tiles * k] candidates are merged by `merge_topk` passes: the best k of each
-chunk of MERGE_CHUNK keys, again until one chunk is left (at k = 10 two launches up to
-5M rows at batch <= 16, 10M at 32; three beyond). `torch.topk` over the candidates took
-0.23-0.25 ms at 1M rows and 0.55-0.95 ms at 10M, batch 32, on the H100, a fifth of the search
-at 1M (perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13-variants.json); the merge
-0.06-0.07 ms at 1M (`..._s13-final.json`, fused_profile). Scores never go to memory.
+The tiles' [B, tiles * k] candidates are sorted runs of k; `merge_runs` passes keep the best
+k of every MERGE_RUNS runs (k steps over the runs' heads), again until one chunk is left (at
+k = 10 one launch up to 1M rows at batch 32, two up to 16M). `torch.topk` over the candidates
+took 0.21 ms at 1M rows and 0.55 ms at 10M, batch 32, on the H100, a fifth of the search at
+1M (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json). Scores never go
+to memory.
 
 Inputs are torch tensors on one device (a CuPy corpus is shared through DLPack, no copy).
 Imported under `TRITON_INTERPRET=1`, the same kernels run on CPU tensors (the unit tests).
@@ -28,13 +28,20 @@ import os
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
 MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
 MAX_QUERY_BLOCK = 32        # queries per program; more queries: more programs along grid axis 1
-MERGE_CHUNK = 2048          # candidate keys per merge program (~200 tiles at k = 10)
+# Sorted runs (one a tile) per merge program: at 1M rows, batch 32 (3907 tiles of 256 rows) one
+# launch. Launches per search matter more than the merge's own work (perf/results/2026-11-25_
+# NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json: 0.04-0.11 ms for 256-4096 runs, by events).
+MERGE_RUNS = 4096
+# L1 widens the corpus with an inline-asm cvt (`fused_kernels._widen`): batch 8 at 1M rows went
+# from 1.37 to 1.23 ms with the tile below, 16 from 2.73 to 2.32 ms (`..._s14-probe.json`).
+L1_ASM = True
 # Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
 # compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
 K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
-# "dot" covers ip/cosine/l2. For l1 the fifth value > 0 sums |x - q| in fp16 over that many
+# "dot" covers ip/cosine/l2 (l2 has its own shape at 32: events of topk_keys in perf/results/
+# 2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-tiles.json, whose ms are quoted below). For l1 the fifth value > 0 sums |x - q| in fp16 over that many
 # dims and in fp32 across them (0: fp32 throughout); its [block_d, block_n, queries]
 # difference tile lives in registers. The H100 tune's choices (`retrieval_bench.py
 # --fused-tune`, perf/results/2026-11-24_H100_retrieval_s11.json) where it ran; 2, 4, 16:
@@ -42,11 +49,12 @@ K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 # 13 % faster but kept 97.5 % of the top-10 sets, so fp32 sums stay.
 TILES = {
     ("dot", 16): (128, 128, 4, 3),
-    ("dot", 32): (256, 64, 8, 3),
+    ("dot", 32): (256, 128, 8, 3),  # stop 14, ip: 0.90 / 7.19 ms at 1M / 10M against (256, 64, 8, 3) 1.11 / 7.47
+    ("l2", 32): (256, 64, 8, 3),    # l2 (norms too): 0.92 / 7.43 ms against (256, 128, 8, 3) 1.02 / 8.05
     ("l1", 1): (128, 64, 4, 3, 0),
     ("l1", 2): (256, 16, 4, 3, 0),
     ("l1", 4): (256, 16, 4, 3, 0),
-    ("l1", 8): (256, 16, 8, 3, 0),
+    ("l1", 8): (128, 16, 4, 3, 0),  # stop 14 with L1_ASM: 1.23 / 11.6 ms at 1M / 10M, was (256, 16, 8, 3) 1.34 / 12.6
     ("l1", 16): (128, 16, 8, 3, 0),
     ("l1", 32): (64, 8, 4, 3, 8),
 }
@@ -65,13 +73,13 @@ def available(device_type: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """(dot, l1, interpreted, merge): compiled on demand; their module imports triton (optional on CPU).
+    """(dot, l1, interpreted, merge_runs): compiled on demand; their module imports triton (optional on CPU).
 
     Imported with TRITON_INTERPRET=1 (the unit tests), the kernels run on CPU tensors."""
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     from . import fused_kernels
 
-    return fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_topk
+    return fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_runs
 
 
 def _pow2(x: int) -> int:
@@ -85,8 +93,10 @@ def query_block(batch: int, metric: str) -> int:
 
 
 def tiles_for(metric: str, block_b: int) -> tuple:
-    kind = "l1" if metric == "l1" else "dot"
-    return TILES[(kind, block_b)]
+    """The metric's own shape where it has one (l2 at 32), else its kind's: "l1" or "dot"."""
+    if (metric, block_b) in TILES:
+        return TILES[(metric, block_b)]
+    return TILES[("l1" if metric == "l1" else "dot", block_b)]
 
 
 def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None):
@@ -95,7 +105,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
     [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
     """
-    dot_kernel, l1_kernel, interpreted, _ = _kernels()
+    dot_kernel, l1_kernel, interpreted = _kernels()[:3]
     n, dim = corpus.shape
     batch = queries.shape[0]
     k = min(int(k), n)
@@ -110,16 +120,16 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     n_tiles = -(-n // block_n)
     q_blocks = -(-batch // block_b)
     cands = torch.empty((batch, n_tiles * passes), dtype=torch.int64, device=corpus.device)
-    grid = (n_tiles, q_blocks)
+    grid = (n_tiles * q_blocks,)
     extra = {} if interpreted else {"num_warps": warps}
     if metric == "l1":
         half = half_l1 if half_l1 is not None else (tiles[4] if len(tiles) > 4 else 0)
         half = half if corpus.dtype == torch.float16 else 0  # fp16 sums only over an fp16 corpus
         q = queries.to(torch.float16 if half else torch.float32).contiguous()
         bd = min(block_d, half) if half else block_d
-        l1_kernel[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0),
+        l1_kernel[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
                         DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=bd, NUM_STAGES=stages,
-                        HALF=bool(half), **extra)
+                        HALF=bool(half), ASM=L1_ASM and not interpreted, **extra)
     else:
         # queries in the corpus type (as the cuBLAS path), transposed and zero-padded to the block
         qt = torch.empty((dim, q_blocks * block_b), dtype=corpus.dtype, device=corpus.device)
@@ -127,32 +137,31 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         if batch < qt.shape[1]:
             qt[:, batch:].zero_()
         dummy = norms if norms is not None else cands
-        dot_kernel[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0),
+        dot_kernel[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0), q_blocks,
                          DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                          HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, **extra)
     if cands.shape[1] == k:
         return cands
-    return merge_keys(torch, cands, passes)[:, :k]
+    return merge_runs(torch, cands, passes)[:, :k]
 
 
-def merge_keys(torch, keys, k: int):
-    """[B, k] best-first of each row of int64 keys [B, width] (k a `K_STEPS` value, width >= k).
-
-    Each `merge_topk` launch keeps the best k of every MERGE_CHUNK keys, so a launch shrinks a
-    row by MERGE_CHUNK / k; the last one (one chunk a row) also sorts."""
+def merge_runs(torch, keys, k: int):
+    """[B, k] best-first of each row of int64 keys [B, runs * k] made of runs of k sorted best
+    first (a tile's emit is one). Each `merge_runs` launch keeps the best k of every MERGE_RUNS
+    runs, and its output is runs again, so launches repeat until one chunk is left."""
     merge = _kernels()[3]
     while True:
-        width = keys.shape[1]
-        chunks = -(-width // MERGE_CHUNK)
+        n_runs = keys.shape[1] // k
+        chunks = -(-n_runs // MERGE_RUNS)
         out = torch.empty((keys.shape[0], chunks * k), dtype=torch.int64, device=keys.device)
-        merge[(keys.shape[0], chunks)](keys, out, width, keys.stride(0), out.stride(0), K=k, CHUNK=MERGE_CHUNK)
+        merge[(keys.shape[0], chunks)](keys, out, n_runs, keys.stride(0), out.stride(0), K=k, RUNS=MERGE_RUNS)
         if chunks == 1:
             return out
         keys = out
 
 
 # "auto": where the fused search measured faster on the H100, end to end (perf/results/2026-11-25_
-# NVIDIA-H100-80GB-HBM3_retrieval_s13-final.json, with the `merge_topk` merge): L1 always (1M
+# NVIDIA-H100-80GB-HBM3_retrieval_s13-final.json, with the merge of chunks of keys that `merge_runs` replaced): L1 always (1M
 # rows: 0.86 / 1.32 / 2.97 ms against 2.10 / 2.46 / 4.79 at batch 1 / 8 / 32); ip/cosine/l2
 # from AUTO_MIN_ROWS rows (1M and 10M, batch 1 / 8 / 32: 3-26 % faster in 17 of 18 cells, equal
 # for l2 at 1M x 32; the run before it, `2026-11-24_..._s13-final-synced`: 7-24 % faster in 17,
@@ -178,11 +187,3 @@ def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool, r
         except ImportError:
             return False
     return available(device_type)
-
-
-def search(torch, corpus, queries, k: int, metric: str, norms=None):
-    """(indices, ranking values) as host arrays, [B, k] best first (values "larger is better")."""
-    from .torch_search import decode_score_keys
-
-    keys = topk_keys(torch, corpus, queries, k, metric, norms)
-    return decode_score_keys(keys.cpu().numpy())

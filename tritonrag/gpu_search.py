@@ -14,8 +14,9 @@ import math
 
 import numpy as np
 
-from . import cuda_kernels, fused_topk
+from . import cuda_kernels, fused_graphs, fused_topk
 from .topk import decode_keys
+from .torch_search import decode_score_keys
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 CUBLAS_COMPUTE_32F = 68
@@ -104,7 +105,7 @@ class GpuSearch:
         self._buffers: dict = {}   # (batch, k, width) -> candidate and result key buffers
         self.kernel = kernel       # "auto" / "fused" / "cublas": see tritonrag.fused_topk.wanted
         fused_topk.wanted(kernel, metric, 1, "cpu", True)  # validates the name now
-        self._torch_views = None   # (corpus, norms) as torch tensors sharing this memory, made on first use
+        self._fused = None   # fused_graphs.FusedSearcher over torch views of this memory, made on first use
 
     # -- loading -------------------------------------------------------------
     def _load(self, vectors) -> None:
@@ -183,25 +184,21 @@ class GpuSearch:
 
         The queries' own work (cast, cosine normalisation, l2 norms) is torch's here: on the
         H100 host the CuPy reductions it replaces cost 0.6-0.7 ms a search at 10M rows, batch 32
-        (cosine/l2 against ip, perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13.json)."""
+        (cosine/l2 against ip, perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13.json).
+        All of it is replayed from one CUDA graph per (batch, k): `tritonrag.fused_graphs`."""
         import torch
 
-        if self._torch_views is None:
+        if self._fused is None:
             corpus = torch.from_dlpack(self.corpus)
             if self.dtype == "bfloat16":  # stored as uint16 bits
                 corpus = corpus.view(torch.bfloat16)
             norms = torch.from_dlpack(self.norms) if self.norms is not None else None
-            self._torch_views = (corpus, norms)
-        corpus, norms = self._torch_views
-        q = queries if isinstance(queries, torch.Tensor) else torch.as_tensor(queries, device=corpus.device)
-        q = q.to(device=corpus.device, dtype=torch.float32)
-        if self.metric == "cosine":
-            q = torch.nn.functional.normalize(q, dim=1, eps=1e-12)
-        q_norms = None
-        if self.metric == "l2":  # queued before the search: its copy is done when the keys are
-            q_norms = (q * q).sum(dim=1, keepdim=True).to("cpu", non_blocking=True)
-        indices, ranked = fused_topk.search(torch, corpus, q, k, self.metric, norms)
-        return indices, self._to_scores(ranked, q_norms.numpy() if q_norms is not None else None)
+            self._fused = fused_graphs.FusedSearcher(torch, corpus, self.metric, norms)
+        device = self._fused.corpus.device
+        q = queries if isinstance(queries, torch.Tensor) else torch.as_tensor(queries, device=device)
+        keys, q_norms = self._fused.search(q.to(device=device, dtype=torch.float32), k)
+        indices, ranked = decode_score_keys(keys)
+        return indices, self._to_scores(ranked, q_norms)
 
     def _plan(self, batch: int, k: int) -> dict:
         """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""

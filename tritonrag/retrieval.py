@@ -114,7 +114,10 @@ class Retriever:
         query block of 16 or 32 and per list length, 1-3 s each; CuPy's top-k per slot count).
         Served on the H100 (1M x 1024, retriever alone, perf/results/2026-11-25_..._sweep_h100-
         retriever-fused-s13.json) those compiles inside the first measurements left the mean
-        latency at twice the p50 (12.6 ms against 6.6 at concurrency 16)."""
+        latency at twice the p50 (12.6 ms against 6.6 at concurrency 16). The fused search also
+        captures a CUDA graph per (batch, k) on its first search of that shape
+        (`tritonrag.fused_graphs`): the served model warms every batch size up to its
+        max_batch_size."""
         start = time.perf_counter()
         rng = np.random.default_rng(0)
         top_ks = {top_k} | ({self.settings.hybrid.candidates} if self.settings.hybrid.fusion != "dense" else set())

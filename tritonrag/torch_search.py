@@ -82,6 +82,7 @@ class TorchSearch:
             self.corpus[start:stop] = block.to(home)
         self._mm_out_dtype = cuda and self.storage != torch.float32  # fp16/bf16 in, fp32 out (cuBLAS)
         self.kernel = kernel  # "auto" / "fused" / "cublas": see tritonrag.fused_topk.wanted
+        self._fused = None    # fused_graphs.FusedSearcher, made on the first fused search
         fused_topk.wanted(kernel, metric, 1, "cpu", True)  # validates the name now
 
     def vectors_at(self, ids: np.ndarray) -> np.ndarray:
@@ -114,8 +115,13 @@ class TorchSearch:
         from . import fused_topk
 
         if fused_topk.wanted(self.kernel, self.metric, k, self.device.type, self.streamed, self.count, q.shape[0]):
-            indices, ranked = fused_topk.search(torch, self.corpus, q, k, self.metric, self.norms)
-            return indices, self._to_scores(q, ranked)
+            if self._fused is None:
+                from .fused_graphs import FusedSearcher
+
+                self._fused = FusedSearcher(torch, self.corpus, self.metric, self.norms)
+            keys, q_norms = self._fused.search(q, k)
+            indices, ranked = decode_score_keys(keys)
+            return indices, self._to_scores(q, ranked, q_norms)
         rows = self.score_bytes // (4 * q.shape[0])
         if self.metric == "l1":  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
             rows = min(rows, self.score_bytes // (4 * self.dimension))
@@ -135,8 +141,9 @@ class TorchSearch:
         indices, ranked = decode_score_keys(keys.cpu().numpy())
         return indices, self._to_scores(q, ranked)
 
-    def _to_scores(self, q, ranked: np.ndarray) -> np.ndarray:
+    def _to_scores(self, q, ranked: np.ndarray, q_norms=None) -> np.ndarray:
         if self.metric == "l2":
-            q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy()
+            if q_norms is None:
+                q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy()
             return np.maximum(q_norms - ranked, 0).astype(np.float32)
         return -ranked if self.metric == "l1" else ranked
