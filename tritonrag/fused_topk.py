@@ -9,7 +9,7 @@ in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index
 keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names its row.
 The tiles' [B, tiles * k] candidates are sorted runs of k; `merge_runs` passes keep the best
 k of every MERGE_RUNS runs (k steps over the runs' heads), again until one chunk is left (at
-k = 10 one launch up to 1M rows at batch 32, two up to 16M). `torch.topk` over the candidates
+k = 10 two launches up to 100M rows). `torch.topk` over the candidates
 took 0.21 ms at 1M rows and 0.55 ms at 10M, batch 32, on the H100, a fifth of the search at
 1M (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json). Scores never go
 to memory.
@@ -28,10 +28,12 @@ import os
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
 MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
 MAX_QUERY_BLOCK = 32        # queries per program; more queries: more programs along grid axis 1
-# Sorted runs (one a tile) per merge program: at 1M rows, batch 32 (3907 tiles of 256 rows) one
-# launch. Launches per search matter more than the merge's own work (perf/results/2026-11-25_
-# NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json: 0.04-0.11 ms for 256-4096 runs, by events).
-MERGE_RUNS = 4096
+# Sorted runs (one a tile) per merge program. A program's k steps each reduce over its runs'
+# heads, so fewer runs a program is more programs and shorter steps: whole-search wall (one
+# CUDA graph, 1M rows, batch 1 / 8 / 32) with 1024 runs 0.78 / 0.79 / 0.84 ms, with 4096
+# 0.83 / 0.82 / 0.87 (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe3.json;
+# `_s14-probe2` agrees at batch 1 and 8, and has 2048 ahead at 32 by 0.02 ms).
+MERGE_RUNS = 1024
 # L1 widens the corpus with an inline-asm cvt (`fused_kernels._widen`): batch 8 at 1M rows went
 # from 1.37 to 1.23 ms with the tile below, 16 from 2.73 to 2.32 ms (`..._s14-probe.json`).
 L1_ASM = True
