@@ -259,10 +259,11 @@ def fused_check(cp) -> list[dict]:
     """The fused Triton kernels against the NumPy path, and against the cuBLAS path.
 
     20011 x 1024 (a partial last tile); fp16 storage at batch 8 and 40 (two query blocks),
-    k 10 and 64; fp32 storage at batch 8, k 10. Duplicated rows check that ties go to the
+    k 10 and 64; fp32 and bf16 storage at batch 8, k 10 (L1 at batch 8 over fp16/bf16: the
+    word kernel). Duplicated rows check that ties go to the
     lower index. Every case runs twice, the second time after the others: the fused search
-    replays one CUDA graph per (batch, k) from a shared memory pool (`replay_same`). (bf16 and
-    a partial d block: earlier runs and the interpreter's unit tests.)
+    replays one CUDA graph per (batch, k) from a shared memory pool (`replay_same`). (A partial
+    d block: earlier runs and the interpreter's unit tests.)
     """
     rows = []
     rng = np.random.default_rng(2)
@@ -271,11 +272,11 @@ def fused_check(cp) -> list[dict]:
     corpus[15000:15300] = corpus[:300]
     queries = rng.standard_normal((40, dim)).astype(np.float32)
     queries[:3] = corpus[[5, 15005, 17]]
-    cases = [("float16", batch, k) for batch in (8, 40) for k in (10, 64)] + [("float32", 8, 10)]
+    cases = [("float16", batch, k) for batch in (8, 40) for k in (10, 64)] + [("float32", 8, 10), ("bfloat16", 8, 10)]
     for metric in METRICS:
         cpu = ExactSearch(corpus, metric)
         refs = {batch: cpu.search(queries[:batch], 64) for batch in (8, 40)}
-        for dtype in ("float16", "float32"):
+        for dtype in ("float16", "float32", "bfloat16"):
             fused = ExactSearch(corpus, metric, "cuda:0", dtype=dtype, kernel="fused")
             plain = ExactSearch(corpus, metric, "cuda:0", dtype=dtype, kernel="cublas")
             first = {}

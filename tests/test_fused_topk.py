@@ -74,6 +74,24 @@ def test_fused_keys_equal_the_numpy_path(metric, dtype):
         assert got_i[0, 0] == 50 and got_i[0, 1] == 50 + len(corpus) * 2 // 3
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("queries", [5, 12])
+def test_l1_over_16_bit_words_equals_the_numpy_path(dtype, queries):
+    """Batches of 5-8 and 9-16 over a 16-bit corpus with d a multiple of 32 take
+    `l1_words_topk` (int64 words of 4 values); the lower row still wins a tie."""
+    corpus, q = _integer_data(rows=700, dim=64, queries=queries)
+    x = torch.from_numpy(corpus).to(getattr(torch, dtype))
+    block = fused_topk.query_block(queries, "l1")
+    assert fused_topk._words_fit(torch, x, block)
+    assert not fused_topk._words_fit(torch, x[:, :40], block)  # 40 is no multiple of the d block
+    for k in (1, 10, 64):
+        want_i, want_s = ExactSearch(corpus, "l1").search(q, k)
+        got_i, ranked = decode_score_keys(fused_topk.topk_keys(torch, x, torch.from_numpy(q), k, "l1").numpy())
+        assert np.array_equal(got_i, want_i), (dtype, queries, k)
+        assert np.array_equal(-ranked, want_s)
+    assert got_i[0, 0] == 50 and got_i[0, 1] == 50 + len(corpus) * 2 // 3
+
+
 def test_fp16_block_sums_of_l1_give_the_same_result_on_small_integers():
     corpus, q = _integer_data(rows=300, dim=64, queries=3)
     x = torch.from_numpy(corpus).half()

@@ -81,11 +81,30 @@ def _kernels():
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     from . import fused_kernels
 
-    return fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_runs
+    return (fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_runs,
+            fused_kernels.l1_words_topk)
 
 
 def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
+
+
+# L1 at these query blocks over an fp16/bf16 corpus: `fused_kernels.l1_words_topk`, (block_n,
+# block_d, warps, stages). H100, 1M / 10M rows, kernel + merge (perf/results/2026-11-25_NVIDIA-
+# H100-80GB-HBM3_retrieval_s14-probe5.json): batch 8 1.04 / 9.77 ms against 1.13 / 10.87 for
+# `l1_topk` (1.43 / 1.46x ip), batch 16 1.60 / 15.3 against 2.17 / 21.0. At batch 32 `l1_topk`
+# with fp16 block sums stays (words in fp32: 4.1 ms and more against 3.2, `_s14-probe4`), and at
+# batch 4 and below too (1.37 against 1.11 ms).
+L1_WORD_TILES = {8: (128, 32, 2, 3), 16: (128, 16, 2, 3)}
+
+
+def _words_fit(torch, corpus, block_b: int) -> bool:
+    """Whether `l1_words_topk` can read the corpus as 8-byte words of 4 values."""
+    if block_b not in L1_WORD_TILES or corpus.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    block_d = L1_WORD_TILES[block_b][1]
+    return (corpus.shape[1] % block_d == 0 and corpus.stride(1) == 1 and corpus.stride(0) % 4 == 0
+            and corpus.data_ptr() % 8 == 0)
 
 
 def query_block(batch: int, metric: str) -> int:
@@ -115,7 +134,8 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         raise ValueError(f"fused top-k takes 1 <= k <= {MAX_FUSED_K}, got {k}")
     passes = next(s for s in K_STEPS if s >= k)
     block_b = query_block(batch, metric)
-    tiles = tiles or tiles_for(metric, block_b)
+    words = metric == "l1" and tiles is None and half_l1 is None and _words_fit(torch, corpus, block_b)
+    tiles = L1_WORD_TILES[block_b] if words else (tiles or tiles_for(metric, block_b))
     block_n, block_d, warps, stages = tiles[:4]
     block_n = max(block_n, _pow2(passes))
     block_d = min(block_d, _pow2(dim))
@@ -124,7 +144,12 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     cands = torch.empty((batch, n_tiles * passes), dtype=torch.int64, device=corpus.device)
     grid = (n_tiles * q_blocks,)
     extra = {} if interpreted else {"num_warps": warps}
-    if metric == "l1":
+    if words:
+        q = queries.to(torch.float32).contiguous()
+        _kernels()[4][grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
+                            DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
+                            BF16=corpus.dtype == torch.bfloat16, **extra)
+    elif metric == "l1":
         half = half_l1 if half_l1 is not None else (tiles[4] if len(tiles) > 4 else 0)
         half = half if corpus.dtype == torch.float16 else 0  # fp16 sums only over an fp16 corpus
         q = queries.to(torch.float16 if half else torch.float32).contiguous()
