@@ -2,7 +2,7 @@
 
 A fused search is several launches from Python (the query's cast and normalisation, the tile
 kernel, one or two merges, the copy of the keys to the host). Launched one by one they took
-120-340 us of host time on the H100 host, and the GPU waited for the first of them; replayed as
+80-340 us of host time on the H100 host, and the GPU waited for the first of them; replayed as
 one graph, the whole search of 1M x 1024 rows went from 0.84 to 0.80 ms at batch 32 and from
 0.78 to 0.72 ms at batch 8 (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json).
 
