@@ -23,7 +23,7 @@ try:
     from tritonrag import fused_topk  # noqa: E402
 
     fused_topk._kernels.cache_clear()
-    _INTERPRETED = fused_topk._kernels()[2]
+    _INTERPRETED = fused_topk._kernels().interpreted
 finally:
     if _saved is None:
         os.environ.pop("TRITON_INTERPRET")

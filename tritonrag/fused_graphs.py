@@ -30,7 +30,7 @@ class FusedSearcher:
     def __init__(self, torch, corpus, metric: str, norms=None, graphs: bool = True,
                  max_graphs: int = MAX_GRAPHS):
         self.torch, self.corpus, self.metric, self.norms = torch, corpus, metric, norms
-        self.graphs = graphs and corpus.device.type == "cuda" and not fused_topk._kernels()[2]
+        self.graphs = graphs and corpus.device.type == "cuda" and not fused_topk._kernels().interpreted
         self.max_graphs = max_graphs
         self._captured: OrderedDict = OrderedDict()   # (batch, k) -> (graph, q, keys_host, norms_host)
         self._pool = None

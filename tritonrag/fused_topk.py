@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
 MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
-MAX_QUERY_BLOCK = 32        # queries per program; more queries: more programs along grid axis 1
+MAX_QUERY_BLOCK = 32        # queries per program; more queries: more query blocks per tile
 # Sorted runs (one a tile) per merge program. A program's k steps each reduce over its runs'
 # heads, so fewer runs a program is more programs and shorter steps: whole-search wall (one
 # CUDA graph, 1M rows, batch 1 / 8 / 32) with 1024 runs 0.78 / 0.79 / 0.84 ms, with 4096
 # 0.83 / 0.82 / 0.87 (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe3.json;
 # `_s14-probe2` agrees at batch 1 and 8, and has 2048 ahead at 32 by 0.02 ms).
 MERGE_RUNS = 1024
-# L1 widens the corpus with an inline-asm cvt (`fused_kernels._widen`): batch 8 at 1M rows went
-# from 1.37 to 1.23 ms with the tile below, 16 from 2.73 to 2.32 ms (`..._s14-probe.json`).
-L1_ASM = True
 # Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
 # compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
 K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
@@ -56,7 +54,8 @@ TILES = {
     ("l1", 1): (128, 64, 4, 3, 0),
     ("l1", 2): (256, 16, 4, 3, 0),
     ("l1", 4): (256, 16, 4, 3, 0),
-    ("l1", 8): (128, 16, 4, 3, 0),  # stop 14 with L1_ASM: 1.23 / 11.6 ms at 1M / 10M, was (256, 16, 8, 3) 1.34 / 12.6
+    ("l1", 8): (128, 16, 4, 3, 0),  # fp32 corpora and d off L1_WORD_TILES; with `_widen`, fp16: 1.23 / 11.6 ms
+                                    # at 1M / 10M against (256, 16, 8, 3) 1.34 / 12.6 (`_s14-probe.json`)
     ("l1", 16): (128, 16, 8, 3, 0),
     ("l1", 32): (64, 8, 4, 3, 8),
 }
@@ -73,16 +72,24 @@ def available(device_type: str) -> bool:
     return True
 
 
+class Kernels(NamedTuple):
+    dot: object
+    l1: object
+    interpreted: bool
+    merge_runs: object
+    l1_words: object
+
+
 @functools.lru_cache(maxsize=None)
-def _kernels():
-    """(dot, l1, interpreted, merge_runs): compiled on demand; their module imports triton (optional on CPU).
+def _kernels() -> Kernels:
+    """The Triton kernels, compiled on demand; their module imports triton (optional on CPU).
 
     Imported with TRITON_INTERPRET=1 (the unit tests), the kernels run on CPU tensors."""
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     from . import fused_kernels
 
-    return (fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_runs,
-            fused_kernels.l1_words_topk)
+    return Kernels(fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_runs,
+                   fused_kernels.l1_words_topk)
 
 
 def _pow2(x: int) -> int:
@@ -126,7 +133,8 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
     [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
     """
-    dot_kernel, l1_kernel, interpreted = _kernels()[:3]
+    kernels = _kernels()
+    interpreted = kernels.interpreted
     n, dim = corpus.shape
     batch = queries.shape[0]
     k = min(int(k), n)
@@ -146,17 +154,17 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
     extra = {} if interpreted else {"num_warps": warps}
     if words:
         q = queries.to(torch.float32).contiguous()
-        _kernels()[4][grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
-                            DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
-                            BF16=corpus.dtype == torch.bfloat16, **extra)
+        kernels.l1_words[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
+                               DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
+                               BF16=corpus.dtype == torch.bfloat16, **extra)
     elif metric == "l1":
         half = half_l1 if half_l1 is not None else (tiles[4] if len(tiles) > 4 else 0)
         half = half if corpus.dtype == torch.float16 else 0  # fp16 sums only over an fp16 corpus
         q = queries.to(torch.float16 if half else torch.float32).contiguous()
         bd = min(block_d, half) if half else block_d
-        l1_kernel[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
+        kernels.l1[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
                         DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=bd, NUM_STAGES=stages,
-                        HALF=bool(half), ASM=L1_ASM and not interpreted, **extra)
+                        HALF=bool(half), ASM=not interpreted, **extra)
     else:
         # queries in the corpus type (as the cuBLAS path), transposed and zero-padded to the block
         qt = torch.empty((dim, q_blocks * block_b), dtype=corpus.dtype, device=corpus.device)
@@ -164,7 +172,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         if batch < qt.shape[1]:
             qt[:, batch:].zero_()
         dummy = norms if norms is not None else cands
-        dot_kernel[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0), q_blocks,
+        kernels.dot[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0), q_blocks,
                          DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                          HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, **extra)
     if cands.shape[1] == k:
@@ -176,7 +184,7 @@ def merge_runs(torch, keys, k: int):
     """[B, k] best-first of each row of int64 keys [B, runs * k] made of runs of k sorted best
     first (a tile's emit is one). Each `merge_runs` launch keeps the best k of every MERGE_RUNS
     runs, and its output is runs again, so launches repeat until one chunk is left."""
-    merge = _kernels()[3]
+    merge = _kernels().merge_runs
     while True:
         n_runs = keys.shape[1] // k
         chunks = -(-n_runs // MERGE_RUNS)
@@ -210,7 +218,7 @@ def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool, r
         return False
     if device_type == "cpu" and kernel == "fused":  # the interpreter (tests) only
         try:
-            return _kernels()[2]
+            return _kernels().interpreted
         except ImportError:
             return False
     return available(device_type)

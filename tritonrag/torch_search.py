@@ -110,8 +110,6 @@ class TorchSearch:
         torch = self.torch
         k = min(int(k), self.count)
         q = torch.as_tensor(queries, device=self.device).to(torch.float32)
-        if self.metric == "cosine":
-            q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
         from . import fused_topk
 
         if fused_topk.wanted(self.kernel, self.metric, k, self.device.type, self.streamed, self.count, q.shape[0]):
@@ -119,9 +117,11 @@ class TorchSearch:
                 from .fused_graphs import FusedSearcher
 
                 self._fused = FusedSearcher(torch, self.corpus, self.metric, self.norms)
-            keys, q_norms = self._fused.search(q, k)
+            keys, q_norms = self._fused.search(q, k)  # normalises cosine queries itself
             indices, ranked = decode_score_keys(keys)
             return indices, self._to_scores(q, ranked, q_norms)
+        if self.metric == "cosine":
+            q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
         rows = self.score_bytes // (4 * q.shape[0])
         if self.metric == "l1":  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
             rows = min(rows, self.score_bytes // (4 * self.dimension))
