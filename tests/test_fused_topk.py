@@ -115,9 +115,10 @@ def test_merge_keeps_the_best_keys_of_each_row_over_several_rounds(monkeypatch):
 
 
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
-def test_fused_searcher_returns_the_keys_and_query_norms_of_the_search(metric):
-    """The searcher does the query work itself (cosine normalises, l2 keeps |q|^2 for the
-    distances): its keys equal topk_keys over prepared queries (CPU: no graphs)."""
+def test_fused_searcher_returns_rows_and_the_metrics_scores(metric):
+    """The searcher does the query work itself (cosine normalises, l2 takes |q|^2) and decodes
+    on the device: its rows and scores equal the host decoding of topk_keys over prepared
+    queries, converted as ExactSearch reports them (CPU: no graphs)."""
     from tritonrag.fused_graphs import FusedSearcher
 
     corpus, q = _integer_data(rows=300, dim=32, queries=5)
@@ -128,13 +129,37 @@ def test_fused_searcher_returns_the_keys_and_query_norms_of_the_search(metric):
     qt = torch.from_numpy(q)
     searcher = FusedSearcher(torch, x, metric, norms)
     assert not searcher.graphs
-    keys, q_norms = searcher.search(qt, 7)
+    rows, scores = searcher.search(qt, 7)
     prepared = torch.nn.functional.normalize(qt, dim=1) if metric == "cosine" else qt
-    assert np.array_equal(keys, fused_topk.topk_keys(torch, x, prepared, 7, metric, norms).numpy())
-    if metric == "l2":
-        assert np.allclose(q_norms[:, 0], (q * q).sum(axis=1))
-    else:
-        assert q_norms is None
+    want_rows, ranked = decode_score_keys(fused_topk.topk_keys(torch, x, prepared, 7, metric, norms).numpy())
+    want = {"l2": np.maximum((q * q).sum(axis=1, keepdims=True) - ranked, 0), "l1": -ranked}.get(metric, ranked)
+    assert rows.dtype == np.int64 and scores.dtype == np.float32 and rows.shape == scores.shape == (5, 7)
+    assert np.array_equal(rows, want_rows)
+    assert np.array_equal(scores, want.astype(np.float32))
+    if metric in ("l2", "l1"):
+        assert (scores >= 0).all() and (np.diff(scores, axis=1) >= 0).all()  # distances, nearest first
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_decode_keys_on_the_device_matches_the_host_decoding(k):
+    """Keys of negative, zero and positive values and rows up to 2**32 - 1, read through a
+    strided view (the merge's output sliced to k)."""
+    rng = np.random.default_rng(k)
+    values = rng.standard_normal((4, 16)).astype(np.float32) * 100
+    values[0, :3] = [0.0, -0.0, -1e-30]
+    rows = rng.integers(0, 2**32 - 1, (4, 16), dtype=np.int64)
+    rows[1, 0] = 2**32 - 1
+    from tritonrag.torch_search import score_keys
+
+    keys = torch.sort(score_keys(torch, torch.from_numpy(values), 0), dim=1, descending=True).values
+    keys = (keys & ~0xFFFFFFFF) | (0xFFFFFFFF - torch.from_numpy(rows))  # arbitrary rows in the low word
+    q_norms = torch.from_numpy(rng.uniform(0, 500, (4, 1)).astype(np.float32))
+    for metric in ("ip", "l2", "l1"):
+        got_rows, got = fused_topk.decode_keys(torch, keys[:, :k], metric, q_norms if metric == "l2" else None)
+        want_rows, ranked = decode_score_keys(keys[:, :k].numpy())
+        want = {"l2": np.maximum(q_norms.numpy() - ranked, 0), "l1": -ranked}.get(metric, ranked)
+        assert np.array_equal(got_rows.numpy(), want_rows)
+        assert np.array_equal(got.numpy(), want.astype(np.float32))
 
 
 def test_many_queries_take_several_query_blocks_and_small_tiles_still_hold_k():

@@ -5,7 +5,7 @@ registers (fp32), then K passes of "max over the tile's rows, mask the winner" w
 tile's best K per query as 64-bit keys, `tritonrag.torch_search.score_keys`: signed int32
 in float order high, MAX_INDEX - row low (the lowest row of equal scores is taken first).
 `merge_runs` then keeps the best K of each chunk of those runs of K keys, applied until one
-chunk is left per query.
+chunk is left per query, and `decode_keys` turns the last keys into rows and the metric's scores.
 """
 
 import triton
@@ -195,3 +195,24 @@ def merge_runs(in_ptr, out_ptr, n_runs, in_stride, out_stride, K: tl.constexpr, 
             pos += win.to(tl.int32)
             nxt = tl.load(row + pos, mask=win & ok & (pos < K), other=EMPTY_KEY)
             heads = tl.where(win, nxt, heads)
+
+
+@triton.jit(do_not_specialize=["k", "keys_stride"])
+def decode_keys(keys_ptr, q_norms_ptr, rows_ptr, scores_ptr, k, keys_stride, MODE: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """Grid (queries,): a query's k keys -> corpus rows (int64) and reported scores (fp32), the
+    same fp32 operations as the host's `decode_score_keys` + `to_scores`. MODE 0: the value
+    itself (ip, cosine); 1: squared L2, max(|q|^2 - (2 q.x - |x|^2), 0); 2: L1, -value."""
+    q = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK_K)
+    ok = i < k
+    key = tl.load(keys_ptr + q * keys_stride + i, mask=ok, other=0)
+    ordered = (key >> 32).to(tl.int32)
+    value = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    if MODE == 1:
+        value = tl.maximum(tl.load(q_norms_ptr + q) - value, 0.0)
+    elif MODE == 2:
+        value = -value
+    tl.store(rows_ptr + q * k + i, MAX_INDEX - (key & MAX_INDEX), mask=ok)
+    tl.store(scores_ptr + q * k + i, value, mask=ok)
+

@@ -9,7 +9,8 @@ in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index
 keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names its row.
 The tiles' [B, tiles * k] candidates are sorted runs of k; `merge_runs` passes keep the best
 k of every MERGE_RUNS runs (k steps over the runs' heads), again until one chunk is left (at
-k = 10 two launches up to 100M rows). `torch.topk` over the candidates
+k = 10 two launches up to 100M rows), and `decode_keys` turns the last keys into rows and the
+metric's scores on the device. `torch.topk` over the candidates
 took 0.21 ms at 1M rows and 0.55 ms at 10M, batch 32, on the H100, a fifth of the search at
 1M (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json). Scores never go
 to memory.
@@ -78,6 +79,7 @@ class Kernels(NamedTuple):
     interpreted: bool
     merge_runs: object
     l1_words: object
+    decode_keys: object
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +91,7 @@ def _kernels() -> Kernels:
     from . import fused_kernels
 
     return Kernels(fused_kernels.dot_topk, fused_kernels.l1_topk, interpreted, fused_kernels.merge_runs,
-                   fused_kernels.l1_words_topk)
+                   fused_kernels.l1_words_topk, fused_kernels.decode_keys)
 
 
 def _pow2(x: int) -> int:
@@ -193,6 +195,22 @@ def merge_runs(torch, keys, k: int):
         if chunks == 1:
             return out
         keys = out
+
+
+_DECODE_MODES = {"ip": 0, "cosine": 0, "l2": 1, "l1": 2}
+
+
+def decode_keys(torch, keys, metric: str, q_norms=None):
+    """(rows int64 [B, k], scores fp32 [B, k]) of `topk_keys`' keys on their device: what the
+    host's `torch_search.decode_score_keys` and the searches' score conversion give (l2 needs
+    |q|^2 [B, 1] fp32), as one launch, so a CUDA graph can end in host-ready results."""
+    batch, k = keys.shape
+    rows = torch.empty((batch, k), dtype=torch.int64, device=keys.device)
+    scores = torch.empty((batch, k), dtype=torch.float32, device=keys.device)
+    norms = q_norms.reshape(-1).contiguous() if q_norms is not None else scores
+    _kernels().decode_keys[(batch,)](keys, norms, rows, scores, k, keys.stride(0), MODE=_DECODE_MODES[metric],
+                                     BLOCK_K=_pow2(k))
+    return rows, scores
 
 
 # "auto": where the fused search measured faster on the H100, end to end (perf/results/2026-11-25_

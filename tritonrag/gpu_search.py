@@ -16,7 +16,6 @@ import numpy as np
 
 from . import cuda_kernels, fused_graphs, fused_topk
 from .topk import decode_keys
-from .torch_search import decode_score_keys
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 CUBLAS_COMPUTE_32F = 68
@@ -196,9 +195,9 @@ class GpuSearch:
             self._fused = fused_graphs.FusedSearcher(torch, corpus, self.metric, norms)
         device = self._fused.corpus.device
         q = queries if isinstance(queries, torch.Tensor) else torch.as_tensor(queries, device=device)
-        keys, q_norms = self._fused.search(q.to(device=device, dtype=torch.float32), k)
-        indices, ranked = decode_score_keys(keys)
-        return indices, self._to_scores(ranked, q_norms)
+        if q.dtype != torch.float32 or q.device != device:
+            q = q.to(device=device, dtype=torch.float32)
+        return self._fused.search(q, k)  # rows and the metric's scores, decoded on the GPU
 
     def _plan(self, batch: int, k: int) -> dict:
         """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""

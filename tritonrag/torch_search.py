@@ -117,9 +117,7 @@ class TorchSearch:
                 from .fused_graphs import FusedSearcher
 
                 self._fused = FusedSearcher(torch, self.corpus, self.metric, self.norms)
-            keys, q_norms = self._fused.search(q, k)  # normalises cosine queries itself
-            indices, ranked = decode_score_keys(keys)
-            return indices, self._to_scores(q, ranked, q_norms)
+            return self._fused.search(q, k)  # normalises cosine queries itself; scores as _to_scores
         if self.metric == "cosine":
             q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
         rows = self.score_bytes // (4 * q.shape[0])
@@ -141,9 +139,8 @@ class TorchSearch:
         indices, ranked = decode_score_keys(keys.cpu().numpy())
         return indices, self._to_scores(q, ranked)
 
-    def _to_scores(self, q, ranked: np.ndarray, q_norms=None) -> np.ndarray:
+    def _to_scores(self, q, ranked: np.ndarray) -> np.ndarray:
         if self.metric == "l2":
-            if q_norms is None:
-                q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy()
+            q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy()
             return np.maximum(q_norms - ranked, 0).astype(np.float32)
         return -ranked if self.metric == "l1" else ranked
