@@ -215,4 +215,3 @@ def decode_keys(keys_ptr, q_norms_ptr, rows_ptr, scores_ptr, k, keys_stride, MOD
         value = -value
     tl.store(rows_ptr + q * k + i, MAX_INDEX - (key & MAX_INDEX), mask=ok)
     tl.store(scores_ptr + q * k + i, value, mask=ok)
-

@@ -3,7 +3,7 @@
 On the GPU a reduction kernel (`cuda_kernels.long_reduce`) sums per thread in double,
 then per warp (shuffles) and per block, and the last block to finish adds the per-block
 partials in block order into pinned host memory: a deterministic hierarchical reduction
-(one atomic ticket per block, no atomic sums) in one launch. Host vectors of up to 32 MB
+(one atomic ticket per block, no atomic sums) in one launch. Host vectors of up to 8 MB
 each are copied into device buffers kept per caller; host arrays larger than the GPU
 memory budget are streamed in chunks through two device buffers, copies overlapped
 with the reduction of the previous chunk. On the CPU the same sums run over slices
@@ -25,8 +25,9 @@ CPU_SLICE = 1 << 22
 # Host vectors up to this many bytes each are copied into device buffers kept per caller
 # (`_Finish.staged`) with two async copies on the call's stream. 1M fp32 elements from pinned
 # memory on the H100 host: 181 us a call against 204 us through cp.asarray (.81 against .72 of
-# host->GPU; perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s15-longvec.json).
-STAGED_BYTES = 32 << 20
+# host->GPU; perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s15-longvec.json). Kept per
+# (device, stream, thread), up to `_Finish.MAX_CACHED` of them: 16 MB each at most.
+STAGED_BYTES = 8 << 20
 _STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
 
 
