@@ -40,7 +40,6 @@ class FusedSearcher:
         self.torch, self.corpus, self.metric, self.norms = torch, corpus, metric, norms
         self.graphs = graphs and corpus.device.type == "cuda" and not fused_topk._kernels().interpreted
         self.max_graphs = max_graphs
-        self._device_index = corpus.device.index if corpus.device.type == "cuda" else None
         self._captured: OrderedDict = OrderedDict()   # (batch, k) -> (graph, q, rows_host, scores_host)
         self._pool = None
         self._lock = threading.Lock()
@@ -60,25 +59,19 @@ class FusedSearcher:
             return rows.cpu().numpy(), scores.cpu().numpy()
         torch = self.torch
         shape = (int(queries.shape[0]), int(k))
-        with self._lock:
-            if torch.cuda.current_device() != self._device_index:  # the device guard costs ~5 us a call
-                with torch.cuda.device(self._device_index):
-                    return self._replay(shape, queries)
-            return self._replay(shape, queries)
-
-    def _replay(self, shape, queries):
-        entry = self._captured.get(shape)
-        if entry is None:
-            entry = self._capture(*shape)
-        else:
-            self._captured.move_to_end(shape)
-        graph, q, rows_host, scores_host = entry
-        q.copy_(queries)
-        # A graph kernel reading the queries from an address written into pinned memory saves
-        # this launch (17-21 us wall) but took 12 us on the GPU (`..._s15-kernels.json`, gather).
-        graph.replay()
-        self.torch.cuda.current_stream().synchronize()
-        return rows_host.numpy().copy(), scores_host.numpy().copy()
+        with self._lock, torch.cuda.device(self.corpus.device):
+            entry = self._captured.get(shape)
+            if entry is None:
+                entry = self._capture(*shape)
+            else:
+                self._captured.move_to_end(shape)
+            graph, q, rows_host, scores_host = entry
+            q.copy_(queries)
+            # A graph kernel reading the queries from an address written into pinned memory saves
+            # this launch (17-21 us wall) but took 12 us on the GPU (`..._s15-kernels.json`, gather).
+            graph.replay()
+            torch.cuda.current_stream().synchronize()
+            return rows_host.numpy().copy(), scores_host.numpy().copy()
 
     def _capture(self, batch: int, k: int):
         torch = self.torch

@@ -195,9 +195,7 @@ class GpuSearch:
             self._fused = fused_graphs.FusedSearcher(torch, corpus, self.metric, norms)
         device = self._fused.corpus.device
         q = queries if isinstance(queries, torch.Tensor) else torch.as_tensor(queries, device=device)
-        if q.dtype != torch.float32 or q.device != device:
-            q = q.to(device=device, dtype=torch.float32)
-        return self._fused.search(q, k)  # rows and the metric's scores, decoded on the GPU
+        return self._fused.search(q.to(device=device, dtype=torch.float32), k)  # rows and the metric's scores, decoded on the GPU
 
     def _plan(self, batch: int, k: int) -> dict:
         """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""
