@@ -21,6 +21,7 @@ CPU (``--device cpu``): the same search at small N against NumPy brute force (fu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -255,6 +256,58 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
     return rows
 
 
+def floor_check(cp, n: int = 300_007, dim: int = 1024, device: str = "cuda") -> list[dict]:
+    """The sampled floors change no key: `topk_keys` with floors (sample every 2nd, 4th, 32nd
+    tile) against without, fp16 300,007 x 1024 with duplicated rows, in random order and sorted
+    so that query 0's best rows come last (weak floors: more passes, the same keys); ip /
+    cosine / l2, batch 8 / 32 / 40, k 1 / 10 / 64; and a FusedSearcher's graphs (floors as the
+    policy decides, FLOOR_MIN_ROWS lowered to this size) against the eager keys without floors."""
+    import torch
+
+    from tritonrag import fused_topk
+    from tritonrag.fused_graphs import FusedSearcher
+
+    rows = []
+    gen = torch.Generator(device=device).manual_seed(3)
+    base = torch.randn((n, dim), device=device, generator=gen)
+    base[n * 2 // 3:n * 2 // 3 + n // 600] = base[:n // 600]
+    queries = torch.randn((40, dim), device=device, generator=gen)
+    queries[1] = base[7]
+    saved = fused_topk.FLOOR_MIN_ROWS
+    for order in ("random", "sorted"):
+        corpus = base if order == "random" else base[torch.argsort(base @ queries[0])]
+        for metric in ("ip", "cosine", "l2"):
+            x = torch.nn.functional.normalize(corpus, dim=1) if metric == "cosine" else corpus
+            q = torch.nn.functional.normalize(queries, dim=1) if metric == "cosine" else queries
+            xh = x.half()
+            norms = (xh.float() ** 2).sum(dim=1) if metric == "l2" else None
+            for batch in (8, 32, 40):
+                for k in (1, 10, 64):
+                    want = fused_topk.topk_keys(torch, xh, q[:batch], k, metric, norms, floor=False)
+                    same = {step: bool(torch.equal(want, fused_topk.topk_keys(torch, xh, q[:batch], k, metric, norms,
+                                                                                floor=True, floor_step=step)))
+                            for step in (2, 4, 32)}
+                    row = dict(kind="floor_check", order=order, metric=metric, batch=batch, k=k,
+                               same=all(same.values()), same_by_step=same)
+                    if k == 10 and batch in (32, 40):
+                        fused_topk.FLOOR_MIN_ROWS = 0
+                        try:
+                            searcher = FusedSearcher(torch, xh, metric, norms)
+                            got_rows, _ = searcher.search(queries[:batch], k)  # raw queries: it normalises cosine
+                            got_rows, _ = searcher.search(queries[:batch], k)  # the replay
+                        finally:
+                            fused_topk.FLOOR_MIN_ROWS = saved
+                        want_rows = (fused_topk.MAX_INDEX - (want & fused_topk.MAX_INDEX)).cpu().numpy()
+                        row["graph_same"] = bool((got_rows == want_rows).all())
+                    rows.append(row)
+    bad = [r for r in rows if not r["same"] or not r.get("graph_same", True)]
+    log(f"floor_check: {len(rows)} cases, {len(bad)} differ:", bad[:5])
+    del base
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
 def fused_check(cp) -> list[dict]:
     """The fused Triton kernels against the NumPy path, and against the cuBLAS path.
 
@@ -380,7 +433,8 @@ def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
 def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
     """Where a fused ip search's time goes (adopted tiles): the kernel with k and with 1
     pass per tile (the passes' cost), the merge of the tiles' candidates (`merge_runs` by
-    runs per program, and torch.topk as before), the whole `topk_keys` call (events; and its host time alone), and
+    runs per program, and torch.topk as before), the whole `topk_keys` call (events; and its host time alone;
+    without the sampled floors and with them at several sample steps), and
     the whole search from GPU queries to host results (wall): launched call by call
     (`topk_keys_wall_ms`), replayed from a CUDA graph (`graph_wall_ms`), and through ExactSearch
     (`search_wall_ms`, the graph plus the CuPy -> torch handover and the decoding)."""
@@ -403,7 +457,8 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         for passes in (k, 1):
             cands = torch.empty((batch, tiles * passes), dtype=torch.int64, device="cuda")
             launch = lambda: fused_kernels.dot_topk[(tiles,)](  # noqa: E731
-                xt, qt, cands, cands, n, batch, xt.stride(0), qt.stride(0), cands.stride(0), 1, DIM=dim, K=passes,
+                xt, qt, cands, cands, n, batch, xt.stride(0), qt.stride(0), cands.stride(0), 1, 1, cands, 0, 0,
+                DIM=dim, K=passes,
                 BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages, HAS_NORMS=False, IEEE=False,
                 num_warps=warps)
             row[f"kernel_k{passes}_ms"] = event_ms(cp, launch)
@@ -416,6 +471,11 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
             row[f"merge_runs_{size}_ms"] = event_ms(cp, lambda: fused_topk.merge_runs(torch, cands, k))
         fused_topk.MERGE_RUNS = runs
         row["topk_keys_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip"))
+        # the sampled floors off and on (every `step`-th tile sampled), events, whatever the policy
+        row["topk_keys_nofloor_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip", floor=False))
+        for step in (16, 32, 64):
+            row[f"topk_keys_floor{step}_ms"] = event_ms(
+                cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip", floor=True, floor_step=step))
         start = time.perf_counter()
         for _ in range(20):  # the host's side of a call: launches only (the GPU catches up after)
             fused_topk.topk_keys(torch, xt, q, k, "ip")
@@ -501,7 +561,33 @@ def cupy_baseline(cp, corpus, metric, q, k):
     return cp.take_along_axis(part, order, axis=1).get(), cp.take_along_axis(vals, order, axis=1).get()
 
 
+@contextlib.contextmanager
+def floors_off(search, off: bool):
+    """The fused searches of `search` without the sampled floors while inside (their CUDA graphs
+    are captured again on entry and on exit, so each side replays its own)."""
+    if not off:
+        yield
+        return
+    from tritonrag import fused_topk
+
+    def recapture():
+        fused = getattr(search.gpu, "_fused", None)
+        if fused is not None:
+            fused._captured.clear()
+
+    saved = fused_topk.FLOOR_MIN_ROWS
+    fused_topk.FLOOR_MIN_ROWS = 1 << 62
+    recapture()
+    try:
+        yield
+    finally:
+        fused_topk.FLOOR_MIN_ROWS = saved
+        recapture()
+
+
 def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> list[dict]:
+    from tritonrag import fused_topk
+
     rows = []
     for n in sizes:
         base = random_corpus(cp, n, dim)
@@ -512,11 +598,15 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
             for batch in batches:
                 q = cp.random.default_rng(batch).standard_normal((batch, dim), dtype=cp.float32)
                 reps = repeat if n <= 2_000_000 else max(3, repeat // 3)
-                # the same index object, each search kernel in turn: cuBLAS + CUDA top-k, fused Triton
-                for impl, kernel in (("tritonrag", "cublas"), ("fused", "fused")):
+                # the same index object, each search kernel in turn: cuBLAS + CUDA top-k, fused Triton,
+                # and fused without the sampled floors where the policy takes them (an A/B in one run)
+                floors = metric != "l1" and fused_topk.floor_wanted(n, fused_topk.query_block(batch, metric))
+                impls = [("tritonrag", "cublas"), ("fused", "fused")] + ([("fused_nofloor", "fused")] if floors else [])
+                for impl, kernel in impls:
                     search.gpu.kernel = kernel
                     try:
-                        ms = gpu_time(lambda: search.search(q, k), reps)
+                        with floors_off(search, impl == "fused_nofloor"):
+                            ms = gpu_time(lambda: search.search(q, k), reps)
                     except Exception as exc:  # noqa: BLE001 — record and go on
                         rows.append(dict(kind="in_memory", n=n, d=dim, batch=batch, k=k, metric=metric, impl=impl,
                                          error=f"{type(exc).__name__}: {exc}"[:300]))
@@ -791,6 +881,7 @@ def main(argv=None) -> int:
                         help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
     parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
     parser.add_argument("--fused-check", action="store_true", help="GPU: the fused kernels vs NumPy")
+    parser.add_argument("--floor-check", action="store_true", help="GPU: fused keys with sampled floors vs without")
     parser.add_argument("--fused-tune", type=int, default=0, help="GPU: time the fused kernels' tile shapes at N rows")
     parser.add_argument("--fused-profile", type=int, default=0,
                         help="GPU: where a fused search's time goes at N rows (also after --fused-tune)")
@@ -821,6 +912,9 @@ def main(argv=None) -> int:
         result["h2d_GBps"] = h2d = host_to_device(cp)
         log(f"device {device}: peak HBM copy {peak:.0f} GB/s, host->GPU {h2d:.1f} GB/s")
         result["host_calls"] = host_calls(cp)
+        if args.floor_check:
+            result["floor_check"] = floor_check(cp)
+            save()
         if args.fused_tune:
             result["fused_tune"] = fused_tune(cp, args.fused_tune, args.dim, args.batches, args.k, peak)
             result["fused_tiles"] = adopt_best_tiles(result["fused_tune"])

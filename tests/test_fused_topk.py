@@ -114,6 +114,64 @@ def test_merge_keeps_the_best_keys_of_each_row_over_several_rounds(monkeypatch):
     assert np.array_equal(got, np.sort(keys, axis=1)[:, ::-1][:, :10])
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("order", ["random", "best_last"])
+def test_sampled_floors_change_no_key(metric, order):
+    """Floors from every 2nd, 3rd or 7th tile (and from one tile only: too few rows for k = 64)
+    give the keys of the search without floors: duplicates across tiles, a partial last tile,
+    two query blocks (the second partly padding), k 1 / 10 / 64. In `best_last` each query's
+    best rows sit in the last tiles, so the floors are weak and the tiles make more passes."""
+    corpus, q = _integer_data(rows=1100, dim=48, queries=20)
+    if order == "best_last":
+        corpus = corpus[np.argsort(corpus @ q[1], kind="stable")]
+    x = torch.from_numpy(corpus)
+    norms = (x * x).sum(1) if metric == "l2" else None
+    qt = torch.from_numpy(q)
+    tiles = (64, 16, 4, 1)  # 18 tiles; query blocks of 16
+    for k in (1, 10, 64):
+        want = fused_topk.topk_keys(torch, x, qt, k, metric, norms, tiles=tiles, floor=False)
+        assert np.array_equal(decode_score_keys(want.numpy())[0], ExactSearch(corpus, metric).search(q, k)[0])
+        for step in (2, 3, 7, 100):
+            got = fused_topk.topk_keys(torch, x, qt, k, metric, norms, tiles=tiles, floor=True, floor_step=step)
+            assert torch.equal(got, want), (metric, order, k, step)
+
+
+def test_floors_leave_most_pass_slots_of_a_tile_empty():
+    """What the floors are for: with them, a tile whose rows are all below every query's floor
+    writes empty slots instead of k passes' keys. 1100 random rows, 18 tiles, floors from every
+    3rd: most of the [queries, tiles * k] candidate slots are empty; without floors none are."""
+    from tritonrag import fused_kernels
+
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((1100, 32)).astype(np.float32))
+    q = torch.from_numpy(rng.standard_normal((16, 32)).astype(np.float32))
+    k, n_tiles = 10, 18
+    qt = q.T.contiguous()
+    outs = {name: torch.empty((16, tiles * k), dtype=torch.int64) for name, tiles in
+            (("sample", 6), ("floored", n_tiles), ("plain", n_tiles))}
+    for name, program_tiles, step in (("sample", 6, 3), ("floored", n_tiles, 1), ("plain", n_tiles, 1)):
+        out = outs[name]
+        floors = fused_topk.merge_runs(torch, outs["sample"], k) if name == "floored" else None
+        fused_kernels.dot_topk[(program_tiles,)](
+            x, qt, out, out, 1100, 16, x.stride(0), qt.stride(0), out.stride(0), 1, step,
+            floors if floors is not None else out, floors.stride(0) if floors is not None else 0, k - 1,
+            DIM=32, K=k, BLOCK_N=64, BLOCK_B=16, BLOCK_D=32, NUM_STAGES=1, HAS_NORMS=False, IEEE=True,
+            HAS_FLOOR=floors is not None)
+    empty = {name: float((out == np.iinfo(np.int64).min).float().mean()) for name, out in outs.items()}
+    assert empty["plain"] == 0.0 and empty["sample"] == 0.0
+    assert empty["floored"] > 0.5, empty
+    assert torch.equal(fused_topk.merge_runs(torch, outs["floored"], k), fused_topk.merge_runs(torch, outs["plain"], k))
+
+
+def test_floors_are_taken_for_large_corpora_and_full_query_blocks():
+    """Batches of 17 and more (query blocks of 32) over 1M rows and more: where they measured faster."""
+    block = fused_topk.query_block
+    assert fused_topk.floor_wanted(fused_topk.FLOOR_MIN_ROWS, block(17, "ip"))
+    assert fused_topk.floor_wanted(10 * fused_topk.FLOOR_MIN_ROWS, block(40, "l2"))
+    assert not fused_topk.floor_wanted(fused_topk.FLOOR_MIN_ROWS, block(16, "ip"))
+    assert not fused_topk.floor_wanted(fused_topk.FLOOR_MIN_ROWS - 1, block(32, "ip"))
+
+
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
 def test_fused_searcher_returns_rows_and_the_metrics_scores(metric):
     """The searcher does the query work itself (cosine normalises, l2 takes |q|^2) and decodes

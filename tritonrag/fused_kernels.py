@@ -37,35 +37,68 @@ def _program_block(q_blocks):
 
 
 @triton.jit
-def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K: tl.constexpr):
+def _floor_scores(floor_ptr, floor_stride, floor_at, qs, q_ok):
+    """Each query's floor: the score of key `floor_at` (the k-th best of the sampled tiles) of
+    its row of `floor_ptr`; -inf where that key is empty (fewer than k sampled rows), +inf for
+    the padding queries of a block (they then count no rows)."""
+    key = tl.load(floor_ptr + qs.to(tl.int64) * floor_stride + floor_at, mask=q_ok, other=EMPTY_KEY)
+    hi = (key >> 32).to(tl.int32)
+    floor = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    floor = tl.where(key == EMPTY_KEY, float("-inf"), floor)
+    return tl.where(q_ok, floor, float("inf"))
+
+
+@triton.jit
+def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K: tl.constexpr,
+               floor, HAS_FLOOR: tl.constexpr):
     """The tile's best K per query as keys, best first. Passes work on the fp32 scores and
     int32 rows (32-bit max/min instead of pairs of 64-bit compares and selects); the max's
     lowest row wins ties. A score of -inf marks a spent or missing row (finite inputs never
-    score -inf) and its slot gets EMPTY_KEY."""
+    score -inf) and its slot gets EMPTY_KEY.
+
+    With HAS_FLOOR, `floor` [BLOCK_B] is each query's k-th best score over a sample of whole
+    tiles, scored by this same program shape (so a row's score is the same bits in both). A row
+    below its floor has k better rows already and cannot make the top k: the tile makes only
+    as many passes as its most populous query has rows at or above the floor (usually 0 or 1
+    of K), and fills the other slots with EMPTY_KEY."""
     neg_inf = float("-inf")
     score = tl.where((rows < n_rows)[:, None], score, neg_inf)
     q_ok = qs < n_queries
     base = out_ptr + qs.to(tl.int64) * out_stride + tile * K
+    if HAS_FLOOR:
+        above = tl.sum((score >= floor[None, :]).to(tl.int32), axis=0)
+        passes = tl.minimum(tl.max(above, axis=0), K)
+    else:
+        passes = K
     for i in tl.static_range(K):
-        best = tl.max(score, axis=0)
-        row = tl.min(tl.where(score == best[None, :], rows[:, None], 2147483647), axis=0)
-        bits = best.to(tl.int32, bitcast=True)
-        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        key = (ordered.to(tl.int64) << 32) | (MAX_INDEX - row.to(tl.int64))
-        key = tl.where(best == neg_inf, EMPTY_KEY, key)
-        tl.store(base + i, key, mask=q_ok)
-        score = tl.where(rows[:, None] == row[None, :], neg_inf, score)
+        if i < passes:
+            best = tl.max(score, axis=0)
+            row = tl.min(tl.where(score == best[None, :], rows[:, None], 2147483647), axis=0)
+            bits = best.to(tl.int32, bitcast=True)
+            ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+            key = (ordered.to(tl.int64) << 32) | (MAX_INDEX - row.to(tl.int64))
+            key = tl.where(best == neg_inf, EMPTY_KEY, key)
+            tl.store(base + i, key, mask=q_ok)
+            score = tl.where(rows[:, None] == row[None, :], neg_inf, score)
+        else:
+            tl.store(base + i, tl.full(qs.shape, EMPTY_KEY, tl.int64), mask=q_ok)
 
 
 # n_queries and out_stride change with every batch size and k: specialising on them (value 1,
 # divisible by 16) compiled a new kernel for most (batch, k) pairs, ~1-3 s each on the H100 host
-@triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks"])
+@triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks", "floor_stride", "floor_at"])
 def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride, q_blocks,
+             tile_step, floor_ptr, floor_stride, floor_at,
              DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
-             BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_NORMS: tl.constexpr, IEEE: tl.constexpr):
-    """ip / cosine / squared L2 (2 q.x - |x|^2): x [N, DIM], qt [DIM, B padded] in x's dtype."""
+             BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_NORMS: tl.constexpr, IEEE: tl.constexpr,
+             HAS_FLOOR: tl.constexpr = False):
+    """ip / cosine / squared L2 (2 q.x - |x|^2): x [N, DIM], qt [DIM, B padded] in x's dtype.
+
+    Program tile t scores corpus tile t * tile_step (1: every tile; more: the sample of
+    `fused_topk.floor_keys`) and writes its keys at slot t. HAS_FLOOR: floors from the keys
+    at `floor_ptr` (see `_emit_topk`)."""
     tile, qb = _program_block(q_blocks)
-    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (tile * tile_step) * BLOCK_N + tl.arange(0, BLOCK_N)
     qs = qb * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = tl.arange(0, BLOCK_D)
     row_ok = rows < n_rows
@@ -87,7 +120,8 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
     if HAS_NORMS:
         norms = tl.load(norms_ptr + rows, mask=row_ok, other=0.0)
         acc = 2.0 * acc - norms[:, None]
-    _emit_topk(acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
+    floor = _floor_scores(floor_ptr, floor_stride, floor_at, qs, qs < n_queries) if HAS_FLOOR else None
+    _emit_topk(acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K, floor, HAS_FLOOR)
 
 
 @triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks"])
@@ -124,7 +158,7 @@ def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_st
         else:
             diff = tl.abs(_widen(x, ASM)[:, :, None] - q.to(tl.float32)[:, None, :])
             acc += tl.sum(diff, axis=0)
-    _emit_topk(-acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
+    _emit_topk(-acc, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K, None, False)
 
 
 @triton.jit
@@ -168,7 +202,7 @@ def l1_words_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, 
         diff += (tl.abs(_half_words(w, 2, BF16)[None, :, :] - q2[:, :, None])
                  + tl.abs(_half_words(w, 3, BF16)[None, :, :] - q3[:, :, None]))
         acc += tl.sum(diff, axis=1)
-    _emit_topk(-tl.trans(acc), rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K)
+    _emit_topk(-tl.trans(acc), rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K, None, False)
 
 
 @triton.jit(do_not_specialize=["n_runs", "in_stride", "out_stride"])

@@ -10,7 +10,9 @@ keys of `tritonrag.torch_search`), so the lowest index wins ties and a key names
 The tiles' [B, tiles * k] candidates are sorted runs of k; `merge_runs` passes keep the best
 k of every MERGE_RUNS runs (k steps over the runs' heads), again until one chunk is left (at
 k = 10 two launches up to 100M rows), and `decode_keys` turns the last keys into rows and the
-metric's scores on the device. `torch.topk` over the candidates
+metric's scores on the device. For large batches a sample of tiles is scored first, and its
+k-th best score per query (a floor) spares the full pass most of its passes (FLOOR_STEP).
+`torch.topk` over the candidates
 took 0.21 ms at 1M rows and 0.55 ms at 10M, batch 32, on the H100, a fifth of the search at
 1M (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json). Scores never go
 to memory.
@@ -39,6 +41,20 @@ MERGE_RUNS = 1024
 # Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
 # compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
 K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
+
+# Floors (ip/cosine/l2): first score every FLOOR_STEP-th tile of the corpus with the same
+# kernel and merge their keys; each query's k-th best there is at most its k-th best overall,
+# so in the full pass a tile makes only as many of its k passes as it has rows at or above a
+# query's floor (`fused_kernels._emit_topk`). At a query block of 32 the passes were the
+# difference between the kernel and the memory: on the H200, 1M x 1024 fp16 at batch 32 took
+# 0.69 ms with 10 passes and 0.49 with 1, the time of the copy. With floors the whole search
+# (one CUDA graph, wall) went from 0.73 to 0.60 ms for ip and 0.75 to 0.62 for cosine; at a
+# query block of 16 (batch 1-16) the passes cost 0.03 ms and floors made the search 2 % slower
+# (perf/results/2026-12-04_NVIDIA-H200_retrieval_s16-floors.json). Sampling every 16th, 32nd or
+# 64th tile made no measured difference at 1M x 32 (0.705 / 0.711 / 0.708 ms, events).
+FLOOR_STEP = 32
+FLOOR_MIN_QUERY_BLOCK = 32
+FLOOR_MIN_ROWS = 1_000_000
 
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
 # "dot" covers ip/cosine/l2 (l2 has its own shape at 32: events of topk_keys in perf/results/
@@ -129,11 +145,19 @@ def tiles_for(metric: str, block_b: int) -> tuple:
     return TILES[("l1" if metric == "l1" else "dot", block_b)]
 
 
-def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None):
+def floor_wanted(rows: int, block_b: int) -> bool:
+    """Whether a dot search (ip/cosine/l2) scores a sample of tiles first for per-query floors."""
+    return block_b >= FLOOR_MIN_QUERY_BLOCK and rows >= FLOOR_MIN_ROWS
+
+
+def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None,
+              floor: bool | None = None, floor_step: int | None = None):
     """[B, k] int64 keys (best first) of the top-k corpus rows for each query.
 
     corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
     [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
+    floor / floor_step: the sampled floors of ip/cosine/l2 searches on or off, and every how
+    many tiles one is sampled (None: `floor_wanted`, FLOOR_STEP).
     """
     kernels = _kernels()
     interpreted = kernels.interpreted
@@ -174,9 +198,24 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         if batch < qt.shape[1]:
             qt[:, batch:].zero_()
         dummy = norms if norms is not None else cands
-        kernels.dot[grid](corpus, qt, dummy, cands, n, batch, corpus.stride(0), qt.stride(0), cands.stride(0), q_blocks,
-                         DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
-                         HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, **extra)
+
+        def dot(out, program_tiles: int, tile_step: int, floors):
+            kernels.dot[(program_tiles * q_blocks,)](
+                corpus, qt, dummy, out, n, batch, corpus.stride(0), qt.stride(0), out.stride(0), q_blocks,
+                tile_step, floors if floors is not None else out, floors.stride(0) if floors is not None else 0, k - 1,
+                DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
+                HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, HAS_FLOOR=floors is not None,
+                **extra)
+
+        step = floor_step if floor_step is not None else FLOOR_STEP
+        if floor if floor is not None else floor_wanted(n, block_b):
+            # the k-th best of every step-th tile bounds each query's k-th best from below
+            sample_tiles = -(-n_tiles // step)
+            sample = torch.empty((batch, sample_tiles * passes), dtype=torch.int64, device=corpus.device)
+            dot(sample, sample_tiles, step, None)
+            dot(cands, n_tiles, 1, merge_runs(torch, sample, passes) if sample_tiles > 1 else sample)
+        else:
+            dot(cands, n_tiles, 1, None)
     if cands.shape[1] == k:
         return cands
     return merge_runs(torch, cands, passes)[:, :k]
