@@ -600,7 +600,7 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
                 reps = repeat if n <= 2_000_000 else max(3, repeat // 3)
                 # the same index object, each search kernel in turn: cuBLAS + CUDA top-k, fused Triton,
                 # and fused without the sampled floors where the policy takes them (an A/B in one run)
-                floors = metric != "l1" and fused_topk.floor_wanted(n, fused_topk.query_block(batch, metric))
+                floors = fused_topk.floor_wanted(metric, n, fused_topk.query_block(batch, metric))
                 impls = [("tritonrag", "cublas"), ("fused", "fused")] + ([("fused_nofloor", "fused")] if floors else [])
                 for impl, kernel in impls:
                     search.gpu.kernel = kernel

@@ -166,10 +166,11 @@ def test_floors_leave_most_pass_slots_of_a_tile_empty():
 def test_floors_are_taken_for_large_corpora_and_full_query_blocks():
     """Batches of 17 and more (query blocks of 32) over 1M rows and more: where they measured faster."""
     block = fused_topk.query_block
-    assert fused_topk.floor_wanted(fused_topk.FLOOR_MIN_ROWS, block(17, "ip"))
-    assert fused_topk.floor_wanted(10 * fused_topk.FLOOR_MIN_ROWS, block(40, "l2"))
-    assert not fused_topk.floor_wanted(fused_topk.FLOOR_MIN_ROWS, block(16, "ip"))
-    assert not fused_topk.floor_wanted(fused_topk.FLOOR_MIN_ROWS - 1, block(32, "ip"))
+    assert fused_topk.floor_wanted("ip", fused_topk.FLOOR_MIN_ROWS, block(17, "ip"))
+    assert fused_topk.floor_wanted("l2", 10 * fused_topk.FLOOR_MIN_ROWS, block(40, "l2"))
+    assert not fused_topk.floor_wanted("ip", fused_topk.FLOOR_MIN_ROWS, block(16, "ip"))
+    assert not fused_topk.floor_wanted("ip", fused_topk.FLOOR_MIN_ROWS - 1, block(32, "ip"))
+    assert not fused_topk.floor_wanted("l1", fused_topk.FLOOR_MIN_ROWS, block(32, "l1"))
 
 
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])

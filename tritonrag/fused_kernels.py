@@ -37,14 +37,19 @@ def _program_block(q_blocks):
 
 
 @triton.jit
+def _key_value(key):
+    """The fp32 score in a key's high word (the inverse of the ordering in `_emit_topk`)."""
+    ordered = (key >> 32).to(tl.int32)
+    return (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _floor_scores(floor_ptr, floor_stride, floor_at, qs, q_ok):
     """Each query's floor: the score of key `floor_at` (the k-th best of the sampled tiles) of
     its row of `floor_ptr`; -inf where that key is empty (fewer than k sampled rows), +inf for
     the padding queries of a block (they then count no rows)."""
     key = tl.load(floor_ptr + qs.to(tl.int64) * floor_stride + floor_at, mask=q_ok, other=EMPTY_KEY)
-    hi = (key >> 32).to(tl.int32)
-    floor = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-    floor = tl.where(key == EMPTY_KEY, float("-inf"), floor)
+    floor = tl.where(key == EMPTY_KEY, float("-inf"), _key_value(key))
     return tl.where(q_ok, floor, float("inf"))
 
 
@@ -95,7 +100,7 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
     """ip / cosine / squared L2 (2 q.x - |x|^2): x [N, DIM], qt [DIM, B padded] in x's dtype.
 
     Program tile t scores corpus tile t * tile_step (1: every tile; more: the sample of
-    `fused_topk.floor_keys`) and writes its keys at slot t. HAS_FLOOR: floors from the keys
+    `fused_topk.topk_keys`' floors) and writes its keys at slot t. HAS_FLOOR: floors from the keys
     at `floor_ptr` (see `_emit_topk`)."""
     tile, qb = _program_block(q_blocks)
     rows = (tile * tile_step) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -241,8 +246,7 @@ def decode_keys(keys_ptr, q_norms_ptr, rows_ptr, scores_ptr, k, keys_stride, MOD
     i = tl.arange(0, BLOCK_K)
     ok = i < k
     key = tl.load(keys_ptr + q * keys_stride + i, mask=ok, other=0)
-    ordered = (key >> 32).to(tl.int32)
-    value = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    value = _key_value(key)
     if MODE == 1:
         value = tl.maximum(tl.load(q_norms_ptr + q) - value, 0.0)
     elif MODE == 2:

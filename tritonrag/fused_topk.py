@@ -145,9 +145,9 @@ def tiles_for(metric: str, block_b: int) -> tuple:
     return TILES[("l1" if metric == "l1" else "dot", block_b)]
 
 
-def floor_wanted(rows: int, block_b: int) -> bool:
-    """Whether a dot search (ip/cosine/l2) scores a sample of tiles first for per-query floors."""
-    return block_b >= FLOOR_MIN_QUERY_BLOCK and rows >= FLOOR_MIN_ROWS
+def floor_wanted(metric: str, rows: int, block_b: int) -> bool:
+    """Whether a fused search scores a sample of tiles first for per-query floors (ip/cosine/l2)."""
+    return metric != "l1" and block_b >= FLOOR_MIN_QUERY_BLOCK and rows >= FLOOR_MIN_ROWS
 
 
 def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None,
@@ -207,9 +207,9 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
                 HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, HAS_FLOOR=floors is not None,
                 **extra)
 
-        step = floor_step if floor_step is not None else FLOOR_STEP
-        if floor if floor is not None else floor_wanted(n, block_b):
+        if floor if floor is not None else floor_wanted(metric, n, block_b):
             # the k-th best of every step-th tile bounds each query's k-th best from below
+            step = floor_step if floor_step is not None else FLOOR_STEP
             sample_tiles = -(-n_tiles // step)
             sample = torch.empty((batch, sample_tiles * passes), dtype=torch.int64, device=corpus.device)
             dot(sample, sample_tiles, step, None)
