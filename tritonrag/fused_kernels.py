@@ -96,8 +96,14 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
              tile_step, floor_ptr, floor_stride, floor_at,
              DIM: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
              BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr, HAS_NORMS: tl.constexpr, IEEE: tl.constexpr,
-             HAS_FLOOR: tl.constexpr = False):
+             HAS_FLOOR: tl.constexpr = False, INTERPRETED: tl.constexpr = False):
     """ip / cosine / squared L2 (2 q.x - |x|^2): x [N, DIM], qt [DIM, B padded] in x's dtype.
+
+    Equal rows must score the same bits in every tile and at every place in a tile (ties go to
+    the lower row). A GPU's MMA computes every element of a tile the same way; triton's CPU
+    interpreter evaluates `tl.dot` with BLAS, whose order of summation depends on an element's
+    place in the tile on some CPUs. INTERPRETED therefore accumulates in fp64 and rounds once
+    (the reasoning of `tritonrag.search.ExactSearch`), which makes the order not matter.
 
     Program tile t scores corpus tile t * tile_step (1: every tile; more: the sample of
     `fused_topk.topk_keys`' floors) and writes its keys at slot t. HAS_FLOOR: floors from the keys
@@ -109,7 +115,10 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
     row_ok = rows < n_rows
     x_ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_x + ds[None, :]
     q_ptrs = qt_ptr + ds[:, None] * stride_qt + qs[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
+    if INTERPRETED:
+        acc = tl.zeros((BLOCK_N, BLOCK_B), tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_B), tl.float32)
     for d0 in tl.range(0, DIM, BLOCK_D, num_stages=NUM_STAGES):
         if DIM % BLOCK_D == 0:  # no d mask: the loads vectorize
             x = tl.load(x_ptrs + d0, mask=row_ok[:, None], other=0.0)
@@ -118,10 +127,13 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
             d_ok = (d0 + ds) < DIM
             x = tl.load(x_ptrs + d0, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             q = tl.load(q_ptrs + d0 * stride_qt, mask=d_ok[:, None], other=0.0)
-        if IEEE:  # fp32 storage: no TF32 rounding
+        if INTERPRETED:
+            acc = tl.dot(x.to(tl.float64), q.to(tl.float64), acc, out_dtype=tl.float64)
+        elif IEEE:  # fp32 storage: no TF32 rounding
             acc = tl.dot(x, q, acc, input_precision="ieee")
         else:
             acc = tl.dot(x, q, acc)
+    acc = acc.to(tl.float32)
     if HAS_NORMS:
         norms = tl.load(norms_ptr + rows, mask=row_ok, other=0.0)
         acc = 2.0 * acc - norms[:, None]

@@ -205,7 +205,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
                 tile_step, floors if floors is not None else out, floors.stride(0) if floors is not None else 0, k - 1,
                 DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                 HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, HAS_FLOOR=floors is not None,
-                **extra)
+                INTERPRETED=interpreted, **extra)
 
         if floor if floor is not None else floor_wanted(metric, n, block_b):
             # the k-th best of every step-th tile bounds each query's k-th best from below

@@ -63,8 +63,10 @@ def to_host(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def normalize_rows(x, xp=np):
-    return x / xp.maximum(xp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def normalize_rows(x) -> np.ndarray:
+    """Rows scaled to unit length in fp64 (norms too), so equal rows stay equal bits."""
+    x64 = np.asarray(x, np.float64)
+    return x64 / np.maximum(np.sqrt(np.einsum("ij,ij->i", x64, x64))[:, None], 1e-12)
 
 
 class ExactSearch:
@@ -106,12 +108,17 @@ class ExactSearch:
         corpus = np.asarray(vectors)
         if corpus.ndim != 2:
             raise ValueError(f"corpus vectors must be [N, d], got {corpus.shape}")
-        if corpus.dtype != np.float32:
-            corpus = corpus.astype(np.float32)
+        corpus = corpus.astype(np.float32, copy=False)
+        # ip/cosine/l2 score in fp64, rounded once to fp32: BLAS sgemm sums an element's products
+        # in an order that depends on where the element sits in the matrix on some CPUs (OpenBLAS's
+        # Haswell/Zen kernels from batch 5), so two equal corpus rows could score a few ulps apart
+        # and lose "ties to the lower index". fp32 products are exact in fp64, and d of them summed
+        # in any order stay far inside half an fp32 ulp of the exact sum, so every order rounds to
+        # the same fp32 value (unless the sum lies within ~d * 2**-53 of a rounding midpoint).
         if metric == "cosine":
-            corpus = normalize_rows(corpus)
-        self.corpus = corpus
-        self.sq_norms = np.einsum("ij,ij->i", corpus, corpus) if metric == "l2" else None
+            corpus = normalize_rows(corpus).astype(np.float32)
+        self.corpus = corpus if metric == "l1" else corpus.astype(np.float64)
+        self.sq_norms = np.einsum("ij,ij->i", self.corpus, self.corpus) if metric == "l2" else None
         self.count, self.dimension = int(corpus.shape[0]), int(corpus.shape[1])
 
     @property
@@ -144,12 +151,12 @@ class ExactSearch:
     def rank_values(self, q: np.ndarray) -> np.ndarray:
         """[B, N] "larger is better" values on the host (also used by hybrid fusion)."""
         if self.metric == "cosine":
-            q = normalize_rows(q)
+            q = normalize_rows(q).astype(np.float32)
         if self.metric != "l1":
-            sims = q @ self.corpus.T
+            sims = np.asarray(q, np.float64) @ self.corpus.T
             if self.metric == "l2":
                 sims = 2 * sims - self.sq_norms[None, :]
-            return sims.astype(np.float32, copy=False)
+            return sims.astype(np.float32)
         out = np.empty((len(q), self.count), dtype=np.float32)
         step = max(1, _CPU_L1_ELEMENTS // max(1, len(q) * self.dimension))
         for start in range(0, self.count, step):

@@ -70,11 +70,15 @@ class TorchSearch:
         self.corpus = torch.empty((self.count, self.dimension), dtype=self.storage, device=home,
                                   pin_memory=bool(self.streamed and cuda))
         self.norms = torch.empty(self.count, dtype=torch.float32, device=self.device) if metric == "l2" else None
+        # On the CPU, norms and products are taken in fp64 and rounded once, so that equal rows
+        # score the same bits wherever they sit (`tritonrag.search.ExactSearch` says why).
+        self._exact = torch.float32 if cuda else torch.float64
         for start in range(0, self.count, CONVERT_ROWS):
             stop = min(self.count, start + CONVERT_ROWS)
             block = torch.as_tensor(vectors[start:stop], device=self.device).to(torch.float32)
             if metric == "cosine":
-                block = block / block.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                wide = block.to(self._exact)
+                block = (wide / wide.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
             block = block.to(self.storage)
             if self.norms is not None:
                 stored = block.to(torch.float32)
@@ -101,7 +105,8 @@ class TorchSearch:
                 self._mm_out_dtype = False
                 return self._rank_values(q, block, start)
         else:
-            sims = q.to(self.storage).to(torch.float32) @ block.to(torch.float32).T
+            exact = self._exact
+            sims = (q.to(self.storage).to(exact) @ block.to(exact).T).to(torch.float32)
         if self.metric == "l2":
             sims = 2 * sims - self.norms[start:start + block.shape[0]]
         return sims
@@ -119,7 +124,8 @@ class TorchSearch:
                 self._fused = FusedSearcher(torch, self.corpus, self.metric, self.norms)
             return self._fused.search(q, k)  # normalises cosine queries itself; scores as _to_scores
         if self.metric == "cosine":
-            q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            wide = q.to(self._exact)
+            q = (wide / wide.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
         rows = self.score_bytes // (4 * q.shape[0])
         if self.metric == "l1":  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
             rows = min(rows, self.score_bytes // (4 * self.dimension))
