@@ -48,8 +48,8 @@ from inputs import load_questions  # noqa: E402
 from loadgen import closed_loop_with, percentile  # noqa: E402
 from sweep import device_name, free_ports, slug  # noqa: E402
 
-from tritonrag.repository import SOURCE_REPOSITORY  # noqa: E402
-from tritonrag.storage import atomic_write_text  # noqa: E402
+from tritonrag.common.atomic_files import atomic_write_text  # noqa: E402
+from tritonrag.server.repository import SOURCE_REPOSITORY  # noqa: E402
 
 STAGES = ("embedder", "retriever", "generator")
 VARIANTS = ("batching-on", "batching-off", "delay-0ms", "delay-1ms", "delay-5ms", "instances-2", "bls", "baseline")
@@ -133,7 +133,7 @@ def parameters_for(variant: str) -> dict[str, dict[str, str]]:
 def run_triton(variants: list[str], settings_kwargs: dict, questions: list[str], load: Load,
                protocol: str = "http") -> dict[str, dict]:
     """The Triton variants, grouped by rendered repository (bls shares batching-on's server)."""
-    from tritonrag.launcher import ServerSettings, TritonServer
+    from tritonrag.server.launcher import ServerSettings, TritonServer
 
     results: dict[str, dict] = {}
     servers: dict[str, list[str]] = {}
@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Load)})
     questions = load_questions(args.questions, max(200, load.requests + load.warmup))
 
-    from tritonrag import model_sources
-    from tritonrag.launcher import ensure_index
+    from tritonrag.models import sources as model_sources
+    from tritonrag.server.launcher import ensure_index
 
     kwargs = {k: getattr(args, k) for k in ("embedder", "generator", "corpus") if getattr(args, k)}
     embedder = kwargs.get("embedder", model_sources.DEFAULT_EMBEDDER)

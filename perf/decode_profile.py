@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def graph_time_us(fn, reps: int = 10) -> float:
     """Mean time of `fn` captured once in a CUDA graph and replayed (skinny_gemm.graph_time_us)."""
-    from tritonrag.engine.skinny_gemm import graph_time_us as timed
+    from tritonrag.generation.engine.skinny_gemm import graph_time_us as timed
 
     return timed(fn, reps)
 
@@ -66,17 +66,17 @@ def gemm_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=
 
 def skinny_section(hidden=1536, inter=8960, heads=12, kv_heads=2, dim=128, layers=28, vocab=151936,
                    ms=(32, 64, 128, 256), budget_s=150.0, only=None, wide_only=False):
-    """The skinny Triton GEMM (`tritonrag.engine.skinny_gemm`) against F.linear (cuBLAS) per decode
+    """The skinny Triton GEMM (`tritonrag.generation.engine.skinny_gemm`) against F.linear (cuBLAS) per decode
     projection and M: every candidate configuration timed in a CUDA graph over 28 distinct weight
     copies (one for the 467 MB lm_head), checked against F.linear, the best kept per (shape, M)."""
     import torch
     import torch.nn.functional as F
 
-    from tritonrag.engine.skinny_gemm import candidates, default_config, graph_time_us, skinny_linear
+    from tritonrag.generation.engine.skinny_gemm import candidates, default_config, graph_time_us, skinny_linear
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    from tritonrag.engine.skinny_gemm import fused_candidates, gate_up_silu
-    from tritonrag.engine.triton_ops import silu_mul
+    from tritonrag.generation.engine.skinny_gemm import fused_candidates, gate_up_silu
+    from tritonrag.generation.engine.triton_lang_ops import silu_mul
 
     # gate_up_silu: gate/up product + silu * up, fused (Triton) against F.linear then silu_mul
     shapes = {"gate_up_silu": (2 * inter, hidden, False), "gate_up": (2 * inter, hidden, False),
@@ -147,7 +147,7 @@ def attention_section(layers=28, kv_heads=2, group=6, dim=128, bucket=512):
     import torch
     import torch.nn.functional as F
 
-    from tritonrag.engine.flash_decode import decode_attention, plan_splits
+    from tritonrag.generation.engine.flash_decode import decode_attention, plan_splits
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows_out = []
@@ -245,8 +245,8 @@ def main(argv=None):
     import torch
 
     from generation_bench import device_tag, peak_bandwidth, serve, step_times
-    from tritonrag import model_sources
-    from tritonrag.engine import ContinuousBatcher, DecodeEngine
+    from tritonrag.generation.engine import ContinuousBatcher, DecodeEngine
+    from tritonrag.models import sources as model_sources
 
     t0 = time.perf_counter()
     device = torch.device("cuda")

@@ -114,7 +114,7 @@ def serve(batcher, concurrency: int, requests: int, prompt: int, output: int, vo
     """Closed loop: `concurrency` clients, `requests` in all; per-request timings."""
     import random
 
-    from tritonrag.engine import Sequence
+    from tritonrag.generation.engine import Sequence
 
     rng = random.Random(seed)
     # drawn before the clock starts: a client drawing 256 random ids inside the engine thread's
@@ -278,8 +278,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from tritonrag import model_sources
-    from tritonrag.engine import ContinuousBatcher, DecodeEngine
+    from tritonrag.generation.engine import ContinuousBatcher, DecodeEngine
+    from tritonrag.models import sources as model_sources
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
 
 def measure_variant(result, args, model, variant, slots, max_len, batches, bandwidth, device):
     """Build an engine variant, check it against transformers, time its decode step."""
-    from tritonrag.engine import DecodeEngine
+    from tritonrag.generation.engine import DecodeEngine
 
     start = time.perf_counter()
     try:

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from tritonrag.corpus import Passage  # noqa: E402
-from tritonrag.index import _write_index, load_index  # noqa: E402
-from tritonrag.lexical import BM25Index, TokenizerConfig  # noqa: E402
+from tritonrag.index.bm25 import BM25Index, TokenizerConfig  # noqa: E402
+from tritonrag.index.corpus import Passage  # noqa: E402
+from tritonrag.index.store import _write_index, load_index  # noqa: E402
 
 
 def main(argv=None) -> int:

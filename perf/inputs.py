@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tritonrag.storage import atomic_write_text  # noqa: E402
+from tritonrag.common.atomic_files import atomic_write_text  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "squad-v2.0-dev-part.json"
 
@@ -25,11 +25,11 @@ def load_questions(source: str = "auto", count: int = 200, seed: int = 0) -> lis
     if source == "auto":
         source = "squad" if SQUAD.exists() else "synthetic"
     if source == "squad":
-        from tritonrag.corpus import squad_questions
+        from tritonrag.index.corpus import squad_questions
 
         questions = [q.text for q in squad_questions(SQUAD)]
     elif source == "synthetic":
-        from tritonrag.synthetic import make_facts
+        from tritonrag.index.synthetic import make_facts
 
         questions = [f.question for f in make_facts(max(count, 1), seed)]
     else:

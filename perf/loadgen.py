@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from tritonrag.supervisor import child_processes
+from tritonrag.server.supervisor import child_processes
 from tritonrag_client import RagError
 from tritonrag_client.aio import AsyncRagClient
 

@@ -123,8 +123,8 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from sweep import device_name, slug
 
-    from tritonrag.launcher import ServerSettings, TritonServer
-    from tritonrag.storage import atomic_write_text
+    from tritonrag.common.atomic_files import atomic_write_text
+    from tritonrag.server.launcher import ServerSettings, TritonServer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(OverloadConfig):

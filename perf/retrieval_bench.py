@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tritonrag.longvec import LONG_METRICS, long_distance  # noqa: E402
-from tritonrag.search import METRICS, ExactSearch  # noqa: E402
+from tritonrag.retrieval.longvec import LONG_METRICS, long_distance  # noqa: E402
+from tritonrag.retrieval.search.exact import METRICS, ExactSearch  # noqa: E402
 
 
 def log(*parts) -> None:
@@ -98,7 +98,7 @@ def peak_hbm(cp, nbytes: int = 4 << 30) -> float:
 
 def host_to_device(cp, nbytes: int = 2 << 30) -> float:
     """Pinned host -> GPU copy bandwidth in GB/s, best of 5."""
-    from tritonrag.gpu_search import pinned_empty
+    from tritonrag.retrieval.search.cupy_search import pinned_empty
 
     host = pinned_empty((nbytes,), np.uint8)
     dev = cp.empty(nbytes, cp.uint8)
@@ -156,8 +156,8 @@ def gpu_check(cp) -> list[dict]:
                              streamed_max_score_diff=float(np.max(np.abs(a[1] - b[1])))))
             log(rows[-2], rows[-1])
     # hybrid fusion over a GPU dense search (vectors_at gathers from the GPU copy) vs the CPU
-    from tritonrag.hybrid import HybridConfig, HybridSearch
-    from tritonrag.lexical import BM25Index, TokenizerConfig
+    from tritonrag.index.bm25 import BM25Index, TokenizerConfig
+    from tritonrag.retrieval.hybrid import HybridConfig, HybridSearch
 
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     texts = [" ".join(rng.choice(words, size=5)) + f" doc{i}" for i in range(3000)]
@@ -203,8 +203,8 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
 
     import torch
 
-    from tritonrag import cuda_kernels
-    from tritonrag.gpu_search import CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_32F, GpuSearch
+    from tritonrag.retrieval.search import cuda_c_kernels as cuda_kernels
+    from tritonrag.retrieval.search.cupy_search import CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_32F, GpuSearch
 
     rows = []
     corpus = random_corpus(cp, n, dim)
@@ -264,8 +264,8 @@ def floor_check(cp, n: int = 300_007, dim: int = 1024, device: str = "cuda") -> 
     policy decides, FLOOR_MIN_ROWS lowered to this size) against the eager keys without floors."""
     import torch
 
-    from tritonrag import fused_topk
-    from tritonrag.fused_graphs import FusedSearcher
+    from tritonrag.retrieval.search.fused import launch as fused_topk
+    from tritonrag.retrieval.search.fused.graphs import FusedSearcher
 
     rows = []
     gen = torch.Generator(device=device).manual_seed(3)
@@ -388,8 +388,8 @@ def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
     """Kernel time (events) of each tile shape of the fused kernels at n rows, per batch."""
     import torch
 
-    from tritonrag import fused_topk
-    from tritonrag.torch_search import decode_score_keys
+    from tritonrag.retrieval.search.fused import launch as fused_topk
+    from tritonrag.retrieval.search.torch_search import decode_score_keys
 
     rows = []
     corpus = random_corpus(cp, n, dim)
@@ -440,8 +440,8 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
     (`search_wall_ms`, the graph plus the CuPy -> torch handover and the decoding)."""
     import torch
 
-    from tritonrag import fused_kernels, fused_topk
-    from tritonrag.fused_graphs import FusedSearcher
+    from tritonrag.retrieval.search.fused import triton_lang_kernels as fused_kernels, launch as fused_topk
+    from tritonrag.retrieval.search.fused.graphs import FusedSearcher
 
     rows = []
     corpus = random_corpus(cp, n, dim)
@@ -499,7 +499,7 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
 def adopt_best_tiles(rows: list[dict]) -> dict:
     """Set `fused_topk.TILES` to the fastest shape per (kind, query block) of a `fused_tune`
     run (an fp16-block L1 shape only where its top-k sets matched fp32's on >= 99 %)."""
-    from tritonrag import fused_topk
+    from tritonrag.retrieval.search.fused import launch as fused_topk
 
     overlap = {(r["batch"], tuple(r["tile"])): r["overlap"] for r in rows if r["kind"] == "fused_tune_l1_half_overlap"}
     totals: dict = {}  # (kind, query block) -> tile -> [ms of each batch of that block]
@@ -568,7 +568,7 @@ def floors_off(search, off: bool):
     if not off:
         yield
         return
-    from tritonrag import fused_topk
+    from tritonrag.retrieval.search.fused import launch as fused_topk
 
     def recapture():
         fused = getattr(search.gpu, "_fused", None)
@@ -586,7 +586,7 @@ def floors_off(search, off: bool):
 
 
 def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> list[dict]:
-    from tritonrag import fused_topk
+    from tritonrag.retrieval.search.fused import launch as fused_topk
 
     rows = []
     for n in sizes:
@@ -643,7 +643,7 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
 
 def torch_path(cp, n, batches, metrics, dim, k, peak, repeat) -> list[dict]:
     """`TorchSearch` (the path of CUDA instances without CuPy): exactness vs NumPy, then speed."""
-    from tritonrag.torch_search import TorchSearch
+    from tritonrag.retrieval.search.torch_search import TorchSearch
 
     rows = []
     rng = np.random.default_rng(5)
@@ -675,7 +675,7 @@ def torch_path(cp, n, batches, metrics, dim, k, peak, repeat) -> list[dict]:
 
 
 def ooc_sweep(cp, n, batches, metrics, dim, k, budget, h2d, repeat) -> list[dict]:
-    from tritonrag.gpu_search import pinned_empty
+    from tritonrag.retrieval.search.cupy_search import pinned_empty
 
     rows = []
     host = pinned_empty((n, dim), np.float16)
@@ -739,7 +739,7 @@ def host_calls(cp) -> dict:
 
 
 def long_sweep(cp, sizes, peak, h2d, budget, repeat) -> list[dict]:
-    from tritonrag.gpu_search import pinned_empty
+    from tritonrag.retrieval.search.cupy_search import pinned_empty
 
     rows = []
     for n in sizes:
@@ -901,7 +901,7 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         import cupy as cp
 
-        from tritonrag.gpu_search import GpuSearch
+        from tritonrag.retrieval.search.cupy_search import GpuSearch
 
         GpuSearch.topk_variant = args.topk_variant
         if args.topk_variant == "v2":

@@ -1,10 +1,10 @@
 """Recall@1/5/10 of dense, BM25 and hybrid retrieval on the shared SQuAD questions.
 
 The corpus is the SQuAD file's 646 paragraphs; a question's gold passage is its paragraph.
-Questions are split in two seeded random halves (`tritonrag.quality.split_halves`): the
+Questions are split in two seeded random halves (`tritonrag.retrieval.quality.split_halves`): the
 BM25 and fusion settings (tokenizer stemming / stop words / bigrams, k1, b, fusion and weight) are
 chosen on the first half by R@1 (then R@5) and reported on the held-out half. The chosen
-settings are the retriever's defaults in model_repository/retriever/config.pbtxt.
+settings are the retriever's defaults in tritonrag/model_repository/retriever/config.pbtxt.
 
     .venv/bin/python perf/retrieval_quality.py            # ~2 min on 2 cores (embeddings cached)
 """
@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from tritonrag.corpus import read_squad, squad_questions  # noqa: E402
-from tritonrag.hybrid import HybridConfig, HybridSearch  # noqa: E402
-from tritonrag.lexical import BM25Index, TokenizerConfig  # noqa: E402
-from tritonrag.quality import recall_at, split_halves  # noqa: E402
-from tritonrag.search import ExactSearch  # noqa: E402
-from tritonrag.topk import top_k_rows  # noqa: E402
+from tritonrag.index.bm25 import BM25Index, TokenizerConfig  # noqa: E402
+from tritonrag.index.corpus import read_squad, squad_questions  # noqa: E402
+from tritonrag.retrieval.hybrid import HybridConfig, HybridSearch  # noqa: E402
+from tritonrag.retrieval.quality import recall_at, split_halves  # noqa: E402
+from tritonrag.retrieval.search.exact import ExactSearch  # noqa: E402
+from tritonrag.retrieval.search.topk import top_k_rows  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "squad-v2.0-dev-part.json"
 EMBEDDER = "builtin:all-MiniLM-L6-v2"
@@ -43,7 +43,7 @@ def embeddings(texts: list[str], kind: str, cache: Path) -> np.ndarray:
     path = cache / f"squad_{kind}_{digest}.npy"
     if path.exists():
         return np.load(path)
-    from tritonrag.embedding import Embedder
+    from tritonrag.models.embedding import Embedder
 
     embedder = Embedder(EMBEDDER)
     vectors = embedder.embed_queries(texts) if kind == "queries" else embedder.embed_passages(texts)

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stats  # noqa: E402
 from inputs import load_questions  # noqa: E402
-from tritonrag.launcher import free_ports  # noqa: E402,F401 (perf/ablate.py takes it from here)
-from tritonrag.storage import atomic_write_text  # noqa: E402
+from tritonrag.common.atomic_files import atomic_write_text  # noqa: E402
+from tritonrag.server.launcher import free_ports  # noqa: E402,F401 (perf/ablate.py takes it from here)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIPELINES = ("rag_ensemble", "rag_bls", "rag_retrieve")
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server_info: dict = {"url": args.url}
     if args.start_server:
-        from tritonrag.launcher import ServerSettings, TritonServer
+        from tritonrag.server.launcher import ServerSettings, TritonServer
 
         http, grpc, metrics = free_ports(3)
         settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics,

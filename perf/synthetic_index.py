@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tritonrag.corpus import Passage, pydoc_passages  # noqa: E402
-from tritonrag.index import _write_index  # noqa: E402
-from tritonrag.lexical import BM25Index, TokenizerConfig  # noqa: E402
-from tritonrag.model_sources import model_name  # noqa: E402
+from tritonrag.index.bm25 import BM25Index, TokenizerConfig  # noqa: E402
+from tritonrag.index.corpus import Passage, pydoc_passages  # noqa: E402
+from tritonrag.index.store import _write_index  # noqa: E402
+from tritonrag.models.sources import model_name  # noqa: E402
 
 
 def vocabulary() -> np.ndarray:

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(torch_compile: bool) -> None:
-    from tritonrag.generation import EngineSettings, Generator
-    from tritonrag.synthetic import make_facts
+    from tritonrag.generation.generator import EngineSettings, Generator
+    from tritonrag.index.synthetic import make_facts
 
     start = time.perf_counter()
     generator = Generator("dummy:qwen2.5-1.5b-instruct", "cuda:0",

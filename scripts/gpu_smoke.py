@@ -27,7 +27,7 @@ SKIP = (".safetensors", ".bin", ".gguf", ".md", ".gitattributes")
 
 
 def pack(target: Path) -> None:
-    from tritonrag import model_sources
+    from tritonrag.models import sources as model_sources
 
     for spec, name in ((model_sources.DEFAULT_EMBEDDER, "embedder"), (model_sources.DEFAULT_GENERATOR, "generator")):
         source = Path(model_sources.resolve(spec))
@@ -57,10 +57,10 @@ def in_process_check(models: dict[str, str]) -> dict:
     """The package's CUDA paths (fp16 encoder, CuPy search, bf16 generator) against the CPU."""
     import numpy as np
 
-    from tritonrag.corpus import pydoc_passages
-    from tritonrag.embedding import Embedder
-    from tritonrag.generation import Generator
-    from tritonrag.search import ExactSearch
+    from tritonrag.generation.generator import Generator
+    from tritonrag.index.corpus import pydoc_passages
+    from tritonrag.models.embedding import Embedder
+    from tritonrag.retrieval.search.exact import ExactSearch
 
     texts = [p.embedding_text() for p in pydoc_passages()[:256]]
     on_cpu = Embedder(models["embedder"], "cpu").embed_passages(texts)
@@ -100,10 +100,10 @@ def main() -> int:
     import os
 
     os.environ.setdefault("TRITONRAG_CACHE_DIR", str(args.work / "cache"))
-    from tritonrag.launcher import ServerSettings, TritonServer
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as aiogrpc
+    from tritonrag.server.launcher import ServerSettings, TritonServer
 
     args.out.mkdir(parents=True, exist_ok=True)
     models = random_models(args.from_pack, args.work / "models")

@@ -16,14 +16,14 @@ def squad_path() -> Path:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from tritonrag.embedding import Embedder
+    from tritonrag.models.embedding import Embedder
 
     return Embedder("builtin:all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="session")
 def generator():
-    from tritonrag.generation import Generator
+    from tritonrag.generation.generator import Generator
 
     return Generator("builtin:SmolLM2-135M-Instruct")
 

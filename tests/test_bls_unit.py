@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tritonrag.bls import (
+from tritonrag.common.request_checks import Limits, RequestError
+from tritonrag.serving.bls import (
     STAGES,
     StageError,
     group_requests,
@@ -11,7 +12,6 @@ from tritonrag.bls import (
     run_pipeline,
     split_rows,
 )
-from tritonrag.limits import Limits, RequestError
 
 LIMITS = Limits(default_top_k=3, max_top_k=100, default_max_tokens=32, max_max_tokens=512)
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from tritonrag.cli import build_parser
-from tritonrag.index import load_index
+from tritonrag.index.store import load_index
 
 
 def test_serve_defaults_to_loopback_and_builtin_models():

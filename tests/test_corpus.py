@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tritonrag.corpus import (chunk_text, load_corpora, load_corpus, pydoc_passages, read_jsonl, read_squad,
+from tritonrag.index.corpus import (chunk_text, load_corpora, load_corpus, pydoc_passages, read_jsonl, read_squad,
                               squad_questions)
 
 

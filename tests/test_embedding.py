@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from tritonrag.embedding import FAMILIES, detect_family, pool
+from tritonrag.models.embedding import FAMILIES, detect_family, pool
 
 
 def test_family_from_model_name():

@@ -1,12 +1,14 @@
 """The decode engine on the CPU with the builtin SmolLM2 (Llama architecture, GQA 9q/3kv)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from tritonrag import model_sources
-from tritonrag.engine import ContinuousBatcher, DecodeEngine, Sequence
-from tritonrag.engine.sampling import sample
-from tritonrag.engine.text import IncrementalText
+from tritonrag.generation.engine import ContinuousBatcher, DecodeEngine, Sequence
+from tritonrag.generation.engine.sampling import sample
+from tritonrag.generation.engine.text import IncrementalText
+from tritonrag.models import sources as model_sources
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,7 @@ def test_admission_respects_max_batch_and_the_token_budget(engine, prompts):
 
 
 def test_cancel_frees_the_slot_and_too_long_requests_are_refused(engine, prompts):
-    from tritonrag.engine.scheduler import SequenceError
+    from tritonrag.generation.engine.scheduler import SequenceError
 
     batcher = ContinuousBatcher(engine)
     seq = batcher.submit(Sequence(prompts[0], 100))
@@ -202,7 +204,7 @@ def test_dummy_specs_build_real_architectures_with_random_weights():
 def test_generator_with_dummy_weights_and_forced_length(tmp_path):
     import json
 
-    from tritonrag.generation import EngineSettings, Generator
+    from tritonrag.generation.generator import EngineSettings, Generator
 
     # a 2-layer Qwen2 (q/k/v biases, 4q/2kv heads): the Qwen code path, small enough for CI
     config = json.loads((model_sources.CONFIGS / "qwen2.5-1.5b-instruct.json").read_text())
@@ -223,7 +225,7 @@ def test_generator_with_dummy_weights_and_forced_length(tmp_path):
 
 
 def test_embedder_takes_dummy_specs():
-    from tritonrag.embedding import Embedder, detect_family
+    from tritonrag.models.embedding import Embedder, detect_family
 
     embedder = Embedder("dummy:all-MiniLM-L6-v2")
     vectors = embedder.embed_queries(["a question", "another question"])
@@ -236,7 +238,7 @@ def test_generation_bench_cpu_mode_writes_its_results(tmp_path):
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("generation_bench", model_sources.CONFIGS.parents[1] / "perf" /
+    spec = importlib.util.spec_from_file_location("generation_bench", Path(__file__).resolve().parents[1] / "perf" /
                                                   "generation_bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -252,7 +254,7 @@ def test_generation_bench_cpu_mode_writes_its_results(tmp_path):
 
 
 def test_engine_settings_take_the_attention_path_and_step_overlap_from_parameters():
-    from tritonrag.generation import EngineSettings
+    from tritonrag.generation.generator import EngineSettings
 
     params = {"attention": {"string_value": "sdpa"}, "overlap_steps": {"string_value": "false"}}
     settings = EngineSettings.from_config({"parameters": params}, "cuda:0")

@@ -8,9 +8,9 @@ import pytest
 import shutil
 import tempfile
 
-from tritonrag.engine_link import EngineClient, EngineServer, engine_address, find_engines
-from tritonrag.fanout import gather_rows
-from tritonrag.response_pump import ResponsePump
+from tritonrag.serving.engine_link import EngineClient, EngineServer, engine_address, find_engines
+from tritonrag.serving.fanout import gather_rows
+from tritonrag.serving.response_pump import ResponsePump
 
 FINAL = 1
 

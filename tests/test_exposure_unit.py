@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tritonrag.cli import _settings, build_parser
-from tritonrag.launcher import (
+from tritonrag.index.synthetic import make_facts, write_facts
+from tritonrag.server.launcher import (
     ADMIN_APIS,
     ADMIN_HEADER,
     GRPC_HEADER_PREFIX,
@@ -15,7 +16,6 @@ from tritonrag.launcher import (
     TritonServer,
     restricted_api_options,
 )
-from tritonrag.synthetic import make_facts, write_facts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,12 +51,12 @@ def test_bad_admin_settings_are_refused(open_apis, key, message):
 
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory, embedder):
-    from tritonrag.index import build_index
+    from tritonrag.index.store import build_index
 
     work = tmp_path_factory.mktemp("tiny")
     facts = work / "facts.jsonl"
     write_facts(make_facts(5, seed=1), facts)
-    from tritonrag.corpus import load_corpora
+    from tritonrag.index.corpus import load_corpora
 
     build_index(work / "index", load_corpora([str(facts)]), embedder.embed_passages, embedder="all-MiniLM-L6-v2",
                 progress=False)
@@ -103,8 +103,7 @@ def test_cli_admin_flags(monkeypatch):
 
 
 def python_sources() -> list[Path]:
-    files = [*(ROOT / "tritonrag").rglob("*.py"), *(ROOT / "model_repository").rglob("*.py"),
-             *(ROOT / "client").rglob("*.py")]
+    files = [*(ROOT / "tritonrag").rglob("*.py"), *(ROOT / "client").rglob("*.py")]
     assert len(files) > 10
     return files
 

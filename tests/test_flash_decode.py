@@ -19,7 +19,7 @@ def test_kernel_cases_pass_in_triton_interpreter():
 
 @pytest.fixture(scope="module")
 def kernel():
-    from tritonrag.engine import flash_decode
+    from tritonrag.generation.engine import flash_decode
 
     return flash_decode
 
@@ -89,7 +89,7 @@ def test_keys_past_a_rows_position_are_never_read(kernel):
 
 @needs_kernel
 def test_add_rms_norm_and_silu_mul_equal_torch():
-    from tritonrag.engine import triton_ops
+    from tritonrag.generation.engine import triton_lang_ops as triton_ops
 
     torch.manual_seed(2)
     x, y, weight = (torch.randn(3, 96, device=DEVICE), torch.randn(3, 96, device=DEVICE),
@@ -117,7 +117,7 @@ def test_plan_splits_fills_the_gpu_and_keeps_whole_blocks(kernel):
 @needs_kernel
 @pytest.mark.parametrize("block_tokens", [16, 4])   # one program with 6 masked tokens; 3 programs, the last ragged
 def test_prefill_rope_store_rotates_q_and_k_in_place_and_fills_the_cache_rows(block_tokens):
-    from tritonrag.engine import triton_ops
+    from tritonrag.generation.engine import triton_lang_ops as triton_ops
 
     torch.manual_seed(3)
     n, width, heads, kv_heads, dim = 2, 5, 4, 2, 64
@@ -143,8 +143,8 @@ def test_engine_triton_path_gives_the_sdpa_paths_greedy_tokens():
     the CPU's path."""
     from transformers import AutoModelForCausalLM
 
-    from tritonrag import model_sources
-    from tritonrag.engine import ContinuousBatcher, DecodeEngine, Sequence
+    from tritonrag.generation.engine import ContinuousBatcher, DecodeEngine, Sequence
+    from tritonrag.models import sources as model_sources
 
     try:
         path = model_sources.resolve(model_sources.DEFAULT_GENERATOR)

@@ -1,4 +1,4 @@
-"""The fused score + top-k Triton kernels (`tritonrag.fused_topk`), run by Triton's interpreter on CPU.
+"""The fused score + top-k Triton kernels (`tritonrag.retrieval.search.fused`), run by Triton's interpreter on CPU.
 
 Integer-valued vectors make every product and distance exact in fp16 and fp32, so the
 fused results must equal the NumPy path's exactly, ties (to the lower index) included.
@@ -20,7 +20,7 @@ _saved = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 try:
     pytest.importorskip("triton")
-    from tritonrag import fused_topk  # noqa: E402
+    from tritonrag.retrieval.search.fused import launch as fused_topk  # noqa: E402
 
     fused_topk._kernels.cache_clear()
     _INTERPRETED = fused_topk._kernels().interpreted
@@ -30,8 +30,8 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _saved
 
-from tritonrag.search import ExactSearch  # noqa: E402
-from tritonrag.torch_search import TorchSearch, decode_score_keys  # noqa: E402
+from tritonrag.retrieval.search.exact import ExactSearch  # noqa: E402
+from tritonrag.retrieval.search.torch_search import TorchSearch, decode_score_keys  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def test_floors_leave_most_pass_slots_of_a_tile_empty():
     """What the floors are for: with them, a tile whose rows are all below every query's floor
     writes empty slots instead of k passes' keys. 1100 random rows, 18 tiles, floors from every
     3rd: most of the [queries, tiles * k] candidate slots are empty; without floors none are."""
-    from tritonrag import fused_kernels
+    from tritonrag.retrieval.search.fused import triton_lang_kernels as fused_kernels
 
     rng = np.random.default_rng(5)
     x = torch.from_numpy(rng.standard_normal((1100, 32)).astype(np.float32))
@@ -178,7 +178,7 @@ def test_fused_searcher_returns_rows_and_the_metrics_scores(metric):
     """The searcher does the query work itself (cosine normalises, l2 takes |q|^2) and decodes
     on the device: its rows and scores equal the host decoding of topk_keys over prepared
     queries, converted as ExactSearch reports them (CPU: no graphs)."""
-    from tritonrag.fused_graphs import FusedSearcher
+    from tritonrag.retrieval.search.fused.graphs import FusedSearcher
 
     corpus, q = _integer_data(rows=300, dim=32, queries=5)
     x = torch.from_numpy(corpus.astype(np.float32))
@@ -208,7 +208,7 @@ def test_decode_keys_on_the_device_matches_the_host_decoding(k):
     values[0, :3] = [0.0, -0.0, -1e-30]
     rows = rng.integers(0, 2**32 - 1, (4, 16), dtype=np.int64)
     rows[1, 0] = 2**32 - 1
-    from tritonrag.torch_search import score_keys
+    from tritonrag.retrieval.search.torch_search import score_keys
 
     keys = torch.sort(score_keys(torch, torch.from_numpy(values), 0), dim=1, descending=True).values
     keys = (keys & ~0xFFFFFFFF) | (0xFFFFFFFF - torch.from_numpy(rows))  # arbitrary rows in the low word

@@ -1,7 +1,7 @@
 import pytest
 
-from tritonrag.prompting import PromptTooLongError, build_messages, render_prompt
-from tritonrag.synthetic import answer_is_correct, make_facts
+from tritonrag.generation.prompting import PromptTooLongError, build_messages, render_prompt
+from tritonrag.index.synthetic import answer_is_correct, make_facts
 
 
 def test_messages_delimit_passages_as_data():
@@ -46,7 +46,7 @@ def test_retrieved_fact_reaches_the_answer(generator):
 
 
 def test_cpu_dtype_is_bf16_only_where_the_cpu_multiplies_bf16_natively():
-    from tritonrag.generation import cpu_dtype, cpu_has_native_bf16
+    from tritonrag.generation.generator import cpu_dtype, cpu_has_native_bf16
 
     zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
     sapphire = "flags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n"

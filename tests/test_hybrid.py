@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tritonrag.hybrid import HybridConfig, HybridSearch
-from tritonrag.lexical import BM25Index
-from tritonrag.search import ExactSearch
+from tritonrag.index.bm25 import BM25Index
+from tritonrag.retrieval.hybrid import HybridConfig, HybridSearch
+from tritonrag.retrieval.search.exact import ExactSearch
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from tritonrag.corpus import Passage
-from tritonrag.index import IndexCorruptError, IndexMismatchError, build_index, load_index
+from tritonrag.index.corpus import Passage
+from tritonrag.index.store import IndexCorruptError, IndexMismatchError, build_index, load_index
 
 
 def hash_embed(texts):
@@ -76,8 +76,8 @@ def test_empty_corpus_is_refused(tmp_path):
 
 
 def test_launcher_rebuilds_a_damaged_cached_index_but_not_another_embedders(tmp_path, monkeypatch):
-    from tritonrag import launcher
-    from tritonrag.index import IndexMismatchError
+    from tritonrag.index.store import IndexMismatchError
+    from tritonrag.server import launcher
 
     built = []
 
@@ -88,7 +88,7 @@ def test_launcher_rebuilds_a_damaged_cached_index_but_not_another_embedders(tmp_
         def embed_passages(self, texts):
             return hash_embed(texts)
 
-    monkeypatch.setattr("tritonrag.embedding.Embedder", FakeEmbedder)
+    monkeypatch.setattr("tritonrag.models.embedding.Embedder", FakeEmbedder)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n')
     path = launcher.ensure_index([str(corpus)], "enc-A", tmp_path / "idx", progress=False)
@@ -104,7 +104,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from tritonrag.storage import atomic_write_text
+    from tritonrag.common.atomic_files import atomic_write_text
 
     mask = os.umask(0o022)
     try:
@@ -117,7 +117,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 
 
 def test_atomic_directory_without_replace_keeps_the_first_result(tmp_path):
-    from tritonrag.storage import atomic_directory
+    from tritonrag.common.atomic_files import atomic_directory
 
     with atomic_directory(tmp_path / "d", replace=False) as staging:
         (staging / "who").write_text("first")
@@ -128,7 +128,7 @@ def test_atomic_directory_without_replace_keeps_the_first_result(tmp_path):
 
 
 def test_a_verified_index_loads_without_hashing_until_a_file_changes(tmp_path, monkeypatch):
-    from tritonrag import index as index_module
+    from tritonrag.index import store as index_module
 
     path = tmp_path / "idx"
     build_index(path, PASSAGES, hash_embed, embedder="enc-A", progress=False)
@@ -152,8 +152,8 @@ def test_a_verified_index_loads_without_hashing_until_a_file_changes(tmp_path, m
 
 
 def test_bm25_statistics_are_persisted_and_grow_with_add(tmp_path):
-    from tritonrag.index import add_to_index, load_lexical
-    from tritonrag.lexical import BM25Index, TokenizerConfig
+    from tritonrag.index.bm25 import BM25Index, TokenizerConfig
+    from tritonrag.index.store import add_to_index, load_lexical
 
     path = tmp_path / "idx"
     build_index(path, PASSAGES[:6], hash_embed, embedder="enc-A", progress=False)

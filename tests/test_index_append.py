@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from tritonrag import index as index_module
-from tritonrag.corpus import Passage
-from tritonrag.index import IndexCorruptError, add_to_index, append_to_index, build_index, load_index, load_lexical
-from tritonrag.lexical import BM25Index, TokenizerConfig
-from tritonrag.search import ExactSearch
+from tritonrag.index import store as index_module
+from tritonrag.index.bm25 import BM25Index, TokenizerConfig
+from tritonrag.index.corpus import Passage
+from tritonrag.index.store import (IndexCorruptError, add_to_index, append_to_index, build_index, load_index,
+                                   load_lexical)
+from tritonrag.retrieval.search.exact import ExactSearch
 
 from test_index import PASSAGES, hash_embed  # noqa: E402  (tests/ is on sys.path)
 

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from tritonrag import storage
-from tritonrag.corpus import Passage
-from tritonrag.index import add_to_index, build_index, load_index
+from tritonrag.common import atomic_files as storage
+from tritonrag.index.corpus import Passage
+from tritonrag.index.store import add_to_index, build_index, load_index
 
 from test_index import hash_embed  # noqa: E402  (tests/ is on sys.path)
 
@@ -23,8 +23,8 @@ BATCH = 300  # passages per add: the writes take long enough that random kills l
 WRITER = textwrap.dedent("""
     import hashlib, sys
     import numpy as np
-    from tritonrag.corpus import Passage
-    from tritonrag.index import add_to_index, append_to_index, build_index
+    from tritonrag.index.corpus import Passage
+    from tritonrag.index.store import add_to_index, append_to_index, build_index
 
     def embed(texts):
         return np.array([np.frombuffer(hashlib.sha256(t.encode()).digest() * 8, dtype=np.uint8) / 255.0

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from tritonrag.lexical import BM25Index, Tokenizer, TokenizerConfig
+from tritonrag.index.bm25 import BM25Index, Tokenizer, TokenizerConfig
 
 DOCS = ["The cat sat on the mat.", "Dogs are running in the park", "A dog ran; the cats watched",
         "Normans founded the Duchy of Normandy", "Nothing here"]
@@ -60,9 +60,9 @@ def test_add_equals_building_everything_and_save_load_round_trips(tmp_path):
 
 
 def test_without_snowballstemmer_bm25_falls_back_to_unstemmed_words(monkeypatch, tmp_path):
-    from tritonrag.corpus import Passage
-    from tritonrag.index import load_lexical
-    from tritonrag.lexical import usable
+    from tritonrag.index.bm25 import usable
+    from tritonrag.index.corpus import Passage
+    from tritonrag.index.store import load_lexical
 
     monkeypatch.setitem(__import__("sys").modules, "snowballstemmer", None)  # import -> ImportError
     assert usable(TokenizerConfig()) == TokenizerConfig(stem=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tritonrag.limits import (
+from tritonrag.common.request_checks import (
     RequestError,
     check_embeddings,
     check_range,

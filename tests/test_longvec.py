@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tritonrag import longvec
-from tritonrag.longvec import long_distance
+from tritonrag.retrieval import longvec
+from tritonrag.retrieval.longvec import long_distance
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -1,6 +1,6 @@
 import pytest
 
-from tritonrag.params import model_param
+from tritonrag.common.params import model_param
 
 
 def cfg(**values):

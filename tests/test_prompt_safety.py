@@ -2,7 +2,7 @@
 
 import re
 
-from tritonrag.prompting import (
+from tritonrag.generation.prompting import (
     SYSTEM_PROMPT,
     build_messages,
     escape_untrusted,

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from tritonrag.repository import SOURCE_REPOSITORY, render_repository, set_parameter
+from tritonrag.server.repository import SOURCE_REPOSITORY, render_repository, set_parameter
 
 MODELS = ("embedder", "retriever", "generator")
 
@@ -41,7 +41,7 @@ def test_render_applies_overrides_and_leaves_the_source_alone(tmp_path):
 
 
 def test_scheduling_settings_are_rendered(tmp_path):
-    from tritonrag.repository import set_scheduling
+    from tritonrag.server.repository import set_scheduling
 
     target = render_repository(tmp_path / "repo", {}, scheduling={
         "generator": {"max_batch_size": 1, "max_queue_delay_us": 0, "instances": 2},

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from tritonrag.corpus import Passage
-from tritonrag.index import build_index, load_index
-from tritonrag.limits import RequestError
-from tritonrag.retrieval import Retriever, RetrieverSettings, Row
+from tritonrag.common.request_checks import RequestError
+from tritonrag.index.corpus import Passage
+from tritonrag.index.store import build_index, load_index
+from tritonrag.retrieval.retriever import Retriever, RetrieverSettings, Row
 
 from test_index import hash_embed  # noqa: E402  (tests/ is on sys.path)
 
@@ -74,7 +74,8 @@ def test_config_pbtxt_defaults_are_the_settings_defaults():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "model_repository" / "retriever" / "config.pbtxt").read_text()
+    text = (Path(__file__).resolve().parents[1] / "tritonrag" / "model_repository" / "retriever"
+            / "config.pbtxt").read_text()
     params = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
     parsed = RetrieverSettings.from_config({"parameters": {k: {"string_value": v} for k, v in params.items()}})
     assert parsed == RetrieverSettings()

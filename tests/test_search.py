@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tritonrag.search import ExactSearch
+from tritonrag.retrieval.search.exact import ExactSearch
 
 
 def brute_force(queries, corpus, metric, k):
@@ -75,7 +75,7 @@ def test_ties_at_the_k_boundary_keep_the_lowest_indices(metric):
 
 
 def test_keys_order_like_score_then_lower_index():
-    from tritonrag.topk import decode_keys, encode_keys
+    from tritonrag.retrieval.search.topk import decode_keys, encode_keys
 
     scores = np.array([-2.5, -0.0, 0.0, 1e-30, 3.0, 3.0, np.float32(-1e30), 7.25], np.float32)
     index = np.array([5, 1, 0, 9, 4, 2, 3, 8])

@@ -24,7 +24,7 @@ def test_kernel_cases_pass_in_triton_interpreter():
 @pytest.mark.parametrize("splits", [1, 3])               # one pass; split-K with the reduce kernel
 @pytest.mark.parametrize("rows", [0, 40])                # whole 64-row tiles; 40 rows each (3 programs)
 def test_skinny_linear_equals_f_linear(m, k, bias, splits, rows):
-    from tritonrag.engine.skinny_gemm import GemmConfig, skinny_linear
+    from tritonrag.generation.engine.skinny_gemm import GemmConfig, skinny_linear
 
     torch.manual_seed(m * 1000 + k + 7 * splits + bias)
     x = torch.randn(m, k, device=DEVICE)
@@ -38,7 +38,7 @@ def test_skinny_linear_equals_f_linear(m, k, bias, splits, rows):
 @needs_kernel
 @pytest.mark.parametrize("m, k, rows", [(3, 64, 0), (16, 200, 40)])
 def test_gate_up_silu_equals_silu_of_gate_times_up(m, k, rows):
-    from tritonrag.engine.skinny_gemm import GemmConfig, gate_up_silu
+    from tritonrag.generation.engine.skinny_gemm import GemmConfig, gate_up_silu
 
     torch.manual_seed(m + k)
     x, weight = torch.randn(m, k, device=DEVICE), torch.randn(2 * 96, k, device=DEVICE)
@@ -51,7 +51,7 @@ def test_gate_up_silu_equals_silu_of_gate_times_up(m, k, rows):
 @needs_kernel
 def test_skinny_linear_rows_of_a_batch_equal_the_rows_alone():
     """Split-K partials are summed in a fixed order: a row's bits do not depend on its batch."""
-    from tritonrag.engine.skinny_gemm import GemmConfig, skinny_linear
+    from tritonrag.generation.engine.skinny_gemm import GemmConfig, skinny_linear
 
     torch.manual_seed(5)
     x, weight = torch.randn(5, 256, device=DEVICE), torch.randn(64, 256, device=DEVICE)
@@ -63,7 +63,7 @@ def test_skinny_linear_rows_of_a_batch_equal_the_rows_alone():
 
 @needs_kernel
 def test_shape_errors_are_clear():
-    from tritonrag.engine.skinny_gemm import skinny_linear
+    from tritonrag.generation.engine.skinny_gemm import skinny_linear
 
     with pytest.raises(ValueError, match="contiguous last axis"):
         skinny_linear(torch.randn(4, 32, device=DEVICE), torch.randn(32, 16, device=DEVICE).t())
@@ -75,7 +75,7 @@ def test_shape_errors_are_clear():
 def test_configs_fit_shared_memory_and_split_only_what_fills_too_few_programs():
     import math
 
-    from tritonrag.engine.skinny_gemm import (FUSED_MEASURED, GemmConfig, balanced, candidates, config_for,
+    from tritonrag.generation.engine.skinny_gemm import (FUSED_MEASURED, GemmConfig, balanced, candidates, config_for,
                                               default_config, fused_configs, k_split_of)
 
     for m, n, k in ((32, 2048, 1536), (256, 1536, 8960), (128, 151936, 1536)):
@@ -99,8 +99,8 @@ def test_engine_with_the_skinny_gemm_gives_the_same_greedy_tokens():
     fused with silu * up) against gemm="cublas": SmolLM2's first 2 layers, fp32, two ragged prompts."""
     from transformers import AutoModelForCausalLM
 
-    from tritonrag import model_sources
-    from tritonrag.engine import ContinuousBatcher, DecodeEngine, Sequence
+    from tritonrag.generation.engine import ContinuousBatcher, DecodeEngine, Sequence
+    from tritonrag.models import sources as model_sources
 
     try:
         path = model_sources.resolve(model_sources.DEFAULT_GENERATOR)
@@ -127,7 +127,7 @@ def test_engine_with_the_skinny_gemm_gives_the_same_greedy_tokens():
 
 @needs_kernel
 def test_engine_refuses_an_unknown_or_impossible_gemm_choice():
-    from tritonrag.engine.decoding import DecodeEngine
+    from tritonrag.generation.engine.decoding import DecodeEngine
 
     with pytest.raises(ValueError, match="gemm must be"):
         DecodeEngine(None, None, None, 1, 8, "cpu", torch.float32, gemm="magma")

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tritonrag.cli import _model_values
-from tritonrag.repository import SOURCE_REPOSITORY, render_repository, set_queue_policy
-from tritonrag.supervisor import child_processes, stubs_per_model
+from tritonrag.server.repository import SOURCE_REPOSITORY, render_repository, set_queue_policy
+from tritonrag.server.supervisor import child_processes, stubs_per_model
 
 
 def test_child_processes_sees_live_children_only():
@@ -81,7 +81,7 @@ class _FakeServer:
     ("generator_stream", None, "model-reload"),                      # default: the engine link redials
     ("embedder", ("generator_stream",), "model-reload")])
 def test_a_dead_bls_target_restarts_the_server_other_stubs_are_reloaded(monkeypatch, dead, restart_for, expected):
-    from tritonrag.supervisor import Supervisor, SupervisorPolicy
+    from tritonrag.server.supervisor import Supervisor, SupervisorPolicy
 
     server = _FakeServer()
     try:

@@ -1,4 +1,4 @@
-from tritonrag.synthetic import answer_is_correct, make_facts, read_fact_questions, write_facts
+from tritonrag.index.synthetic import answer_is_correct, make_facts, read_fact_questions, write_facts
 
 
 def test_facts_are_reproducible_and_about_distinct_entities():
@@ -20,7 +20,7 @@ def test_answer_check():
 def test_written_corpus_round_trips(tmp_path):
     facts = make_facts(5)
     write_facts(facts, tmp_path / "facts.jsonl", tmp_path / "questions.jsonl")
-    from tritonrag.corpus import read_jsonl
+    from tritonrag.index.corpus import read_jsonl
 
     assert [p.text for p in read_jsonl(tmp_path / "facts.jsonl")] == [f.passage for f in facts]
     assert [(q.question, q.answer, q.id) for q in read_fact_questions(tmp_path / "questions.jsonl")] == \

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tritonrag.search import ExactSearch, gpu_backend  # noqa: E402
-from tritonrag.torch_search import TorchSearch, decode_score_keys, score_keys  # noqa: E402
+from tritonrag.retrieval.search.exact import ExactSearch, gpu_backend  # noqa: E402
+from tritonrag.retrieval.search.torch_search import TorchSearch, decode_score_keys, score_keys  # noqa: E402
 
 
 def _integer_data(rows=3000, dim=16, seed=0):

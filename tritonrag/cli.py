@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import model_sources
-from .launcher import ADMIN_APIS, ADMIN_HEADER, GRPC_HEADER_PREFIX
+from .models import sources as model_sources
+from .server.launcher import ADMIN_APIS, ADMIN_HEADER, GRPC_HEADER_PREFIX
 
 log = logging.getLogger("tritonrag")
 
@@ -68,7 +68,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from .launcher import ServerSettings
+    from .server.launcher import ServerSettings
 
     return ServerSettings(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
@@ -129,8 +129,8 @@ def _print_answer(server, question: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .index import IndexProblem
-    from .launcher import TritonServer
+    from .index.store import IndexProblem
+    from .server.launcher import TritonServer
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -170,9 +170,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .corpus import load_corpora
-    from .embedding import Embedder
-    from .index import IndexProblem, add_to_index, append_to_index, build_index
+    from .index.corpus import load_corpora
+    from .index.store import IndexProblem, add_to_index, append_to_index, build_index
+    from .models.embedding import Embedder
 
     passages = load_corpora(_corpus(args))
     embedder = Embedder(args.embedder)
@@ -192,7 +192,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synthetic import make_facts, write_facts
+    from .index.synthetic import make_facts, write_facts
 
     facts = make_facts(args.count, args.seed)
     write_facts(facts, args.out, args.questions)

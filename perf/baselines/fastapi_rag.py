@@ -4,7 +4,7 @@ This is what the Triton stack is compared with (perf/ablate.py, variant "baselin
 same embedder, index, prompt and generator, served the obvious way —
 `pipeline("feature-extraction")` with the family's query prefix and pooling, NumPy
 brute-force search over the same index, `pipeline("text-generation")` on the same chat
-messages (tritonrag.prompting) with greedy decoding and the same max_new_tokens. A
+messages (tritonrag.generation.prompting) with greedy decoding and the same max_new_tokens. A
 lock serves requests one at a time, as such services do when the model is shared
 (concurrent torch calls on one model only fight over the same cores).
 
@@ -25,11 +25,11 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tritonrag import model_sources  # noqa: E402
-from tritonrag.embedding import detect_family  # noqa: E402
-from tritonrag.index import load_index  # noqa: E402
-from tritonrag.limits import Limits, RequestError, check_range, decode_question  # noqa: E402
-from tritonrag.prompting import build_messages, special_token_strings  # noqa: E402
+from tritonrag.common.request_checks import Limits, RequestError, check_range, decode_question  # noqa: E402
+from tritonrag.generation.prompting import build_messages, special_token_strings  # noqa: E402
+from tritonrag.index.store import load_index  # noqa: E402
+from tritonrag.models import sources as model_sources  # noqa: E402
+from tritonrag.models.embedding import detect_family  # noqa: E402
 
 
 class PipelineRag:

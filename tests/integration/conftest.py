@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tritonrag.launcher import ServerSettings, TritonServer, free_ports
-from tritonrag.synthetic import make_facts, write_facts
+from tritonrag.index.synthetic import make_facts, write_facts
+from tritonrag.server.launcher import ServerSettings, TritonServer, free_ports
 
 SQUAD = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data" / "squad-v2.0-dev-part.json"
 

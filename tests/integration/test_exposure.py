@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tritonrag.launcher import ADMIN_HEADER
+from tritonrag.server.launcher import ADMIN_HEADER
 
 pytestmark = pytest.mark.integration
 

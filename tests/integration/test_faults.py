@@ -1,7 +1,7 @@
 """Faults under load: a model's stub process killed, the whole server killed.
 
 Only in-flight requests may fail, with clear errors; readiness says "not ready" while a
-part is down; the supervisor (tritonrag.supervisor) brings it back and requests succeed.
+part is down; the supervisor (tritonrag.server.supervisor) brings it back and requests succeed.
 These tests kill processes, so they run their own server, not the session one.
 """
 
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tritonrag.launcher import ServerSettings, TritonServer
-from tritonrag.supervisor import child_processes, stubs_per_model
+from tritonrag.server.launcher import ServerSettings, TritonServer
+from tritonrag.server.supervisor import child_processes, stubs_per_model
 from tritonrag_client import RagClient, RagError
 
 from .conftest import free_ports
@@ -79,7 +79,7 @@ def wait_ready(server, timeout_s: float = 180) -> float:
 @pytest.mark.parametrize("model", ["generator_stream", "generator"])
 def test_killed_generator_stub_is_recovered_and_readiness_tells_the_truth(fault_server, report_figure, model):
     """generator_stream holds the decode engine; generator is the forwarder in front of it
-    (rows over a local socket, tritonrag/engine_link.py).
+    (rows over a local socket, tritonrag/serving/engine_link.py).
 
     Killing the engine's stub: the forwarder's rows fail at once, the supervisor reloads that
     model, and the forwarder dials the new engine. Killing a forwarder's stub: reloaded too,

@@ -2,7 +2,7 @@
 
 Every request must get an answer within the client timeout: a result, or an error
 with a message. Where the service's own rules decide (question text, top_k,
-max_tokens), the outcome is checked against `tritonrag.limits`; where Triton's
+max_tokens), the outcome is checked against `tritonrag.common.request_checks`; where Triton's
 decide (dtypes, shapes, names), any clear refusal will do. After each test the
 server is live and ready and a good request still succeeds.
 """
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from tritonrag.limits import Limits, RequestError, check_range, decode_question
+from tritonrag.common.request_checks import Limits, RequestError, check_range, decode_question
 
 pytestmark = pytest.mark.integration
 

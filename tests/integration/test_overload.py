@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonrag.launcher import ServerSettings, TritonServer
+from tritonrag.server.launcher import ServerSettings, TritonServer
 
 from .conftest import free_ports
 

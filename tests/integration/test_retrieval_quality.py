@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as aiogrpc
 
-from tritonrag.corpus import squad_questions
-from tritonrag.index import load_index
-from tritonrag.launcher import ServerSettings, TritonServer
-from tritonrag.quality import recall_at, split_halves
-from tritonrag.search import ExactSearch
+from tritonrag.index.corpus import squad_questions
+from tritonrag.index.store import load_index
+from tritonrag.retrieval.quality import recall_at, split_halves
+from tritonrag.retrieval.search.exact import ExactSearch
+from tritonrag.server.launcher import ServerSettings, TritonServer
 
 from .conftest import SQUAD, free_ports
 
@@ -100,9 +100,9 @@ def test_served_hybrid_meets_its_targets_on_held_out_questions(squad_server, rep
 
 def test_per_request_fusion_reaches_the_retriever(squad_server, embedder):
     """fusion "bm25" per request gives exactly the in-process BM25 ranking of the served index."""
-    from tritonrag.index import load_lexical
-    from tritonrag.retrieval import RetrieverSettings
-    from tritonrag.topk import top_k_rows
+    from tritonrag.index.store import load_lexical
+    from tritonrag.retrieval.retriever import RetrieverSettings
+    from tritonrag.retrieval.search.topk import top_k_rows
 
     questions = squad_questions(SQUAD)[:48]
     index = load_index(squad_server.index_path)

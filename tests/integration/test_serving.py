@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tritonrag.synthetic import answer_is_correct
+from tritonrag.index.synthetic import answer_is_correct
 from tritonrag_client import AsyncRagClient, RagClient, RagError
 
 from .conftest import model_counts
@@ -114,7 +114,7 @@ def test_mixed_top_k_and_max_tokens_in_one_batch_are_each_honoured(server, grpc_
 def generator_tokenizer():
     from transformers import AutoTokenizer
 
-    from tritonrag.model_sources import DEFAULT_GENERATOR, resolve
+    from tritonrag.models.sources import DEFAULT_GENERATOR, resolve
 
     return AutoTokenizer.from_pretrained(resolve(DEFAULT_GENERATOR))
 

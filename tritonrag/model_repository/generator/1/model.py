@@ -1,0 +1,102 @@
+"""Triton glue for answer generation: question + passages (+ max_tokens) -> answer.
+
+A light forwarder for `rag_ensemble` and plain infer calls: each row goes to the decode
+engine that `generator_stream` owns, so the rows of every batch of this model join one
+continuous batch with the streamed requests. (Triton 2.51 refuses plain ModelInfer for
+a decoupled model and for an ensemble holding one, so this model is not decoupled.)
+`execute` returns at once and answers later through each request's response sender
+(allowed for non-decoupled models since Triton 24.06: exactly one response, flagged
+final), so the instance never waits for the engine. The rows travel over a local socket
+rather than BLS: tritonrag/serving/engine_link.py says why.
+"""
+
+import faulthandler
+import os
+import queue
+import sys
+import threading
+
+# The backend stub runs an isolated interpreter that ignores PYTHONPATH; take the
+# paths the launcher exported (numpy, tritonrag) before importing them.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.common.params import model_param
+from tritonrag.common.request_checks import RequestError, check_range, decode_question
+from tritonrag.serving.engine_link import EngineClient, find_engines
+from tritonrag.serving.fanout import gather_rows
+from tritonrag.serving.glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
+                                   read_limits, required_array)
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        faulthandler.enable()   # a crash of this stub leaves its threads' Python stacks in the server's stderr
+        config = parse_config(args)
+        # the engine's error codes (pb_utils.TritonError exists only once the stub runs)
+        self.codes = {"INVALID_ARG": pb_utils.TritonError.INVALID_ARG,
+                      "UNAVAILABLE": pb_utils.TritonError.UNAVAILABLE, "INTERNAL": pb_utils.TritonError.INTERNAL}
+        self.limits = read_limits(config)
+        engine_model = model_param(config, "engine_model", "generator_stream")
+        server = str(os.getppid())   # every stub of one server is a child of the tritonserver process
+        self.engine = EngineClient(lambda: find_engines(server, engine_model))
+        # responses leave from one thread, as in generator_stream's pump
+        self.outbox = queue.Queue()
+        threading.Thread(target=self._send_loop, name="generator-send", daemon=True).start()
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                rows = self._parse(request)   # copies the inputs: they are freed when execute returns
+                callbacks = gather_rows(len(rows), lambda answers, sender=sender: self._respond(sender, answers))
+                for (question, passages, max_tokens), callback in zip(rows, callbacks):
+                    self.engine.ask(question, passages, max_tokens, callback)
+            except RequestError as exc:
+                sender.send(error_response(str(exc)), flags=FINAL)
+            except Exception as exc:  # noqa: BLE001 — this request only, not its batch-mates
+                sender.send(error_response(f"internal error: {type(exc).__name__}: {exc}",
+                                           pb_utils.TritonError.INTERNAL), flags=FINAL)
+        return None
+
+    def _parse(self, request):
+        questions = required_array(request, "question").reshape(-1)
+        if questions.size == 0:
+            raise RequestError("the request holds no rows")
+        passages = input_array(request, "passages")
+        passages = passages.reshape(len(questions), -1) if passages is not None else [[]] * len(questions)
+        max_tokens = optional_rows(request, "max_tokens", len(questions))
+        rows = []
+        for q, row, m in zip(questions, passages, max_tokens):
+            rows.append((decode_question(q, self.limits.max_question_bytes),   # refused here, before the engine
+                         [p.decode("utf-8", "replace") for p in row],
+                         check_range("max_tokens", m, self.limits.default_max_tokens, self.limits.max_max_tokens)))
+        return rows
+
+    def _respond(self, sender, answers) -> None:
+        """Link thread: every row answered; queue the request's one response."""
+        failed = next((a for a in answers if a[0] == "error"), None)
+        if failed is not None:
+            _, _, code, message = failed
+            response = error_response(message, self.codes.get(code, pb_utils.TritonError.INTERNAL))
+        else:
+            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a[2]] for a in answers])])
+        self.outbox.put((sender, response))
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self.outbox.get()
+            if item is None:
+                return
+            sender, response = item
+            try:
+                sender.send(response, flags=FINAL)
+            except Exception as exc:  # noqa: BLE001 — the client is gone; nothing else to tell
+                pb_utils.Logger.log_warn(f"generator: response not sent: {exc}")
+
+    def finalize(self):
+        self.outbox.put(None)
+        self.engine.close()

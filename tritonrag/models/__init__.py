@@ -1,0 +1,2 @@
+"""Model weights and encoders: where weights come from (`sources`, with the model shape
+configs in `configs/`) and text embeddings (`embedding`)."""
