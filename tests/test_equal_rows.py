@@ -19,9 +19,9 @@ CHECK = r"""
 import json, sys
 import numpy as np
 import torch
-from tritonrag import fused_topk
-from tritonrag.search import ExactSearch
-from tritonrag.torch_search import TorchSearch
+from tritonrag.retrieval.search.fused import launch as fused_topk
+from tritonrag.retrieval.search.exact import ExactSearch
+from tritonrag.retrieval.search.torch_search import TorchSearch
 
 rng = np.random.default_rng(0)
 rows, dim, half = 700, 80, 300

@@ -13,11 +13,11 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 cupy = pytest.importorskip("cupy")
 
-from tritonrag import fused_topk  # noqa: E402
-from tritonrag.fused_graphs import FusedSearcher  # noqa: E402
-from tritonrag.longvec import long_distance  # noqa: E402
-from tritonrag.search import ExactSearch  # noqa: E402
-from tritonrag.torch_search import TorchSearch  # noqa: E402
+from tritonrag.retrieval.search.fused import launch as fused_topk  # noqa: E402
+from tritonrag.retrieval.search.fused.graphs import FusedSearcher  # noqa: E402
+from tritonrag.retrieval.longvec import long_distance  # noqa: E402
+from tritonrag.retrieval.search.exact import ExactSearch  # noqa: E402
+from tritonrag.retrieval.search.torch_search import TorchSearch  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

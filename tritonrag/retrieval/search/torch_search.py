@@ -71,7 +71,7 @@ class TorchSearch:
                                   pin_memory=bool(self.streamed and cuda))
         self.norms = torch.empty(self.count, dtype=torch.float32, device=self.device) if metric == "l2" else None
         # On the CPU, norms and products are taken in fp64 and rounded once, so that equal rows
-        # score the same bits wherever they sit (`tritonrag.search.ExactSearch` says why).
+        # score the same bits wherever they sit (`tritonrag.retrieval.search.exact.ExactSearch` says why).
         self._exact = torch.float32 if cuda else torch.float64
         for start in range(0, self.count, CONVERT_ROWS):
             stop = min(self.count, start + CONVERT_ROWS)

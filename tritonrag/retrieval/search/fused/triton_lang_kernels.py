@@ -103,7 +103,7 @@ def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, str
     the lower row). A GPU's MMA computes every element of a tile the same way; triton's CPU
     interpreter evaluates `tl.dot` with BLAS, whose order of summation depends on an element's
     place in the tile on some CPUs. INTERPRETED therefore accumulates in fp64 and rounds once
-    (the reasoning of `tritonrag.search.ExactSearch`), which makes the order not matter.
+    (the reasoning of `tritonrag.retrieval.search.exact.ExactSearch`), which makes the order not matter.
 
     Program tile t scores corpus tile t * tile_step (1: every tile; more: the sample of
     `fused_topk.topk_keys`' floors) and writes its keys at slot t. HAS_FLOOR: floors from the keys
