@@ -20,7 +20,7 @@ from .engine import ContinuousBatcher, DecodeEngine
 from .engine import Sequence as EngineSequence
 from .engine.scheduler import SequenceError
 from .engine.text import IncrementalText
-from .limits import RequestError
+from .limits import RequestError, check_sampling
 from .prompting import SYSTEM_PROMPT, render_prompt
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,7 @@ class Generator:
 
     def request(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
                 top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
-        if not 0.0 <= temperature <= 100.0:
-            raise RequestError(f"temperature must be in [0, 100], got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+        temperature, top_p = check_sampling(temperature, top_p)
         if max_tokens > self.settings.max_new_tokens:
             raise RequestError(f"max_tokens must be at most {self.settings.max_new_tokens}, got {max_tokens}")
         return GenerationRequest(list(prompt_ids), max_tokens, float(temperature), float(top_p), tuple(stop))
