@@ -97,8 +97,8 @@ class Retriever:
         return self._lexical
 
     def row_fusion(self, text: str | None, requested: str | None) -> str:
-        """The fusion a row runs with: its own, else the configured one (dense when it has no text)."""
-        if requested is not None:
+        """The fusion a row runs with: its own, else (None or "") the configured one (dense when it has no text)."""
+        if requested:
             if requested not in FUSIONS:
                 raise RequestError(f"fusion must be one of {list(FUSIONS)}, got {requested!r}")
             if requested != "dense" and text is None:
