@@ -5,6 +5,7 @@ import pytest
 
 from tritonrag.common.request_checks import Limits, RequestError
 from tritonrag.serving.bls import (
+    OUTPUTS,
     STAGES,
     StageError,
     group_requests,
@@ -43,8 +44,34 @@ def test_bad_questions_are_refused_before_any_stage():
 
 
 def test_a_missing_question_is_a_clear_error():
-    with pytest.raises(RequestError, match="input 'question' is missing"):
+    with pytest.raises(RequestError, match="^question is required$"):
         request_values(None, np.array([[5]], np.int32), None, LIMITS)
+
+
+def test_fusion_and_sampling_are_filled_checked_and_sent_to_their_stage():
+    values = request_values(question("a?", "b?"), None, None, LIMITS)
+    # no fusion: sent empty, for the retriever's configured one; greedy sampling
+    assert values["fusion"].tolist() == [[b""], [b""]] and values["fusion"].dtype == object
+    assert values["temperature"].tolist() == [[0.0], [0.0]] and values["temperature"].dtype == np.float32
+    assert values["top_p"].tolist() == [[1.0], [1.0]]
+    given = request_values(question("a?"), None, None, LIMITS, fusion=np.array([[b" BM25 "]], dtype=object),
+                           temperature=np.array([[0.5]], np.float32), top_p=np.array([[0.25]], np.float32))
+    assert given["fusion"].tolist() == [[b"bm25"]]
+    assert given["temperature"].tolist() == [[0.5]] and given["top_p"].tolist() == [[0.25]]
+    with pytest.raises(RequestError, match=r"fusion must be one of \['dense', 'bm25', 'zscore', 'rrf'\], got 'best'"):
+        request_values(question("a?"), None, None, LIMITS, fusion=np.array([[b"best"]], dtype=object))
+    with pytest.raises(RequestError, match=r"temperature must be in \[0, 100\], got -1.0"):
+        request_values(question("a?"), None, None, LIMITS, temperature=np.array([[-1]], np.float32))
+    with pytest.raises(RequestError, match=r"top_p must be in \(0, 1\], got 0.0"):
+        request_values(question("a?"), None, None, LIMITS, top_p=np.array([[0]], np.float32))
+    with pytest.raises(RequestError, match="temperature must be in"):
+        request_values(question("a?"), None, None, LIMITS, temperature=np.array([[np.nan]], np.float32))
+    # the retriever gets the fusion, the generator the sampling, and the answer comes with its finish reason
+    stages = {s.role: s for s in STAGES}
+    assert "fusion" in stages["retriever"].inputs
+    assert {"temperature", "top_p"} <= set(stages["generator"].inputs)
+    assert "finish_reason" in stages["generator"].outputs
+    assert {"passages", "finish_reason"} <= set(OUTPUTS)
 
 
 def test_the_pipeline_feeds_each_stage_what_it_declares():
@@ -58,8 +85,8 @@ def test_the_pipeline_feeds_each_stage_what_it_declares():
 
     start = request_values(question("a?"), None, None, LIMITS)
     values = run_pipeline(start, {"generator": "gen-x"}, call)
-    assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "question", "top_k"]),
-                    ("gen-x", ["max_tokens", "passages", "question"])]
+    assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "fusion", "question", "top_k"]),
+                    ("gen-x", ["max_tokens", "passages", "question", "temperature", "top_p"])]
     assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["retriever"]]
     assert [s.role for s in STAGES] == ["embedder", "retriever", "generator"]
     with pytest.raises(StageError, match="fail-generator: boom"):

@@ -30,7 +30,7 @@ def test_gather_rows_answers_once_with_rows_in_order():
 def _start_engine(address, delay_s=0.0, cancelled=None):
     """An EngineServer whose 'engine' upper-cases the question on a thread of its own."""
     def start(ask, reply, handle):
-        _, rid, question, passages, max_tokens = ask
+        _, rid, question, passages, max_tokens, temperature, top_p = ask
         if not question:
             reply(("error", rid, "INVALID_ARG", "question is empty"))
             return
@@ -40,7 +40,7 @@ def _start_engine(address, delay_s=0.0, cancelled=None):
         def work():
             if stop.wait(delay_s):
                 return                      # cancelled: the forwarder is gone
-            reply(("done", rid, f"{question.upper()}|{len(passages)}|{max_tokens}"))
+            reply(("done", rid, f"{question.upper()}|{len(passages)}|{max_tokens}|{temperature}|{top_p}", "stop"))
 
         threading.Thread(target=work, daemon=True).start()
 
@@ -77,8 +77,11 @@ def test_engine_link_answers_rows_and_errors_by_id(short_tmp):
         client.ask(f"q{i}" if i != 7 else "", ["p"] * (i % 3), 32, lambda m, i=i: got.__setitem__(i, m))
     _wait(lambda: len(got) == 50)
     assert got[7][0] == "error" and got[7][2:] == ("INVALID_ARG", "question is empty")
-    assert all(got[i] == ("done", got[i][1], f"Q{i}|{i % 3}|32") for i in range(50) if i != 7)
+    assert all(got[i] == ("done", got[i][1], f"Q{i}|{i % 3}|32|0.0|1.0", "stop") for i in range(50) if i != 7)
     assert len({m[1] for m in got.values()}) == 50          # one id per row
+    client.ask("t", [], 8, lambda m: got.__setitem__("sampled", m), 0.5, 0.25)   # sampling travels with the row
+    _wait(lambda: "sampled" in got)
+    assert got["sampled"][2:] == ("T|0|8|0.5|0.25", "stop")
     client.close()
     server.close()
 

@@ -2,10 +2,14 @@ import numpy as np
 import pytest
 
 from tritonrag.common.request_checks import (
+    INT32_MAX,
     RequestError,
     check_embeddings,
     check_range,
+    check_sampling,
     decode_question,
+    question_bytes,
+    required,
 )
 
 
@@ -30,6 +34,36 @@ def test_range_checks():
     for bad in (0, -1, 11, 2**31 - 1):
         with pytest.raises(RequestError, match="top_k must be between 1 and 10"):
             check_range("top_k", bad, 3, 10)
+
+
+def test_question_bytes_checks_text_as_the_server_does():
+    assert question_bytes("Où ?") == "Où ?".encode()
+    assert question_bytes(b"ok") == b"ok"
+    # an undecodable command-line byte arrives as a lone surrogate: the byte goes back, and
+    # is refused as the server would refuse it, instead of failing to encode
+    argv = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(RequestError, match=r"^question is not valid UTF-8 \(byte 3\)$"):
+        question_bytes(argv)
+    with pytest.raises(RequestError, match="^question is empty$"):
+        question_bytes("  ")
+    assert len(question_bytes("x" * 10_000)) == 10_000       # the size limit is the server's setting
+    with pytest.raises(RequestError, match="the limit is 100"):
+        question_bytes("x" * 101, 100)
+    assert str(required("question")) == "question is required"
+
+
+def test_int32_bound_and_sampling_checks():
+    assert check_range("top_k", INT32_MAX, 3, INT32_MAX) == INT32_MAX
+    with pytest.raises(RequestError, match="^top_k must be between 1 and 2147483647, got 4294967296$"):
+        check_range("top_k", 2**32, 3, INT32_MAX)
+    assert check_sampling(None, None) == (0.0, 1.0)
+    assert check_sampling(0.7, 0.9) == (0.7, 0.9)
+    for temperature, top_p, message in [(-1, None, r"temperature must be in \[0, 100\], got -1.0"),
+                                        (float("nan"), None, "temperature must be in"),
+                                        (None, 0, r"top_p must be in \(0, 1\], got 0.0"),
+                                        (None, 1.5, "top_p must be in")]:
+        with pytest.raises(RequestError, match=message):
+            check_sampling(temperature, top_p)
 
 
 def _as_numpy(x):

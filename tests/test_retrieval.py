@@ -27,6 +27,8 @@ def test_rows_without_text_are_dense_and_explicit_fusions_need_text(retriever):
     assert retriever.row_fusion(None, None) == "dense"
     assert retriever.row_fusion("who were the Normans", None) == "zscore"
     assert retriever.row_fusion("who", "rrf") == "rrf"
+    # empty: the configured one (rag_bls sends every row a fusion, empty when the client gave none)
+    assert retriever.row_fusion("who were the Normans", "") == "zscore" and retriever.row_fusion(None, "") == "dense"
     with pytest.raises(RequestError, match="needs the question text"):
         retriever.row_fusion(None, "bm25")
     with pytest.raises(RequestError, match="fusion must be one of"):

@@ -2,6 +2,6 @@
 
 from .aio import AsyncRagClient
 from .client import RagClient
-from .protocol import Answer, RagError, Source
+from .protocol import Answer, InvalidRequestError, RagError, Source
 
-__all__ = ["AsyncRagClient", "Answer", "RagClient", "RagError", "Source"]
+__all__ = ["AsyncRagClient", "Answer", "InvalidRequestError", "RagClient", "RagError", "Source"]

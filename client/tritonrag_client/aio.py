@@ -46,13 +46,21 @@ class AsyncRagClient(ClientSettings):
         except asyncio.TimeoutError as exc:   # HTTP: the session's timeout (gRPC reports its own deadline)
             raise RagError(f"no answer within {self.timeout_s} s", "DEADLINE_EXCEEDED") from exc
 
-    async def ask(self, question: str, top_k: int | None = None, max_tokens: int | None = None) -> Answer:
-        return parse_answer(await self._infer(self.model, build_inputs(self._module, question, top_k, max_tokens),
-                                              ASK_OUTPUTS))
+    async def ask(self, question: str | bytes, top_k: int | None = None, max_tokens: int | None = None,
+                  fusion: str | None = None, temperature: float | None = None,
+                  top_p: float | None = None) -> Answer:
+        """The answer, its sources (with their texts) and its finish reason ("length": cut at max_tokens).
 
-    async def search(self, question: str, top_k: int | None = None) -> list[Source]:
-        return parse_search(await self._infer(self.retrieve_model, build_inputs(self._module, question, top_k),
-                                              SEARCH_OUTPUTS))
+        `fusion` picks the retriever's fusion (dense, bm25, zscore, rrf) for this request;
+        `temperature` / `top_p` the generator's sampling (0 / 1: greedy). Bad values raise
+        InvalidRequestError before anything is sent; the server's refusals raise RagError."""
+        inputs = build_inputs(self._module, question, top_k, max_tokens, fusion, temperature, top_p)
+        return parse_answer(await self._infer(self.model, inputs, ASK_OUTPUTS))
+
+    async def search(self, question: str | bytes, top_k: int | None = None,
+                     fusion: str | None = None) -> list[Source]:
+        inputs = build_inputs(self._module, question, top_k, fusion=fusion)
+        return parse_search(await self._infer(self.retrieve_model, inputs, SEARCH_OUTPUTS))
 
     async def ask_many(self, questions: Iterable[str], concurrency: int = 32, **kwargs) -> list[Answer | RagError]:
         """Answers in order; a refused question yields its RagError instead of raising."""

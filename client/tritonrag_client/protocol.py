@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tritonrag.common.request_checks import INT32_MAX, RequestError, check_range, check_sampling, question_bytes
+
 DEFAULT_GRPC_URL = "127.0.0.1:8001"
 DEFAULT_HTTP_URL = "127.0.0.1:8000"
 PROTOCOLS = ("grpc", "http")
@@ -29,6 +31,10 @@ class RagError(Exception):
         self.status = status
 
 
+class InvalidRequestError(RagError, ValueError):
+    """A request refused before it is sent, with the server's own message for it."""
+
+
 @dataclass(frozen=True)
 class Source:
     id: str
@@ -40,6 +46,8 @@ class Source:
 class Answer:
     answer: str
     sources: list[Source]
+    # "stop": the model ended its answer; "length": cut at max_tokens (as OpenAI-style APIs)
+    finish_reason: str | None = None
 
 
 def default_url(protocol: str) -> str:
@@ -59,24 +67,56 @@ class ClientSettings:
         self.retrieve_model = retrieve_model
 
 
-def build_inputs(module: Any, question: str, top_k: int | None = None, max_tokens: int | None = None) -> list:
-    """One request row: `question` BYTES [1, 1]; optional INT32 inputs only when given."""
-    q = module.InferInput("question", [1, 1], "BYTES")
-    q.set_data_from_numpy(np.array([[question.encode("utf-8")]], dtype=np.object_))
-    inputs = [q]
+def check_request(question: str | bytes, top_k: int | None = None, max_tokens: int | None = None,
+                  temperature: float | None = None, top_p: float | None = None) -> bytes:
+    """The question's bytes, if the request passes the server's fixed checks (same code, same messages).
+
+    The server's configured bounds (question bytes, the largest top_k and max_tokens) are its
+    own to say; here the integers must be at least 1 and fit the INT32 inputs, so that none
+    wraps around on the way. Raises InvalidRequestError.
+    """
+    try:
+        raw = question_bytes(question)
+        for name, value in (("top_k", top_k), ("max_tokens", max_tokens)):
+            check_range(name, value, None, INT32_MAX)
+        if temperature is not None or top_p is not None:
+            check_sampling(temperature, top_p)
+    except RequestError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    return raw
+
+
+def build_inputs(module: Any, question: str | bytes, top_k: int | None = None, max_tokens: int | None = None,
+                 fusion: str | None = None, temperature: float | None = None, top_p: float | None = None) -> list:
+    """One request row: `question` BYTES [1, 1]; each optional input only when given.
+
+    `fusion` is the retriever's (dense, bm25, zscore, rrf); `temperature` / `top_p` the generator's."""
+    values = {"question": np.array([[check_request(question, top_k, max_tokens, temperature, top_p)]],
+                                   dtype=np.object_)}
     for name, value in (("top_k", top_k), ("max_tokens", max_tokens)):
         if value is not None:
-            tensor = module.InferInput(name, [1, 1], "INT32")
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
-            inputs.append(tensor)
+            values[name] = np.array([[value]], dtype=np.int32)
+    if fusion is not None:
+        values["fusion"] = np.array([[fusion.encode("utf-8", "replace")]], dtype=np.object_)
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if value is not None:
+            values[name] = np.array([[value]], dtype=np.float32)
+    inputs = []
+    for name, array in values.items():
+        tensor = module.InferInput(name, [1, 1], _DATATYPES[array.dtype.type])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
     return inputs
+
+
+_DATATYPES = {np.object_: "BYTES", np.int32: "INT32", np.float32: "FP32"}
 
 
 def requested_outputs(module: Any, names: tuple[str, ...]) -> list:
     return [module.InferRequestedOutput(name) for name in names]
 
 
-ASK_OUTPUTS = ("answer", "sources", "scores")
+ASK_OUTPUTS = ("answer", "sources", "scores", "passages", "finish_reason")
 SEARCH_OUTPUTS = ("sources", "scores", "passages")
 
 
@@ -87,9 +127,11 @@ def _texts(array: np.ndarray | None) -> list[str]:
 
 
 def parse_answer(result: Any) -> Answer:
-    """An `Answer` from an InferResult of `rag_ensemble`."""
+    """An `Answer`, with its sources' texts, from an InferResult of `rag_ensemble` or `rag_bls`."""
     answer = _texts(result.as_numpy("answer"))
-    return Answer(answer[0] if answer else "", _sources(result))
+    finish = _texts(result.as_numpy("finish_reason"))
+    return Answer(answer[0] if answer else "", _sources(result, _texts(result.as_numpy("passages"))),
+                  finish[0] if finish else None)
 
 
 def parse_search(result: Any) -> list[Source]:

@@ -39,7 +39,7 @@ async def _send_all(url, model, requests):
 
 
 def test_bls_errors_are_per_request(server, grpc_client):
-    bad = {"no question": (dict(question=None, top_k=2), "input 'question' is missing"),
+    bad = {"no question": (dict(question=None, top_k=2), "question is required"),
            "empty": (dict(question=b""), "question is empty"),
            "top_k": (dict(top_k=0), "top_k must be between 1 and 100, got 0"),
            "max_tokens": (dict(max_tokens=600), "max_tokens must be between 1 and 512, got 600")}

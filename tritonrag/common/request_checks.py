@@ -28,9 +28,20 @@ class Limits:
     max_embedding_norm: float = 1e6
 
 
-def decode_question(raw: bytes, max_bytes: int) -> str:
-    """UTF-8 text of a question that is neither empty nor over `max_bytes`."""
-    if len(raw) > max_bytes:
+# The largest value an INT32 input (top_k, max_tokens) can carry on the wire.
+INT32_MAX = 2**31 - 1
+# The fusions a request may name (`tritonrag.retrieval.hybrid` implements them).
+FUSIONS = ("dense", "bm25", "zscore", "rrf")
+
+
+def required(name: str) -> RequestError:
+    """The error for a request without the required input `name`."""
+    return RequestError(f"{name} is required")
+
+
+def decode_question(raw: bytes, max_bytes: int | None) -> str:
+    """UTF-8 text of a question that is neither empty nor over `max_bytes` (None: no size limit)."""
+    if max_bytes is not None and len(raw) > max_bytes:
         raise RequestError(f"question is {len(raw)} bytes; the limit is {max_bytes}")
     try:
         text = raw.decode("utf-8")
@@ -49,6 +60,29 @@ def check_range(name: str, value: int | None, default: int, maximum: int) -> int
     if not 1 <= value <= maximum:
         raise RequestError(f"{name} must be between 1 and {maximum}, got {value}")
     return value
+
+
+def question_bytes(question: str | bytes, max_bytes: int | None = None) -> bytes:
+    """A question as sent on the wire, checked as the server checks it.
+
+    `str` is encoded as UTF-8; a lone surrogate (how Python carries undecodable bytes, such
+    as those of a command-line argument) goes back to the byte it stood for, so that text
+    is refused as invalid UTF-8 with the server's message rather than failing to encode.
+    """
+    raw = question.encode("utf-8", "surrogateescape") if isinstance(question, str) else bytes(question)
+    decode_question(raw, max_bytes)
+    return raw
+
+
+def check_sampling(temperature: float | None, top_p: float | None) -> tuple[float, float]:
+    """(temperature, top_p), defaults 0 (greedy) and 1, if they lie in [0, 100] and (0, 1]."""
+    temperature = 0.0 if temperature is None else float(temperature)
+    top_p = 1.0 if top_p is None else float(top_p)
+    if not 0.0 <= temperature <= 100.0:   # also refuses NaN
+        raise RequestError(f"temperature must be in [0, 100], got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+    return temperature, top_p
 
 
 def check_embeddings(vectors, dimension: int, max_norm: float, name: str = "EMBEDDING"):

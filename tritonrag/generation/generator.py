@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from tritonrag.common.request_checks import RequestError
+from tritonrag.common.request_checks import RequestError, check_sampling
 from tritonrag.models import sources as model_sources
 
 from .engine import ContinuousBatcher, DecodeEngine
@@ -137,10 +137,7 @@ class Generator:
 
     def request(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
                 top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
-        if not 0.0 <= temperature <= 100.0:
-            raise RequestError(f"temperature must be in [0, 100], got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+        temperature, top_p = check_sampling(temperature, top_p)
         if max_tokens > self.settings.max_new_tokens:
             raise RequestError(f"max_tokens must be at most {self.settings.max_new_tokens}, got {max_tokens}")
         return GenerationRequest(list(prompt_ids), max_tokens, float(temperature), float(top_p), tuple(stop))

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tritonrag.common.request_checks import FUSIONS
 from tritonrag.index.bm25 import BM25Index
 
 from .search.exact import ExactSearch, to_host
 from .search.topk import top_k_rows
-
-FUSIONS = ("dense", "bm25", "zscore", "rrf")
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import RequestError
+from tritonrag.common.request_checks import FUSIONS, RequestError
 from tritonrag.index.bm25 import TokenizerConfig
 from tritonrag.index.store import Index, load_lexical
 
-from .hybrid import FUSIONS, HybridConfig, HybridSearch
+from .hybrid import HybridConfig, HybridSearch
 from .search.exact import STORAGE_DTYPES, ExactSearch
 from .search.fused.launch import KERNELS
 
@@ -98,8 +98,8 @@ class Retriever:
         return self._lexical
 
     def row_fusion(self, text: str | None, requested: str | None) -> str:
-        """The fusion a row runs with: its own, else the configured one (dense when it has no text)."""
-        if requested is not None:
+        """The fusion a row runs with: its own, else (None or "") the configured one (dense when it has no text)."""
+        if requested:
             if requested not in FUSIONS:
                 raise RequestError(f"fusion must be one of {list(FUSIONS)}, got {requested!r}")
             if requested != "dense" and text is None:

@@ -15,8 +15,8 @@ concurrent requests sent as per-request `async_exec` calls reached the embedder 
 executions and the generator in 4 (35 s), against 1 and 1 (18 s) through the ensemble.
 
 The pipeline is data: STAGES lists each stage's inputs (taken from the values known
-so far) and outputs (added to them). Giving the retriever the question as well, for
-BM25 hybrid search, is one word: add "question" to its inputs tuple.
+so far) and outputs (added to them). The retriever gets the question as well, for
+BM25 hybrid search, and the request's fusion.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from tritonrag.common.request_checks import Limits, RequestError, check_range, decode_question
+from tritonrag.common.request_checks import (FUSIONS, Limits, RequestError, check_range, check_sampling,
+                                              decode_question, required)
 
 
 @dataclass(frozen=True)
@@ -38,46 +39,67 @@ class Stage:
 
 STAGES = (
     Stage("embedder", ("question",), ("EMBEDDING",)),
-    Stage("retriever", ("EMBEDDING", "top_k", "question"), ("sources", "scores", "passages")),  # question: BM25 fusion
-    Stage("generator", ("question", "passages", "max_tokens"), ("answer",)),
+    Stage("retriever", ("EMBEDDING", "top_k", "question", "fusion"), ("sources", "scores", "passages")),
+    Stage("generator", ("question", "passages", "max_tokens", "temperature", "top_p"), ("answer", "finish_reason")),
 )
-OUTPUTS = ("answer", "sources", "scores")
+OUTPUTS = ("answer", "sources", "scores", "passages", "finish_reason")
 
 
 def request_values(question: np.ndarray | None, top_k: np.ndarray | None, max_tokens: np.ndarray | None,
-                   limits: Limits) -> dict[str, np.ndarray]:
+                   limits: Limits, fusion: np.ndarray | None = None, temperature: np.ndarray | None = None,
+                   top_p: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The pipeline's starting values for one request, every optional input filled.
 
     A request's rows must share one top_k (the retriever answers [rows, k]).
 
     `question` is the request's [n, 1] BYTES array; `top_k` / `max_tokens` its INT32
-    arrays or None. Bad questions and values out of range are refused here, with the
-    stages' own messages (a stage's error reaches the client through BLS as INTERNAL).
+    arrays, `fusion` its BYTES array, `temperature` / `top_p` its FP32 arrays, or None.
+    Bad questions and values out of range are refused here, with the stages' own
+    messages: a stage refuses a merged call whole, which would fail the batch-mates too.
+    A missing fusion is sent empty: the retriever then runs its configured one.
     """
     if question is None:
-        raise RequestError("input 'question' is missing")
+        raise required("question")
     rows = int(question.shape[0]) if question.ndim else 0
     if rows == 0:
         raise RequestError("the request holds no rows")
     for raw in np.asarray(question).reshape(-1):  # refused here with a clear code, not deep in a stage
         decode_question(raw if isinstance(raw, bytes) else str(raw).encode("utf-8"), limits.max_question_bytes)
 
-    def filled(name: str, array: np.ndarray | None, default: int, maximum: int) -> np.ndarray:
+    def per_row(name: str, array: np.ndarray | None) -> list:
         if array is None:
-            return np.full((rows, 1), default, dtype=np.int32)
+            return [None] * rows
         flat = np.asarray(array).reshape(array.shape[0], -1)
         if flat.shape != (rows, 1):
             raise RequestError(f"{name} must have one value per row, got shape {list(array.shape)}")
-        return np.array([[check_range(name, int(v), default, maximum)] for v in flat[:, 0]], dtype=np.int32)
+        return list(flat[:, 0])
+
+    def filled(name: str, array: np.ndarray | None, default: int, maximum: int) -> np.ndarray:
+        return np.array([[check_range(name, None if v is None else int(v), default, maximum)]
+                         for v in per_row(name, array)], dtype=np.int32)
 
     top_k_rows = filled("top_k", top_k, limits.default_top_k, limits.max_top_k)
     if len(np.unique(top_k_rows)) > 1:
         raise RequestError("top_k must be the same for every row of one request")
+    sampling = [check_sampling(t, p) for t, p in zip(per_row("temperature", temperature), per_row("top_p", top_p))]
     return {
         "question": np.asarray(question, dtype=np.object_).reshape(rows, -1),
         "top_k": top_k_rows,
+        "fusion": np.array([[check_fusion(f)] for f in per_row("fusion", fusion)], dtype=np.object_),
         "max_tokens": filled("max_tokens", max_tokens, limits.default_max_tokens, limits.max_max_tokens),
+        "temperature": np.array([[t] for t, _ in sampling], dtype=np.float32),
+        "top_p": np.array([[p] for _, p in sampling], dtype=np.float32),
     }
+
+
+def check_fusion(raw: bytes | str | None) -> bytes:
+    """A row's fusion as the retriever reads it (b"": its configured one), if it names one."""
+    if raw is None:
+        return b""
+    name = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).strip().lower()
+    if name and name not in FUSIONS:
+        raise RequestError(f"fusion must be one of {list(FUSIONS)}, got {name!r}")
+    return name.encode()
 
 
 class StageError(Exception):

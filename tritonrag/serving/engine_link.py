@@ -11,9 +11,9 @@ questions there; the forwarder sends each row over it. Errors come back per row,
 and a dead engine fails its rows at once instead of leaving them hanging.
 
 Wire format: pickled tuples over `multiprocessing.connection` (length-prefixed).
-  forwarder -> engine  ("ask", rid, question, passages, max_tokens)
-  engine -> forwarder  ("done", rid, answer) | ("error", rid, code, message)
-`code` is "INVALID_ARG", "UNAVAILABLE" or "INTERNAL".
+  forwarder -> engine  ("ask", rid, question, passages, max_tokens, temperature, top_p)
+  engine -> forwarder  ("done", rid, answer, finish_reason) | ("error", rid, code, message)
+`code` is "INVALID_ARG", "UNAVAILABLE" or "INTERNAL"; `finish_reason` "stop" or "length".
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def find_engines(server_id: str, model: str) -> list[str]:
 
 class EngineServer:
     """Accepts forwarder connections. `start(ask, reply, handle)` runs one question and must
-    call `reply(("done", rid, answer))` or `reply(("error", rid, code, message))` exactly
+    call `reply(("done", rid, answer, finish_reason))` or `reply(("error", rid, code, message))` exactly
     once, from any thread; it may put into the list `handle` what `cancel(handle)` needs to
     stop the row, which happens when its forwarder's connection closes first."""
 
@@ -159,8 +159,9 @@ class EngineUnavailable(Exception):
 
 
 class EngineClient:
-    """The forwarder's side: `ask(question, passages, max_tokens, on_done)`; `on_done` gets
-    ("done", rid, answer) or ("error", rid, code, message), once, on the reader thread.
+    """The forwarder's side: `ask(question, passages, max_tokens, on_done, temperature, top_p)`;
+    `on_done` gets ("done", rid, answer, finish_reason) or ("error", rid, code, message), once,
+    on the reader thread.
 
     Connects lazily to every engine the server runs (`find()` lists their sockets) and
     spreads rows over them by the fewest rows in flight; a broken connection fails its
@@ -172,7 +173,8 @@ class EngineClient:
         self._links: dict[str, _Link] = {}
         self._next_rid = 0
 
-    def ask(self, question: str, passages: list[str], max_tokens: int, on_done: Reply) -> None:
+    def ask(self, question: str, passages: list[str], max_tokens: int, on_done: Reply,
+            temperature: float = 0.0, top_p: float = 1.0) -> None:
         with self._lock:
             self._next_rid += 1
             rid = self._next_rid
@@ -180,7 +182,7 @@ class EngineClient:
         if link is None:
             on_done(("error", rid, "UNAVAILABLE", "the decode engine is not running"))
             return
-        link.send(("ask", rid, question, passages, max_tokens), on_done)
+        link.send(("ask", rid, question, passages, max_tokens, temperature, top_p), on_done)
 
     def _pick(self) -> "_Link | None":
         for address in self._find():

@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend stub
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import Limits, RequestError
+from tritonrag.common.request_checks import Limits, RequestError, required
 
 
 def parse_config(args: dict) -> dict:
@@ -73,19 +73,19 @@ def required_array(request, name: str, on_device: bool = False) -> np.ndarray:
     `on_device`: a GPU input comes as a torch tensor on its GPU (`input_tensor`), not copied."""
     array = input_tensor(request, name) if on_device else input_array(request, name)
     if array is None:
-        raise RequestError(f"input {name!r} is missing")
+        raise required(name)
     return array
 
 
-def optional_rows(request, name: str, rows: int) -> list[int | None]:
-    """Per-row values of an optional [1]-shaped integer input (None when absent)."""
+def optional_rows(request, name: str, rows: int, cast: Callable = int) -> list:
+    """Per-row values of an optional [1]-shaped input as `cast` makes them (None when absent)."""
     array = input_array(request, name)
     if array is None:
         return [None] * rows
     flat = array.reshape(array.shape[0], -1)
     if flat.shape[0] != rows or flat.shape[1] != 1:
         raise RequestError(f"{name} must have one value per row, got shape {list(array.shape)}")
-    return [int(v) for v in flat[:, 0]]
+    return [cast(v) for v in flat[:, 0]]
 
 
 def error_response(message: str, code=None):

@@ -1,4 +1,4 @@
-"""Triton glue for answer generation: question + passages (+ max_tokens) -> answer.
+"""Triton glue for answer generation: question + passages (+ max_tokens, sampling) -> answer, finish_reason.
 
 A light forwarder for `rag_ensemble` and plain infer calls: each row goes to the decode
 engine that `generator_stream` owns, so the rows of every batch of this model join one
@@ -23,7 +23,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import RequestError, check_range, decode_question
+from tritonrag.common.request_checks import RequestError, check_range, check_sampling, decode_question
 from tritonrag.serving.engine_link import EngineClient, find_engines
 from tritonrag.serving.fanout import gather_rows
 from tritonrag.serving.glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
@@ -52,9 +52,11 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 rows = self._parse(request)   # copies the inputs: they are freed when execute returns
-                callbacks = gather_rows(len(rows), lambda answers, sender=sender: self._respond(sender, answers))
-                for (question, passages, max_tokens), callback in zip(rows, callbacks):
-                    self.engine.ask(question, passages, max_tokens, callback)
+                texts = [row[1] for row in rows]
+                callbacks = gather_rows(len(rows), lambda answers, sender=sender, texts=texts:
+                                        self._respond(sender, answers, texts))
+                for (question, passages, max_tokens, temperature, top_p), callback in zip(rows, callbacks):
+                    self.engine.ask(question, passages, max_tokens, callback, temperature, top_p)
             except RequestError as exc:
                 sender.send(error_response(str(exc)), flags=FINAL)
             except Exception as exc:  # noqa: BLE001 — this request only, not its batch-mates
@@ -69,21 +71,27 @@ class TritonPythonModel:
         passages = input_array(request, "passages")
         passages = passages.reshape(len(questions), -1) if passages is not None else [[]] * len(questions)
         max_tokens = optional_rows(request, "max_tokens", len(questions))
+        temperatures = optional_rows(request, "temperature", len(questions), float)
+        top_ps = optional_rows(request, "top_p", len(questions), float)
         rows = []
-        for q, row, m in zip(questions, passages, max_tokens):
+        for q, row, m, temperature, top_p in zip(questions, passages, max_tokens, temperatures, top_ps):
             rows.append((decode_question(q, self.limits.max_question_bytes),   # refused here, before the engine
                          [p.decode("utf-8", "replace") for p in row],
-                         check_range("max_tokens", m, self.limits.default_max_tokens, self.limits.max_max_tokens)))
+                         check_range("max_tokens", m, self.limits.default_max_tokens, self.limits.max_max_tokens),
+                         *check_sampling(temperature, top_p)))
         return rows
 
-    def _respond(self, sender, answers) -> None:
-        """Link thread: every row answered; queue the request's one response."""
+    def _respond(self, sender, answers, passages) -> None:
+        """Link thread: every row answered; queue the request's one response (with the passages
+        it was given: rag_ensemble's output, which cannot be the retriever's, see its config)."""
         failed = next((a for a in answers if a[0] == "error"), None)
         if failed is not None:
             _, _, code, message = failed
             response = error_response(message, self.codes.get(code, pb_utils.TritonError.INTERNAL))
         else:
-            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a[2]] for a in answers])])
+            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a[2]] for a in answers]),
+                                                   bytes_tensor("finish_reason", [[a[3]] for a in answers]),
+                                                   bytes_tensor("passages", passages)])
         self.outbox.put((sender, response))
 
     def _send_loop(self) -> None:

@@ -91,10 +91,12 @@ class TritonPythonModel:
                                                          pb_utils.TritonError.INTERNAL), True)
             elif seq.finish_reason == "cancelled":
                 pump.send(sender, handle, None, True)
-            elif stream:
-                pump.send_text(sender, handle, piece, finished)
-            elif finished:
-                pump.send(sender, handle, _answer(self.generator.answer(seq)), True)
+            elif stream and not finished:
+                pump.send_text(sender, handle, piece, False)
+            elif stream:   # the last piece carries the finish reason
+                pump.send(sender, handle, _answer(piece, seq.finish_reason), True)
+            else:
+                pump.send(sender, handle, _answer(self.generator.answer(seq), seq.finish_reason), True)
 
         pump.track(sender, handle)   # before submitting: the pump must know it when the first piece comes
         try:
@@ -106,11 +108,11 @@ class TritonPythonModel:
 
     def _answer_row(self, ask, reply, handle):
         """One forwarded row, answered whole (link thread; the engine thread replies)."""
-        _, rid, question, passages, max_tokens = ask
+        _, rid, question, passages, max_tokens, temperature, top_p = ask
         try:
             generation = self.generator.prepare(
                 question, passages, check_range("max_tokens", max_tokens, self.limits.default_max_tokens,
-                                                self.limits.max_max_tokens))
+                                                self.limits.max_max_tokens), temperature=temperature, top_p=top_p)
         except RequestError as exc:
             reply(("error", rid, "INVALID_ARG", str(exc)))
             return
@@ -123,7 +125,7 @@ class TritonPythonModel:
             elif seq.finish_reason == "cancelled":
                 reply(("error", rid, "UNAVAILABLE", "cancelled"))
             else:
-                reply(("done", rid, self.generator.answer(seq)))
+                reply(("done", rid, self.generator.answer(seq), seq.finish_reason))
 
         try:
             handle.append(self.generator.submit(generation, on_text, stream=False))
@@ -150,5 +152,9 @@ def _scalar(request, name, default):
     return value
 
 
-def _answer(text: str):
-    return pb_utils.InferenceResponse([pb_utils.Tensor("answer", np.array([text.encode("utf-8")], dtype=np.object_))])
+def _answer(text: str, finish_reason: str | None = None):
+    """A response with a piece of answer text (and, on the last one, the finish reason)."""
+    tensors = [pb_utils.Tensor("answer", np.array([text.encode("utf-8")], dtype=np.object_))]
+    if finish_reason is not None:
+        tensors.append(pb_utils.Tensor("finish_reason", np.array([finish_reason.encode()], dtype=np.object_)))
+    return pb_utils.InferenceResponse(tensors)

@@ -1,4 +1,4 @@
-"""Triton glue for the BLS-wired pipeline: question (+ top_k, max_tokens) -> answer, sources, scores."""
+"""Triton glue for the BLS-wired pipeline: question (+ options) -> answer, sources, scores, passages, finish_reason."""
 
 import os
 import sys
@@ -34,8 +34,9 @@ class TritonPythonModel:
         valid = []  # (slot, values)
         for slot, request in enumerate(requests):
             try:
-                valid.append((slot, request_values(input_array(request, "question"), input_array(request, "top_k"),
-                                                   input_array(request, "max_tokens"), self.limits)))
+                valid.append((slot, request_values(
+                    input_array(request, "question"), input_array(request, "top_k"), input_array(request, "max_tokens"),
+                    self.limits, **{name: input_array(request, name) for name in ("fusion", "temperature", "top_p")})))
             except RequestError as exc:
                 responses[slot] = error_response(str(exc))
         # All valid requests of this batch go to each stage in one call (one per top_k).
