@@ -1,6 +1,8 @@
 """Crash-safe file writes: write beside the target, fsync, then rename.
 
-A reader sees either the old file or the new one, never half of one.
+A reader sees either the old file or the new one, never half of one. The folder that
+holds a renamed entry is fsynced after the rename, so that a power loss cannot undo a
+write that has returned.
 """
 
 from __future__ import annotations
@@ -16,6 +18,30 @@ from pathlib import Path
 from typing import Iterator
 
 
+def fsync_directory(folder: Path) -> None:
+    """Make the entries of `folder` (names created, renamed or removed in it) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_directories(folder: Path) -> None:
+    """mkdir -p, fsyncing each created folder's parent so that the new entries survive a power loss."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:  # made meanwhile by another process
+            pass
+        fsync_directory(new.parent)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -24,7 +50,7 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
@@ -33,6 +59,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -75,6 +102,7 @@ def recover_directory(path: Path) -> bool:
     if not aside:
         return False
     os.rename(aside[-1], path)
+    fsync_directory(path.parent)
     return True
 
 
@@ -119,23 +147,30 @@ def atomic_directory(path: Path, replace: bool = True) -> Iterator[Path]:
     race to make the same thing) is kept and the staging folder dropped.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     recover_directory(path)
     remove_abandoned_staging(path)
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(path.name), dir=path.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield staging
+        # the files, then the folders (deepest first, so each after its entries), then the swap
+        folders = [staging]
         for child in staging.rglob("*"):
-            if child.is_file():
+            if child.is_dir():
+                folders.append(child)
+            elif child.is_file():
                 with open(child, "rb") as handle:
                     os.fsync(handle.fileno())
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            fsync_directory(folder)
         if not replace:
             try:
                 os.rename(staging, path)  # fails if another process made `path` first
             except OSError:
                 if not path.exists():
                     raise
+            fsync_directory(path.parent)
             return
         if not path.exists():
             os.rename(staging, path)
@@ -143,7 +178,9 @@ def atomic_directory(path: Path, replace: bool = True) -> Iterator[Path]:
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.rename(path, old)
             os.rename(staging, path)
+            fsync_directory(path.parent)
             shutil.rmtree(old, ignore_errors=True)
+        fsync_directory(path.parent)  # the swap (or rename) is durable before the caller hears of it
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
