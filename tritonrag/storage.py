@@ -2,13 +2,15 @@
 
 A reader sees either the old file or the new one, never half of one. The folder that
 holds a renamed entry is fsynced after the rename, so that a power loss cannot undo a
-write that has returned.
+write that has returned. `writer_lock` serializes the writers of one path across processes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +18,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 def fsync_directory(folder: Path) -> None:
@@ -40,6 +44,31 @@ def make_directories(folder: Path) -> None:
         except FileExistsError:  # made meanwhile by another process
             pass
         fsync_directory(new.parent)
+
+
+@contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock for writing `path` (a file or a folder), across processes.
+
+    Every read-modify-write of `path` runs under it, so that two writers never both start
+    from the same old state. It is fcntl.flock on `.NAME.lock` beside `path`, not inside a
+    folder that a replace swaps away. The kernel releases it when its holder exits or is
+    killed, so a crashed writer never leaves it held. The lock file stays: removing it
+    would let a waiter lock a file that is no longer the one at that name.
+    """
+    path = Path(path)
+    make_directories(path.parent)
+    lock_file = path.parent / f".{path.name}.lock"
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another writer of %s (lock %s)", path, lock_file)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _umask() -> int:
