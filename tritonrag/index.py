@@ -261,7 +261,11 @@ def read_manifest(path: Path) -> dict:
     manifest_path = Path(path) / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not Path(path).is_dir():
+            what = "no such folder" if not Path(path).exists() else "not a folder"
+            raise IndexCorruptError(f"no index at {path} ({what}); build one with "
+                                    f"`tritonrag index --corpus ... --out {path}`") from exc
         raise IndexCorruptError(f"no index at {path} (missing {MANIFEST}); build one with `tritonrag index`") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexCorruptError(f"index manifest {manifest_path} is damaged: {exc}") from exc
