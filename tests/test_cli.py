@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,35 @@ def test_param_option_sets_one_models_config_parameters(monkeypatch):
     assert _settings(build_parser().parse_args(["serve"])).extra_parameters == {"retriever": {"fusion": "bm25"}}
     with pytest.raises(SystemExit):
         _settings(build_parser().parse_args(["serve", "--param", "fusion=dense"]))
+
+
+@pytest.mark.parametrize("problem", ["missing", "damaged"])
+def test_serve_with_a_bad_index_exits_non_zero_and_builds_nothing(tmp_path, problem):
+    from test_index import hash_embed  # tests/ is on sys.path
+
+    from tritonrag.index.corpus import Passage
+    from tritonrag.index.store import build_index
+
+    path, corpus = tmp_path / "idx", tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "alpha"}\n')
+    if problem == "damaged":
+        build_index(path, [Passage("x", "", "mine")], hash_embed, embedder="all-MiniLM-L6-v2", progress=False)
+        (path / "embeddings.npy").write_bytes((path / "embeddings.npy").read_bytes()[:-4] + b"\0\0\0\0")
+    files = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+    env = {**os.environ, "TRITONRAG_CACHE_DIR": str(tmp_path / "cache")}
+    # /bin/false as the server: were the index accepted, the start would fail later, not hang
+    result = subprocess.run([sys.executable, "-m", "tritonrag", "serve", "--index", str(path), "--corpus", str(corpus),
+                             "--tritonserver", "/bin/false", "--no-supervise"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1, result.stderr
+    want = "no such folder" if problem == "missing" else "embeddings.npy does not match its checksum"
+    assert "could not start the server: " in result.stderr and want in result.stderr, result.stderr
+    assert "--corpus is not used with --index" in result.stderr
+    assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == files  # nothing built or rebuilt
+    assert path.exists() == (problem == "damaged")
+
+
+def test_build_index_flag_needs_an_index_folder():
+    result = subprocess.run([sys.executable, "-m", "tritonrag", "serve", "--build-index"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "--build-index needs --index DIR" in result.stderr

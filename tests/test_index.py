@@ -1,5 +1,6 @@
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_crash_while_building_keeps_the_previous_index(tmp_path):
         build_index(path, bigger, crashing_embed, embedder="enc-A", batch_size=2, progress=False)
     assert json.loads((path / "manifest.json").read_text()) == before
     assert load_index(path, embedder="enc-A").passages == PASSAGES
-    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]  # no staging folder; the lock file stays
 
 
 def test_empty_corpus_is_refused(tmp_path):
@@ -75,29 +76,88 @@ def test_empty_corpus_is_refused(tmp_path):
         build_index(tmp_path / "idx", [], hash_embed, embedder="enc-A", progress=False)
 
 
+class FakeEmbedder:  # the launcher's own logic is under test, not the encoder
+    built: list = []
+
+    def __init__(self, model, device="cpu"):
+        self.built.append(model)
+
+    def embed_passages(self, texts):
+        return hash_embed(texts)
+
+
 def test_launcher_rebuilds_a_damaged_cached_index_but_not_another_embedders(tmp_path, monkeypatch):
-    from tritonrag.index.store import IndexMismatchError
     from tritonrag.server import launcher
 
     built = []
-
-    class FakeEmbedder:  # the launcher's own logic is under test, not the encoder
-        def __init__(self, model, device="cpu"):
-            built.append(model)
-
-        def embed_passages(self, texts):
-            return hash_embed(texts)
-
+    monkeypatch.setattr(FakeEmbedder, "built", built)
     monkeypatch.setattr("tritonrag.models.embedding.Embedder", FakeEmbedder)
+    monkeypatch.setenv("TRITONRAG_CACHE_DIR", str(tmp_path / "cache"))
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n')
-    path = launcher.ensure_index([str(corpus)], "enc-A", tmp_path / "idx", progress=False)
-    assert launcher.ensure_index([str(corpus)], "enc-A", path, progress=False) == path and len(built) == 1
+    path = launcher.ensure_index([str(corpus)], "enc-A", progress=False)  # the cached index, the package's own
+    assert path.parent == tmp_path / "cache" / "indexes"
+    assert launcher.ensure_index([str(corpus)], "enc-A", progress=False) == path and len(built) == 1
     (path / "passages.jsonl").write_text("damaged")
-    launcher.ensure_index([str(corpus)], "enc-A", path, progress=False)
+    launcher.ensure_index([str(corpus)], "enc-A", progress=False)
     assert len(built) == 2 and [p.id for p in load_index(path).passages] == ["a", "b"]
+    (path / "manifest.json").write_text(json.dumps({**load_index(path).manifest, "embedder": "enc-B"}))
     with pytest.raises(IndexMismatchError):
-        launcher.ensure_index([str(corpus)], "enc-B", path, progress=False)
+        launcher.ensure_index([str(corpus)], "enc-A", progress=False)
+
+
+@pytest.mark.parametrize("problem", ["missing", "mistyped", "a_file", "damaged", "other_embedder"])
+def test_launcher_never_builds_over_a_given_index(tmp_path, monkeypatch, problem):
+    """`serve --index DIR`: DIR is the user's; a bad one is an error, not a rebuild from the corpus."""
+    from tritonrag.server import launcher
+    from tritonrag.index.store import IndexProblem
+
+    built = []
+    monkeypatch.setattr(FakeEmbedder, "built", built)
+    monkeypatch.setattr("tritonrag.models.embedding.Embedder", FakeEmbedder)
+    monkeypatch.setenv("TRITONRAG_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "alpha"}\n')
+    path = tmp_path / "idx"
+    build_index(path, PASSAGES, hash_embed, embedder="enc-A", progress=False)
+    assert launcher.ensure_index([str(corpus)], "enc-A", path, progress=False) == path  # a sound one is served
+    given = path
+    if problem == "missing":
+        shutil.rmtree(path)
+    elif problem == "mistyped":
+        given = tmp_path / "idz"
+    elif problem == "a_file":
+        given = tmp_path / "c.jsonl"
+    elif problem == "damaged":
+        (path / "passages.jsonl").write_text("damaged")
+    files = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+    message = {"missing": "no such folder", "mistyped": "no such folder", "a_file": "not a folder",
+               "damaged": "checksum", "other_embedder": "built with embedder 'enc-A'"}[problem]
+    with pytest.raises(IndexProblem, match=message):
+        launcher.ensure_index([str(corpus)], "enc-B" if problem == "other_embedder" else "enc-A", given,
+                              progress=False)
+    assert built == []
+    assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == files  # nothing written
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "idz").exists()
+
+
+def test_launcher_builds_a_given_index_only_when_asked_and_only_where_none_is(tmp_path, monkeypatch):
+    from tritonrag.server import launcher
+
+    built = []
+    monkeypatch.setattr(FakeEmbedder, "built", built)
+    monkeypatch.setattr("tritonrag.models.embedding.Embedder", FakeEmbedder)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "alpha"}\n')
+    (tmp_path / "empty").mkdir()
+    for name in ("new", "empty"):  # `serve --index DIR --build-index`
+        path = launcher.ensure_index([str(corpus)], "enc-A", tmp_path / name, progress=False, build=True)
+        assert [p.id for p in load_index(path, embedder="enc-A").passages] == ["a"]
+    assert len(built) == 2
+    (tmp_path / "new" / "passages.jsonl").write_text("damaged")
+    with pytest.raises(IndexCorruptError):  # an existing index is never replaced, damaged or not
+        launcher.ensure_index([str(corpus)], "enc-A", tmp_path / "new", progress=False, build=True)
+    assert len(built) == 2 and (tmp_path / "new" / "passages.jsonl").read_text() == "damaged"
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):

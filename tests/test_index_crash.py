@@ -67,7 +67,7 @@ def test_sigkill_at_random_moments_never_damages_the_index(tmp_path, mode, repor
     # the killed writers' half-written staging folders go with the next write
     add_to_index(path, [Passage("last", "", "last")], lambda t: np.tile(hash_embed(t), (1, 32)),
                  embedder="toy", progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]  # the writer lock file stays
     report_figure(f"index {mode}: 12 SIGKILLs at random moments, {completed_writes} writes completed "
                   f"between them, index whole after every kill")
 
@@ -102,7 +102,7 @@ def test_the_fallback_replace_is_repaired_if_it_crashed_between_its_renames(tmp_
     monkeypatch.setattr(storage, "exchange_paths", lambda a, b: False)
     add_to_index(path, [Passage("y", "", "y")], hash_embed, embedder="toy", progress=False)
     assert [p.id for p in load_index(path, embedder="toy").passages] == ["x", "y"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]
 
 
 def test_exchange_swaps_two_folders_in_one_step(tmp_path):

@@ -36,7 +36,12 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     parser.add_argument("--generator", default=os.environ.get("TRITONRAG_GENERATOR", model_sources.DEFAULT_GENERATOR),
                         help="builtin:NAME, a local folder or a Hugging Face id (env TRITONRAG_GENERATOR)")
-    parser.add_argument("--index", type=Path, help="serve this index folder instead of building one from --corpus")
+    parser.add_argument("--index", type=Path,
+                        help="serve this index folder (made by `tritonrag index`) instead of the cached one built "
+                             "from --corpus; a missing or damaged one is an error, never rebuilt")
+    parser.add_argument("--build-index", action="store_true",
+                        help="with --index: build that folder from --corpus if it does not exist yet (or is "
+                             "empty); an existing index is never replaced")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -73,6 +78,7 @@ def _settings(args: argparse.Namespace):
     return ServerSettings(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         embedder=args.embedder, generator=args.generator, corpus=_corpus(args), index=args.index,
+        build_index=args.build_index,
         tritonserver=args.tritonserver, backend_dir=args.backend_dir, log_verbose=args.log_verbose,
         open_apis=set(ADMIN_APIS) if "all" in args.allow_admin_api else set(args.allow_admin_api),
         admin_key=args.admin_key or None, supervise=not args.no_supervise,
@@ -136,6 +142,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     started = time.perf_counter()
+    if args.build_index and args.index is None:
+        log.error("--build-index needs --index DIR (without it the cached index is built when missing)")
+        return 2
+    if args.index is not None and args.corpus and not args.build_index:
+        log.warning("--corpus is not used with --index: the index is served as it is "
+                    "(add passages with `tritonrag index --add --out %s`)", args.index)
     server = TritonServer(_settings(args))
     try:
         try:

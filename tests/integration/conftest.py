@@ -34,7 +34,8 @@ def server(tmp_path_factory, server_corpus):
     # must hold a full batch (the CPU default, 8, rejects the rest; test_overload.py
     # exercises that default on its own server).
     settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics,
-                              corpus=server_corpus, index=work / "index", max_queue={"generator": 64})
+                              corpus=server_corpus, index=work / "index", build_index=True,
+                              max_queue={"generator": 64})
     with TritonServer(settings, run_dir=work / "run") as running:
         yield running
     # a failing test often wants the server's side of the story

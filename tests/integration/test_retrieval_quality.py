@@ -79,7 +79,7 @@ def squad_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("squad-server")
     http, grpc, metrics = free_ports(3)
     settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics, corpus=[str(SQUAD)],
-                              index=work / "index")
+                              index=work / "index", build_index=True)
     with TritonServer(settings, run_dir=work / "run") as running:
         yield running
     print(running.log_tail(20))

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tritonrag.common.atomic_files import atomic_directory, atomic_write_text
+from tritonrag.common.atomic_files import atomic_directory, atomic_write_text, writer_lock
 
 from .bm25 import BM25_ARRAYS, BM25_META, BM25Index, TokenizerConfig, usable
 from .corpus import Passage
@@ -138,7 +138,8 @@ def build_index(path: Path, passages: Sequence[Passage], embed_passages: Callabl
     if not passages:
         raise ValueError("cannot build an index from an empty corpus")
     vectors = _embed(passages, embed_passages, batch_size, progress)
-    return _write_index(path, vectors, passages, embedder, metric)
+    with writer_lock(path):  # not while an add is between reading the old index and swapping in its result
+        return _write_index(path, vectors, passages, embedder, metric)
 
 
 def _new_rows(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
@@ -163,13 +164,16 @@ def add_to_index(path: Path, passages: Sequence[Passage], embed_passages: Callab
     """Append `passages` to the index at `path`, embedding only them; atomic like build_index.
 
     The existing vectors are copied, not recomputed. A crash leaves the index as it was.
+    Writers of one index (adds, appends, builds, in any process) take turns: each holds
+    the index's writer lock from reading the index to swapping in the result.
     """
-    current, added = _new_rows(path, passages, embed_passages, embedder, batch_size, progress)
-    vectors = [current.vectors, added]  # the old rows are copied from the memory map, a slice at a time
-    # BM25: the stored counts get the new documents appended (old passages are not re-tokenized)
-    lexical = load_lexical(path, current.passages, None)
-    lexical.add(p.embedding_text() for p in passages)
-    return _write_index(path, vectors, [*current.passages, *passages], embedder, current.metric, lexical)
+    with writer_lock(path):
+        current, added = _new_rows(path, passages, embed_passages, embedder, batch_size, progress)
+        vectors = [current.vectors, added]  # the old rows are copied from the memory map, a slice at a time
+        # BM25: the stored counts get the new documents appended (old passages are not re-tokenized)
+        lexical = load_lexical(path, current.passages, None)
+        lexical.add(p.embedding_text() for p in passages)
+        return _write_index(path, vectors, [*current.passages, *passages], embedder, current.metric, lexical)
 
 
 def _segment_files(manifest: dict) -> list[tuple[str, str]]:
@@ -199,9 +203,16 @@ def append_to_index(path: Path, passages: Sequence[Passage], embed_passages: Cal
     `embeddings-N.npy` / `passages-N.jsonl`, the grown BM25 statistics to `lexical-N/`, and
     the manifest that lists them replaces the old one in one rename. A crash before that
     rename leaves the index as it was (the unlisted files are ignored, and overwritten by the
-    next append); earlier BM25 folders are removed after it.
+    next append); earlier BM25 folders are removed after it. Like add_to_index it holds the
+    index's writer lock throughout, so two appends never both write segment N.
     """
     path = Path(path)
+    with writer_lock(path):
+        return _append_locked(path, passages, embed_passages, embedder, batch_size, progress)
+
+
+def _append_locked(path: Path, passages: Sequence[Passage], embed_passages: Callable[[list[str]], np.ndarray],
+                   embedder: str, batch_size: int, progress: bool) -> dict:
     current, added = _new_rows(path, passages, embed_passages, embedder, batch_size, progress)
     lexical = load_lexical(path, current.passages, None)
     lexical.add(p.embedding_text() for p in passages)
@@ -251,7 +262,11 @@ def read_manifest(path: Path) -> dict:
     manifest_path = Path(path) / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not Path(path).is_dir():
+            what = "no such folder" if not Path(path).exists() else "not a folder"
+            raise IndexCorruptError(f"no index at {path} ({what}); build one with "
+                                    f"`tritonrag index --corpus ... --out {path}`") from exc
         raise IndexCorruptError(f"no index at {path} (missing {MANIFEST}); build one with `tritonrag index`") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexCorruptError(f"index manifest {manifest_path} is damaged: {exc}") from exc

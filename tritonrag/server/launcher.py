@@ -60,7 +60,10 @@ class ServerSettings:
     embedder: str = model_sources.DEFAULT_EMBEDDER
     generator: str = model_sources.DEFAULT_GENERATOR
     corpus: list[str] = field(default_factory=lambda: ["pydoc"])
-    index: Path | None = None  # an existing index folder; built from `corpus` when None
+    index: Path | None = None  # an existing index folder; the cached one built from `corpus` when None
+    # With `index`: build it from `corpus` where no folder (or an empty one) is there yet
+    # (`serve --build-index`); an existing index is never replaced.
+    build_index: bool = False
     tritonserver: str | None = None
     backend_dir: str | None = None
     extra_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -156,19 +159,36 @@ def default_index_path(corpus: list[str], embedder: str) -> Path:
     return model_sources.cache_dir() / "indexes" / name
 
 
-def ensure_index(corpus: list[str], embedder: str, path: Path | None = None, progress: bool = True) -> Path:
-    """The index for (corpus, embedder): reused when sound, else built (or rebuilt) and cached.
+def ensure_index(corpus: list[str], embedder: str, path: Path | None = None, progress: bool = True,
+                 build: bool = False) -> Path:
+    """The index to serve: the given folder, checked, or the cached one for (corpus, embedder).
 
-    An index made by another embedder is an error, not a rebuild: it may be a
-    user's only copy of a large corpus.
+    A given `path` is the user's index: a missing, damaged or mistyped one is an error
+    (IndexProblem), never built or rebuilt from `corpus` over the user's data (`tritonrag
+    index` builds one); only with `build` is it built from `corpus` where no folder, or an
+    empty one, is there yet. The cached index under the cache dir is the package's own:
+    reused when sound, else built (or rebuilt). An index made by another embedder is an
+    error either way, not a rebuild: it may be a user's only copy of a large corpus.
     """
-    path = Path(path) if path is not None else default_index_path(corpus, embedder)
+    if path is not None:
+        path = Path(path)
+        if build and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
+            _build_index(corpus, embedder, path, progress)
+        else:
+            load_index(path, embedder=model_sources.model_name(embedder))
+        return path
+    path = default_index_path(corpus, embedder)
     try:
         load_index(path, embedder=model_sources.model_name(embedder))
         return path
     except IndexCorruptError as exc:
         if path.exists():
             log.warning("rebuilding the index: %s", exc)
+    _build_index(corpus, embedder, path, progress)
+    return path
+
+
+def _build_index(corpus: list[str], embedder: str, path: Path, progress: bool) -> None:
     import torch
 
     from tritonrag.models.embedding import Embedder
@@ -178,7 +198,6 @@ def ensure_index(corpus: list[str], embedder: str, path: Path | None = None, pro
     encoder = Embedder(embedder, device=device)
     build_index(path, load_corpora(corpus), encoder.embed_passages, embedder=model_sources.model_name(embedder),
                 progress=progress)
-    return path
 
 
 def server_environment() -> dict[str, str]:
@@ -234,7 +253,7 @@ class TritonServer:
         s = self.settings
         self.admin_key = s.admin_key or secrets.token_urlsafe(24)
         admin_options = restricted_api_options(s.open_apis, self.admin_key)  # checked before the slow part
-        self.index_path = ensure_index(s.corpus, s.embedder, s.index)
+        self.index_path = ensure_index(s.corpus, s.embedder, s.index, build=s.build_index)
         overrides: dict[str, dict[str, str]] = {
             "embedder": {"embedder_model": s.embedder},
             "retriever": {"embedder_model": s.embedder, "index_path": str(self.index_path)},
