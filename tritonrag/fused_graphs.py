@@ -24,6 +24,7 @@ import threading
 from collections import OrderedDict
 
 from . import fused_topk
+from .metric import Metric
 
 MAX_GRAPHS = 64   # (batch, k) shapes kept per corpus; the served batcher gives batch 1..32
 
@@ -37,28 +38,29 @@ class FusedSearcher:
 
     def __init__(self, torch, corpus, metric: str, norms=None, graphs: bool = True,
                  max_graphs: int = MAX_GRAPHS):
-        self.torch, self.corpus, self.metric, self.norms = torch, corpus, metric, norms
+        self.torch, self.corpus, self.metric, self.norms = torch, corpus, Metric.of(metric), norms
         self.graphs = graphs and corpus.device.type == "cuda" and not fused_topk._kernels().interpreted
         self.max_graphs = max_graphs
-        self._captured: OrderedDict = OrderedDict()   # (batch, k) -> (graph, q, rows_host, scores_host)
+        self._captured: OrderedDict = OrderedDict()   # (batch, k, floors) -> (graph, q, rows_host, scores_host)
         self._pool = None
         self._lock = threading.Lock()
 
-    def _run(self, q, k: int):
+    def _run(self, q, k: int, floors: bool = False):
         """All the device work of one search: rows and scores [B, k] on the device."""
         torch = self.torch
-        if self.metric == "cosine":
+        if self.metric.normalised:
             q = torch.nn.functional.normalize(q, dim=1, eps=1e-12)
-        q_norms = (q * q).sum(dim=1, keepdim=True) if self.metric == "l2" else None
-        keys = fused_topk.topk_keys(torch, self.corpus, q, k, self.metric, self.norms)
+        q_norms = (q * q).sum(dim=1, keepdim=True) if self.metric.needs_norms else None
+        keys = fused_topk.topk_keys(torch, self.corpus, q, k, self.metric, self.norms, floor=floors)
         return fused_topk.decode_keys(torch, keys, self.metric, q_norms)
 
-    def search(self, queries, k: int):
+    def search(self, queries, k: int, floors: bool = False):
+        """`floors`: the sampled floors on or off, as `search_path.route` decided."""
         if not self.graphs:
-            rows, scores = self._run(queries, k)
+            rows, scores = self._run(queries, k, floors)
             return rows.cpu().numpy(), scores.cpu().numpy()
         torch = self.torch
-        shape = (int(queries.shape[0]), int(k))
+        shape = (int(queries.shape[0]), int(k), bool(floors))
         with self._lock, torch.cuda.device(self.corpus.device):
             entry = self._captured.get(shape)
             if entry is None:
@@ -73,14 +75,14 @@ class FusedSearcher:
             torch.cuda.current_stream().synchronize()
             return rows_host.numpy().copy(), scores_host.numpy().copy()
 
-    def _capture(self, batch: int, k: int):
+    def _capture(self, batch: int, k: int, floors: bool):
         torch = self.torch
         device = self.corpus.device
         q = torch.zeros((batch, self.corpus.shape[1]), dtype=torch.float32, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # compiles the kernels outside the capture
-            self._run(q, k)
+            self._run(q, k, floors)
         torch.cuda.current_stream().wait_stream(side)
         rows_host = torch.empty((batch, k), dtype=torch.int64, pin_memory=True)
         scores_host = torch.empty((batch, k), dtype=torch.float32, pin_memory=True)
@@ -88,11 +90,11 @@ class FusedSearcher:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            rows, scores = self._run(q, k)
+            rows, scores = self._run(q, k, floors)
             rows_host.copy_(rows, non_blocking=True)
             scores_host.copy_(scores, non_blocking=True)
         entry = (graph, q, rows_host, scores_host)
-        self._captured[(batch, k)] = entry
+        self._captured[(batch, k, floors)] = entry
         while len(self._captured) > self.max_graphs:
             self._captured.popitem(last=False)
         return entry

@@ -2,7 +2,7 @@
 
 Each program: one tile of BLOCK_N corpus rows x one block of BLOCK_B queries; scores in
 registers (fp32), then K passes of "max over the tile's rows, mask the winner" write the
-tile's best K per query as 64-bit keys, `tritonrag.torch_search.score_keys`: signed int32
+tile's best K per query as 64-bit keys, `tritonrag.topk.torch_keys`: signed int32
 in float order high, MAX_INDEX - row low (the lowest row of equal scores is taken first).
 `merge_runs` then keeps the best K of each chunk of those runs of K keys, applied until one
 chunk is left per query, and `decode_keys` turns the last keys into rows and the metric's scores.
@@ -11,7 +11,7 @@ chunk is left per query, and `decode_keys` turns the last keys into rows and the
 import triton
 import triton.language as tl
 
-MAX_INDEX = tl.constexpr(0xFFFFFFFF)
+MAX_INDEX = tl.constexpr(0xFFFFFFFF)  # mirror of `tritonrag.topk.MAX_INDEX` (asserted equal by a test)
 EMPTY_KEY = tl.constexpr(-9223372036854775808)
 
 
@@ -240,7 +240,7 @@ def merge_runs(in_ptr, out_ptr, n_runs, in_stride, out_stride, K: tl.constexpr, 
 def decode_keys(keys_ptr, q_norms_ptr, rows_ptr, scores_ptr, k, keys_stride, MODE: tl.constexpr,
                 BLOCK_K: tl.constexpr):
     """Grid (queries,): a query's k keys -> corpus rows (int64) and reported scores (fp32), the
-    same fp32 operations as the host's `decode_score_keys` + `to_scores`. MODE 0: the value
+    same fp32 operations as the host's `topk.decode_keys` + `Metric.to_scores`. MODE (`Metric.mode`) 0: the value
     itself (ip, cosine); 1: squared L2, max(|q|^2 - (2 q.x - |x|^2), 0); 2: L1, -value."""
     q = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK_K)

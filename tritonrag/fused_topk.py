@@ -29,8 +29,10 @@ import functools
 import os
 from typing import NamedTuple
 
+from .metric import Metric
+from .topk import MAX_INDEX  # noqa: F401  (the key format of the kernels' keys)
+
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
-MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.topk`: a key's low word is MAX_INDEX - row
 MAX_QUERY_BLOCK = 32        # queries per program; more queries: more query blocks per tile
 # Sorted runs (one a tile) per merge program. A program's k steps each reduce over its runs'
 # heads, so fewer runs a program is more programs and shorter steps: whole-search wall (one
@@ -53,8 +55,6 @@ K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 # (perf/results/2026-12-04_NVIDIA-H200_retrieval_s16-floors.json). Sampling every 16th, 32nd or
 # 64th tile made no measured difference at 1M x 32 (0.705 / 0.711 / 0.708 ms, events).
 FLOOR_STEP = 32
-FLOOR_MIN_QUERY_BLOCK = 32
-FLOOR_MIN_ROWS = 1_000_000
 
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
 # "dot" covers ip/cosine/l2 (l2 has its own shape at 32: events of topk_keys in perf/results/
@@ -135,32 +135,28 @@ def _words_fit(torch, corpus, block_b: int) -> bool:
 def query_block(batch: int, metric: str) -> int:
     """Queries per program: tl.dot needs >= 16 columns; L1 uses the batch's power of two."""
     b = min(MAX_QUERY_BLOCK, _pow2(batch))
-    return max(16, b) if metric != "l1" else b
+    return max(16, b) if Metric.of(metric).uses_dot else b
 
 
 def tiles_for(metric: str, block_b: int) -> tuple:
     """The metric's own shape where it has one (l2 at 32), else its kind's: "l1" or "dot"."""
     if (metric, block_b) in TILES:
         return TILES[(metric, block_b)]
-    return TILES[("l1" if metric == "l1" else "dot", block_b)]
-
-
-def floor_wanted(metric: str, rows: int, block_b: int) -> bool:
-    """Whether a fused search scores a sample of tiles first for per-query floors (ip/cosine/l2)."""
-    return metric != "l1" and block_b >= FLOOR_MIN_QUERY_BLOCK and rows >= FLOOR_MIN_ROWS
+    return TILES[("dot" if Metric.of(metric).uses_dot else "l1", block_b)]
 
 
 def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None,
-              floor: bool | None = None, floor_step: int | None = None):
+              floor: bool = False, floor_step: int | None = None):
     """[B, k] int64 keys (best first) of the top-k corpus rows for each query.
 
     corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
     [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
-    floor / floor_step: the sampled floors of ip/cosine/l2 searches on or off, and every how
-    many tiles one is sampled (None: `floor_wanted`, FLOOR_STEP).
+    floor / floor_step: the sampled floors of ip/cosine/l2 searches on or off (decided by
+    `search_path.route`), and every how many tiles one is sampled (None: FLOOR_STEP).
     """
     kernels = _kernels()
     interpreted = kernels.interpreted
+    metric = Metric.of(metric)
     n, dim = corpus.shape
     batch = queries.shape[0]
     k = min(int(k), n)
@@ -168,7 +164,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         raise ValueError(f"fused top-k takes 1 <= k <= {MAX_FUSED_K}, got {k}")
     passes = next(s for s in K_STEPS if s >= k)
     block_b = query_block(batch, metric)
-    words = metric == "l1" and tiles is None and half_l1 is None and _words_fit(torch, corpus, block_b)
+    words = not metric.uses_dot and tiles is None and half_l1 is None and _words_fit(torch, corpus, block_b)
     tiles = L1_WORD_TILES[block_b] if words else (tiles or tiles_for(metric, block_b))
     block_n, block_d, warps, stages = tiles[:4]
     block_n = max(block_n, _pow2(passes))
@@ -183,7 +179,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         kernels.l1_words[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
                                DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                                BF16=corpus.dtype == torch.bfloat16, **extra)
-    elif metric == "l1":
+    elif not metric.uses_dot:
         half = half_l1 if half_l1 is not None else (tiles[4] if len(tiles) > 4 else 0)
         half = half if corpus.dtype == torch.float16 else 0  # fp16 sums only over an fp16 corpus
         q = queries.to(torch.float16 if half else torch.float32).contiguous()
@@ -207,7 +203,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
                 HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, HAS_FLOOR=floors is not None,
                 **extra)
 
-        if floor if floor is not None else floor_wanted(metric, n, block_b):
+        if floor:
             # the k-th best of every step-th tile bounds each query's k-th best from below
             step = floor_step if floor_step is not None else FLOOR_STEP
             sample_tiles = -(-n_tiles // step)
@@ -236,46 +232,14 @@ def merge_runs(torch, keys, k: int):
         keys = out
 
 
-_DECODE_MODES = {"ip": 0, "cosine": 0, "l2": 1, "l1": 2}
-
-
 def decode_keys(torch, keys, metric: str, q_norms=None):
     """(rows int64 [B, k], scores fp32 [B, k]) of `topk_keys`' keys on their device: what the
-    host's `torch_search.decode_score_keys` and the searches' score conversion give (l2 needs
+    host's `topk.decode_keys` and `Metric.to_scores` give (l2 needs
     |q|^2 [B, 1] fp32), as one launch, so a CUDA graph can end in host-ready results."""
     batch, k = keys.shape
     rows = torch.empty((batch, k), dtype=torch.int64, device=keys.device)
     scores = torch.empty((batch, k), dtype=torch.float32, device=keys.device)
     norms = q_norms.reshape(-1).contiguous() if q_norms is not None else scores
-    _kernels().decode_keys[(batch,)](keys, norms, rows, scores, k, keys.stride(0), MODE=_DECODE_MODES[metric],
+    _kernels().decode_keys[(batch,)](keys, norms, rows, scores, k, keys.stride(0), MODE=Metric.of(metric).mode,
                                      BLOCK_K=_pow2(k))
     return rows, scores
-
-
-# "auto": where the fused search measured faster on the H100, end to end (perf/results/2026-11-25_
-# NVIDIA-H100-80GB-HBM3_retrieval_s13-final.json, with the merge of chunks of keys that `merge_runs` replaced): L1 always (1M
-# rows: 0.86 / 1.32 / 2.97 ms against 2.10 / 2.46 / 4.79 at batch 1 / 8 / 32); ip/cosine/l2
-# from AUTO_MIN_ROWS rows (1M and 10M, batch 1 / 8 / 32: 3-26 % faster in 17 of 18 cells, equal
-# for l2 at 1M x 32; the run before it, `2026-11-24_..._s13-final-synced`: 7-24 % faster in 17,
-# 6 % slower for l2 at 1M x 1) or past 16 queries (measured with the torch.topk merge; corpora
-# under 1M rows not measured since).
-AUTO_MIN_ROWS = 1_000_000
-AUTO_MIN_BATCH = 17
-KERNELS = ("auto", "fused", "cublas")
-
-
-def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool, rows: int = 0,
-           batch: int = 1) -> bool:
-    """Whether a search runs fused: `kernel` is the `search_kernel` setting (auto/fused/cublas)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"search kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "cublas" or streamed or not 0 < k <= MAX_FUSED_K:
-        return False
-    if kernel == "auto" and metric != "l1" and rows < AUTO_MIN_ROWS and batch < AUTO_MIN_BATCH:
-        return False
-    if device_type == "cpu" and kernel == "fused":  # the interpreter (tests) only
-        try:
-            return _kernels().interpreted
-        except ImportError:
-            return False
-    return available(device_type)

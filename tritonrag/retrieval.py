@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .fused_topk import KERNELS
+from .search_path import KERNELS
 from .hybrid import FUSIONS, HybridConfig, HybridSearch
 from .index import Index, load_lexical
 from .lexical import TokenizerConfig
