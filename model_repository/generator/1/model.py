@@ -22,7 +22,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrag.engine_link import EngineClient, find_engines
+from tritonrag.engine_link import EngineClient, Failed, find_engines
 from tritonrag.fanout import gather_rows
 from tritonrag.limits import RequestError, check_range, decode_question
 from tritonrag.params import model_param
@@ -78,12 +78,11 @@ class TritonPythonModel:
 
     def _respond(self, sender, answers) -> None:
         """Link thread: every row answered; queue the request's one response."""
-        failed = next((a for a in answers if a[0] == "error"), None)
+        failed = next((a for a in answers if isinstance(a, Failed)), None)
         if failed is not None:
-            _, _, code, message = failed
-            response = error_response(message, self.codes.get(code, pb_utils.TritonError.INTERNAL))
+            response = error_response(failed.message, self.codes.get(failed.code, pb_utils.TritonError.INTERNAL))
         else:
-            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a[2]] for a in answers])])
+            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a.answer] for a in answers])])
         self.outbox.put((sender, response))
 
     def _send_loop(self) -> None:

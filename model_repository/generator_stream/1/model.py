@@ -10,7 +10,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrag.engine_link import EngineServer, engine_address
+from tritonrag.engine_link import Done, EngineServer, Failed, engine_address
 from tritonrag.generation import EngineSettings, Generator, OverloadedError
 from tritonrag.limits import RequestError, check_range, decode_question
 from tritonrag.model_sources import DEFAULT_GENERATOR
@@ -106,31 +106,31 @@ class TritonPythonModel:
 
     def _answer_row(self, ask, reply, handle):
         """One forwarded row, answered whole (link thread; the engine thread replies)."""
-        _, rid, question, passages, max_tokens = ask
+        rid = ask.rid
         try:
             generation = self.generator.prepare(
-                question, passages, check_range("max_tokens", max_tokens, self.limits.default_max_tokens,
-                                                self.limits.max_max_tokens))
+                ask.question, ask.passages, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
+                                                        self.limits.max_max_tokens))
         except RequestError as exc:
-            reply(("error", rid, "INVALID_ARG", str(exc)))
+            reply(Failed(rid, "INVALID_ARG", str(exc)))
             return
 
         def on_text(piece, finished, seq):
             if not finished:
                 return
             if seq.finish_reason == "error":
-                reply(("error", rid, "INTERNAL", f"internal error: {seq.error}"))
+                reply(Failed(rid, "INTERNAL", f"internal error: {seq.error}"))
             elif seq.finish_reason == "cancelled":
-                reply(("error", rid, "UNAVAILABLE", "cancelled"))
+                reply(Failed(rid, "UNAVAILABLE", "cancelled"))
             else:
-                reply(("done", rid, self.generator.answer(seq)))
+                reply(Done(rid, self.generator.answer(seq)))
 
         try:
             handle.append(self.generator.submit(generation, on_text, stream=False))
         except OverloadedError as exc:
-            reply(("error", rid, "UNAVAILABLE", str(exc)))
+            reply(Failed(rid, "UNAVAILABLE", str(exc)))
         except RequestError as exc:
-            reply(("error", rid, "INVALID_ARG", str(exc)))
+            reply(Failed(rid, "INVALID_ARG", str(exc)))
 
     def finalize(self):
         self.link.close()
