@@ -12,7 +12,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corpus import Passage, Question
 from .storage import atomic_write_text
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "tr", "st", "qu"]
@@ -42,12 +41,6 @@ class Fact:
     passage: str
     question: str
     answer: str
-
-    def as_passage(self) -> Passage:
-        return Passage(self.id, "", self.passage)
-
-    def as_question(self) -> Question:
-        return Question(self.question, self.id, (self.answer,))
 
 
 def _name(rng: random.Random, syllables: int) -> str:
