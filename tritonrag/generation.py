@@ -20,7 +20,7 @@ from .engine import ContinuousBatcher, DecodeEngine
 from .engine import Sequence as EngineSequence
 from .engine.scheduler import SequenceError
 from .engine.text import IncrementalText
-from .limits import RequestError
+from .limits import Limits, RequestError
 from .prompting import SYSTEM_PROMPT, render_prompt
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ class GenerationRequest:
 class EngineSettings:
     """Sizes of the decode engine (config.pbtxt parameters of the generator)."""
     max_running: int = 8            # KV-cache slots: sequences decoded at once
-    max_new_tokens: int = 512       # with max_prompt_tokens, the positions of one slot
+    # the most new tokens a request may ask: the config's `max_max_tokens` (the request limit of
+    # `tritonrag.limits.Limits`), so one KV slot holds max_prompt_tokens + max_new_tokens positions
+    max_new_tokens: int = Limits.max_max_tokens
     max_tokens_in_flight: int = 0   # reserved prompt + max_tokens over the running batch (0: no bound)
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
     cuda_graphs: bool = True
@@ -60,7 +62,7 @@ class EngineSettings:
         defaults = cls()
         values = {name: model_param(config, name, getattr(defaults, name)) for name in defaults.__dataclass_fields__
                   if name != "max_new_tokens"}
-        values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)
+        values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)  # the slot size
         if values["max_running"] <= 0:
             values["max_running"] = 256 if device.startswith("cuda") else 8
         if values["max_waiting"] <= 0:
