@@ -2,16 +2,12 @@
 
 A fused search is several launches from Python (the query's cast and normalisation, the tile
 kernel, one or two merges, the decoding of the keys, the copies to the host). Launched one by
-one they took 80-340 us of host time on the H100 host, and the GPU waited for the first of
-them; replayed as one graph, the whole search of 1M x 1024 rows went from 0.84 to 0.80 ms at
-batch 32 and from 0.78 to 0.72 ms at batch 8
-(perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json).
+one their host time is of the order of the GPU work, and the GPU waits for the first of them;
+replayed as one graph the host pays one launch (docs/decisions/0050-fused-topk-kernels.md).
 
 The graph ends in the results the caller returns, rows and scores in pinned host memory, so
-the host has nothing left to do after the wait. With the keys decoded and the scores converted
-on the host, ExactSearch took 977 us wall at 1M x 32 (ip) around a 761 us graph replay; with
-`fused_topk.decode_keys` in the graph, 804 us around 762 (H100 host,
-perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s15-host.json).
+the host has nothing left to do after the wait: decoding keys and converting scores on the host
+would add a large share of the replay's time to every search.
 
 The graphs of one searcher share a memory pool: they run one at a time (a lock), so one search's
 temporaries (the tiles' candidates) can take the memory another left. Results are copied out of
@@ -69,8 +65,8 @@ class FusedSearcher:
                 self._captured.move_to_end(shape)
             graph, q, rows_host, scores_host = entry
             q.copy_(queries)
-            # A graph kernel reading the queries from an address written into pinned memory saves
-            # this launch (17-21 us wall) but took 12 us on the GPU (`..._s15-kernels.json`, gather).
+            # one copy into the graph's query buffer; a gather kernel inside the graph reading
+            # the queries from pinned memory would save this launch but costs more on the GPU
             graph.replay()
             torch.cuda.current_stream().synchronize()
             return rows_host.numpy().copy(), scores_host.numpy().copy()

@@ -90,7 +90,7 @@ def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K:
 
 
 # n_queries and out_stride change with every batch size and k: specialising on them (value 1,
-# divisible by 16) compiled a new kernel for most (batch, k) pairs, ~1-3 s each on the H100 host
+# divisible by 16) compiled a new kernel, seconds each, for most (batch, k) pairs
 @triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks", "floor_stride", "floor_at"])
 def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride, q_blocks,
              tile_step, floor_ptr, floor_stride, floor_at,
@@ -169,7 +169,7 @@ def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_st
 @triton.jit
 def _half_words(w, j: tl.constexpr, BF16: tl.constexpr):
     """The j-th 16-bit value of int64 words w (fp16 or bf16 bits) as fp32, by integer ops: as
-    fast as an inline-asm unpack on the H100 (`..._s14-probe5.json`) and the interpreter runs it."""
+    fast as an inline-asm unpack, and the interpreter runs it."""
     bits = (w >> (16 * j)) & 0xFFFF
     if BF16:
         return (bits << 16).to(tl.int32).to(tl.float32, bitcast=True)
@@ -216,8 +216,7 @@ def merge_runs(in_ptr, out_ptr, n_runs, in_stride, out_stride, K: tl.constexpr, 
     query's keys, which come in runs of K sorted best first (a tile's emit, a merge's output),
     to out[q, c*K ...]. K steps over the runs' heads, each taking the best head and moving that
     run on (keys name their rows, so they are unique but EMPTY_KEY), where a step over all
-    RUNS * K keys did K times the work (`perf/results/..._s14-probe.json`: 0.04-0.10 ms against
-    0.06-0.11 ms at 1M-10M rows by events, which at this size mostly time the launches)."""
+    RUNS * K keys would do K times the work."""
     q = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     runs = chunk * RUNS + tl.arange(0, RUNS)

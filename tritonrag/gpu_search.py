@@ -25,7 +25,7 @@ CUBLAS_GEMM_DEFAULT = -1
 _CUDA_TYPES = {"float16": CUDA_R_16F, "bfloat16": CUDA_R_16BF, "float32": CUDA_R_32F}
 _NUMPY_TYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
 MAX_KERNEL_K = search_path.MAX_KERNEL_K  # larger k: threshold + lexsort (`tritonrag.topk.top_k_rows`)
-DEFAULT_SCORE_BYTES = 128 << 20  # H100, 1M x 1024, batch 32: 1.59 ms vs 2.06 ms with 32 MB slices
+DEFAULT_SCORE_BYTES = 128 << 20  # fewer, larger slices: fewer top-k launches (docs/decisions/0051-cuda-partial-topk.md)
 CONVERT_ROWS = 1 << 16      # rows converted to the storage dtype per step while loading
 TOPK_BLOCKS_PER_SM = 8      # partial top-k blocks per SM over the batch (fewer: a partial last wave)
 
@@ -178,10 +178,9 @@ class GpuSearch:
     def _search_fused(self, queries, k: int, floors: bool):
         """Scores and top-k in one Triton kernel per tile (`tritonrag.fused_topk`), via DLPack views.
 
-        The queries' own work (cast, cosine normalisation, l2 norms) is torch's here: on the
-        H100 host the CuPy reductions it replaces cost 0.6-0.7 ms a search at 10M rows, batch 32
-        (cosine/l2 against ip, perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13.json).
-        All of it is replayed from one CUDA graph per (batch, k): `tritonrag.fused_graphs`."""
+        The queries' own work (cast, cosine normalisation, l2 norms) is torch's here, not CuPy's:
+        CuPy's reductions are separate launches outside the graph and cost a large share of a
+        search. All of it is replayed from one CUDA graph per (batch, k): `tritonrag.fused_graphs`."""
         import torch
 
         if self._fused is None:
@@ -269,7 +268,7 @@ class GpuSearch:
         handle = device.get_cublas_handle()
         # CuPy sets the handle's stream only in its own calls: without this the streamed path's
         # products ran on whichever stream CuPy used last. (CuPy refuses cuBLAS calls during a
-        # stream capture, so this search cannot be a CUDA graph: tried on the H100, call 4.)
+        # stream capture, so this search cannot be a CUDA graph.)
         cublas.setStream(handle, self.cp.cuda.get_current_stream().ptr)
         cublas.gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
                       self.dimension, self._alpha.ctypes.data, block.data.ptr, kind, self.dimension,
