@@ -1,8 +1,8 @@
 """Top-k fused with the scoring: Triton-language kernels that read the corpus once.
 
 The cuBLAS path writes a [B, rows] fp32 score block and reads it back for the top-k, a
-round trip through memory as large as the product's own traffic at large batches. Here each program scores one tile of corpus rows against a block of
-queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps only the
+round trip through memory as large as the product's own traffic at large batches. Here
+each program scores one tile of corpus rows against a block of queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps only the
 tile's best k per query: k passes of "max, lowest row of the max, mask it" over the scores
 in registers, written as the 64-bit keys of `tritonrag.topk` (int64 view), so the lowest
 index wins ties and a key names its row.
