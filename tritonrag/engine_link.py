@@ -1,13 +1,10 @@
 """A local socket between the `generator` forwarder and the decode engine's model.
 
 `rag_ensemble` needs a non-decoupled generator, streaming clients a decoupled one, and
-both must share one engine (one GPU batch). Triton's BLS would connect them, but on the
-H100 host Triton 2.51's Python backend stub segfaults in its own threads under many
-concurrent decoupled BLS streams (faulthandler: every Python thread blocked in
-`InferenceRequest.exec(decoupled=True)` or `async_exec`, the fault in a thread with no
-Python frame; 60-130 streams per stub, within a minute at 60 requests/s). So the
-engine's model also listens on a Unix socket in a private folder and answers whole
-questions there; the forwarder sends each row over it. Errors come back per row,
+both must share one engine (one GPU batch). Triton's BLS would connect them, but Triton
+2.51's Python backend stub crashes in its own threads under many concurrent decoupled BLS
+streams (docs/decisions/0055-serving-glue-choices.md). So the engine's model also listens
+on a Unix socket in a private folder and answers whole questions there; the forwarder sends each row over it. Errors come back per row,
 and a dead engine fails its rows at once instead of leaving them hanging.
 
 Wire format: pickled messages over `multiprocessing.connection` (length-prefixed), each a

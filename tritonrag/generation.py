@@ -88,9 +88,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 def cpu_dtype(setting: str, cpuinfo: str | None = None) -> str:
     """The generator's CPU dtype for the `cpu_dtype` parameter: "auto" is bfloat16 on a CPU with
-    native bf16 (2-core AMD EPYC with AVX512-BF16: 24 synthetic-fact answers in 8.1 s against 15.6
-    in float32, 21/24 right in both; prefill of 520 tokens 0.45 vs 0.83 s, a decode step 33 vs 54 ms
-    alone and 106 vs 162 ms at batch 32), float32 elsewhere."""
+    native bf16 dot products (about twice as fast, the same answers:
+    docs/decisions/0054-decode-engine-kernels.md), float32 elsewhere."""
     if setting not in ("auto", "bfloat16", "float32"):
         raise ValueError(f"cpu_dtype must be auto, bfloat16 or float32, not {setting!r}")
     if setting == "auto":

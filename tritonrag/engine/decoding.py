@@ -11,7 +11,7 @@ output matmuls); `compile=True` also lets torch.compile fuse the rest before cap
 Attention is grouped-query-aware without copying: a decode step's query heads are
 viewed as `[B, kv_heads, group, head_dim]`, i.e. the `group` query heads that share a
 KV head become that head's `group` query rows, so attention reads each cached KV head
-once, in place (no repeat_kv expansion, which was 56 % of HF's GPU time at batch 128).
+once, in place (no repeat_kv expansion, a large share of HF's GPU time at large batches).
 `attention="triton"` (the default on CUDA when triton is importable) runs the split-KV
 kernel of `flash_decode`: each row's keys are read only up to its own length, in chunks
 spread over the whole GPU, with no additive mask over the length bucket. `"sdpa"` is the
@@ -102,8 +102,8 @@ class DecodeEngine:
         self._sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
             if self.device.type == "cuda" else 1
         if compile and self.device.type == "cuda":
-            # the per-layer pieces, not the whole 28-layer step (that took > 4 min to compile on
-            # an H100 host); all layers share one compiled graph, the cache store and attention
+            # the per-layer pieces, not the whole 28-layer step (that takes minutes to compile);
+            # all layers share one compiled graph, the cache store and attention
             # stay outside so the compiler never copies a cache it would have to functionalise
             self._qkv_part = torch.compile(self._qkv_part, dynamic=True)
             self._mlp_part = torch.compile(self._mlp_part, dynamic=True)
@@ -139,9 +139,8 @@ class DecodeEngine:
     def warm_prefill(self) -> None:
         """Prefill a few dummy prompts at load, into free cache rows, so that the first requests do
         not pay for the Triton kernels' compilation (one per divisibility-by-16 case of the prompt
-        width and token count) or the lazy loading of the GEMM kernels of large row counts. On the
-        H100 host the first requests after a start otherwise waited seconds (p90 4.1 s at
-        concurrency 64 through Triton, 1.1 s at the next point)."""
+        width and token count) or the lazy loading of the GEMM kernels of large row counts, which
+        would otherwise make the first requests after a start wait seconds."""
         import torch
 
         start = time.perf_counter()
@@ -202,7 +201,7 @@ class DecodeEngine:
                 att = att.transpose(1, 2).reshape(n * width, -1)
                 if index == final:
                     # only each prompt's last position reaches the logits: the last layer's output
-                    # projection and MLP over n rows instead of n * width (~3 % of a prefill)
+                    # projection and MLP over n rows instead of n * width
                     picked = torch.arange(n, device=self.device) * width + last
                     att, x = att[picked], x[picked]
                 if fused:
@@ -311,9 +310,9 @@ class DecodeEngine:
         compiles kernels and, for gemm="auto", times the options in CUDA graphs over all layers'
         weights, so the L2 cannot serve them as it would one layer's).
 
-        "auto" measures rather than trusting a fixed table: the table's configurations are the
-        H100's best (perf/results/2026-11-24_H100_skinny-gemm.json), and another GPU, or a cuBLAS
-        update, may rank them differently; it costs ~20-40 s of warm-up on the H100 (compiles included)."""
+        "auto" times the options rather than trusting a fixed table: the table's configurations
+        are one GPU's best, and another GPU, or a cuBLAS update, may rank them differently; it
+        costs tens of seconds of warm-up, compiles included (docs/decisions/0054-decode-engine-kernels.md)."""
         import torch
         import torch.nn.functional as F
 
