@@ -4,8 +4,8 @@
 both must share one engine (one GPU batch). Triton's BLS would connect them, but Triton
 2.51's Python backend stub crashes in its own threads under many concurrent decoupled BLS
 streams (docs/decisions/0055-serving-glue-choices.md). So the engine's model also listens
-on a Unix socket in a private folder and answers whole questions there; the forwarder sends each row over it. Errors come back per row,
-and a dead engine fails its rows at once instead of leaving them hanging.
+on a Unix socket in a private folder and answers whole questions there; the forwarder
+sends each row over it. Errors come back per row, and a dead engine fails its rows at once instead of leaving them hanging.
 
 Wire format: pickled messages over `multiprocessing.connection` (length-prefixed), each a
 NamedTuple whose first field names its kind:
