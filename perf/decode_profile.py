@@ -227,8 +227,8 @@ def main(argv=None):
     parser.add_argument("--sections", nargs="+", default=["attention", "variants", "profile", "prefill", "serving",
                                                          "gemm"])
     parser.add_argument("--variants", nargs="+",
-                        default=["sdpa", "triton", "triton+colmajor", "triton+compile", "sdpa+compile"],
-                        help="attention sdpa|triton|matmul, +compile (torch.compile), +colmajor (NN weights), "
+                        default=["sdpa", "triton", "triton+compile", "sdpa+compile"],
+                        help="attention sdpa|triton, +compile (torch.compile), "
                              "+skinny / +auto / +cublas (decode GEMMs: Triton, measured per bucket, cuBLAS)")
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--max-len", type=int, default=512)
@@ -294,7 +294,7 @@ def main(argv=None):
         start = time.perf_counter()
         gemm = next((g for g in ("cublas", "auto") if g in parts), "triton" if "skinny" in parts else "cublas")
         engine = DecodeEngine.from_hf(model, slots=slots, max_len=args.max_len, attention=parts[0], gemm=gemm,
-                                      compile="compile" in parts, transposed_weights="colmajor" in parts)
+                                      compile="compile" in parts)
         return engine, round(time.perf_counter() - start, 1)
 
     def variants():

@@ -257,8 +257,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50, help="decode steps timed per batch size")
     parser.add_argument("--variants", nargs="+", default=["auto", "sdpa"],
-                        help="decode-step variants: attention auto|triton|sdpa|matmul (auto: triton on CUDA), "
-                             "+compile for torch.compile before capture, +colmajor for column-major weights, "
+                        help="decode-step variants: attention auto|triton|sdpa (auto: triton on CUDA), "
+                             "+compile for torch.compile before capture, "
                              "+skinny / +auto for the decode step's GEMMs (Triton; the faster per bucket; default cuBLAS)")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
@@ -340,8 +340,7 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
     try:
         gemm = "triton" if "+skinny" in variant else "auto" if "+auto" in variant else "cublas"
         engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
-                                      compile="+compile" in variant, transposed_weights="+colmajor" in variant,
-                                      gemm=gemm)
+                                      compile="+compile" in variant, gemm=gemm)
     except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
         result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
         print(variant, "failed:", result["errors"][variant], flush=True)

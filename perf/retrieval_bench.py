@@ -8,8 +8,7 @@ L1) and CuPy (matmul + argpartition). Out of core: the corpus in pinned host mem
 a small GPU budget, against the host->GPU copy bandwidth of the same run. Long vectors:
 `long_distance` in GPU memory (fraction of peak HBM) and streamed from the host (fraction of
 host->GPU), with the speedup over NumPy on the host CPU. ``--torch-path N`` checks and times
-`TorchSearch` (GPU instances without CuPy); ``--topk-variant v2|v3a`` runs earlier top-k
-kernels for an A/B.
+`TorchSearch` (GPU instances without CuPy).
 
 CPU (``--device cpu``): the same search at small N against NumPy brute force (full argsort).
 
@@ -34,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tritonrag.retrieval.longvec import LONG_METRICS, long_distance  # noqa: E402
+from tritonrag.retrieval.search import routing as search_path  # noqa: E402
 from tritonrag.retrieval.search.exact import METRICS, ExactSearch  # noqa: E402
+from tritonrag.retrieval.search.topk import MAX_INDEX  # noqa: E402
 
 
 def log(*parts) -> None:
@@ -227,11 +228,11 @@ def gpu_profile(cp, n, dim, batches, k, peak) -> list[dict]:
         sf = torch.from_dlpack(scores)
         row["torch_topk_fp32_ms"] = event_ms(cp, lambda: torch.topk(sf, k, dim=1))
         for factor in (1, 4, 8, 16):
-            slots, threads = (16 if GpuSearch.topk_variant == "v2" else k), 256
+            slots, threads = k, 256
             nseg = max(1, math.ceil(factor * search.sms / batch))
             seg_len = math.ceil(n / nseg)
             cands = cp.zeros((batch, nseg * k), cp.uint64)
-            kern = cuda_kernels.topk_kernel(slots, threads, GpuSearch.topk_variant)
+            kern = cuda_kernels.topk_kernel(slots, threads)
             row[f"topk_kernel_x{factor}_ms"] = event_ms(cp, lambda: kern(
                 (nseg, batch), (threads,), (scores, scores, scores, np.float32(1), np.int32(0), np.int64(n),
                                             np.int64(n), np.int64(seg_len), np.uint32(0), np.int32(k), cands,
@@ -273,7 +274,6 @@ def floor_check(cp, n: int = 300_007, dim: int = 1024, device: str = "cuda") -> 
     base[n * 2 // 3:n * 2 // 3 + n // 600] = base[:n // 600]
     queries = torch.randn((40, dim), device=device, generator=gen)
     queries[1] = base[7]
-    saved = fused_topk.FLOOR_MIN_ROWS
     for order in ("random", "sorted"):
         corpus = base if order == "random" else base[torch.argsort(base @ queries[0])]
         for metric in ("ip", "cosine", "l2"):
@@ -290,14 +290,10 @@ def floor_check(cp, n: int = 300_007, dim: int = 1024, device: str = "cuda") -> 
                     row = dict(kind="floor_check", order=order, metric=metric, batch=batch, k=k,
                                same=all(same.values()), same_by_step=same)
                     if k == 10 and batch in (32, 40):
-                        fused_topk.FLOOR_MIN_ROWS = 0
-                        try:
-                            searcher = FusedSearcher(torch, xh, metric, norms)
-                            got_rows, _ = searcher.search(queries[:batch], k)  # raw queries: it normalises cosine
-                            got_rows, _ = searcher.search(queries[:batch], k)  # the replay
-                        finally:
-                            fused_topk.FLOOR_MIN_ROWS = saved
-                        want_rows = (fused_topk.MAX_INDEX - (want & fused_topk.MAX_INDEX)).cpu().numpy()
+                        searcher = FusedSearcher(torch, xh, metric, norms)
+                        got_rows, _ = searcher.search(queries[:batch], k, True)  # raw queries: it normalises cosine
+                        got_rows, _ = searcher.search(queries[:batch], k, True)  # the replay, floors on
+                        want_rows = (MAX_INDEX - (want & MAX_INDEX)).cpu().numpy()
                         row["graph_same"] = bool((got_rows == want_rows).all())
                     rows.append(row)
     bad = [r for r in rows if not r["same"] or not r.get("graph_same", True)]
@@ -389,7 +385,7 @@ def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
     import torch
 
     from tritonrag.retrieval.search.fused import launch as fused_topk
-    from tritonrag.retrieval.search.torch_search import decode_score_keys
+    from tritonrag.retrieval.search.topk import decode_keys
 
     rows = []
     corpus = random_corpus(cp, n, dim)
@@ -419,7 +415,7 @@ def fused_tune(cp, n, dim, batches, k, peak) -> list[dict]:
         for tile in l1_tiles:
             if tile[4]:
                 got = fused_topk.topk_keys(torch, xt, q, k, "l1", tiles=tile[:4], half_l1=tile[4])
-                (ref_i, ref_s), (got_i, got_s) = decode_score_keys(ref.cpu().numpy()), decode_score_keys(got.cpu().numpy())
+                (ref_i, ref_s, _), (got_i, got_s, _) = decode_keys(ref.cpu().numpy()), decode_keys(got.cpu().numpy())
                 same = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref_i, got_i)])
                 rows.append(dict(kind="fused_tune_l1_half_overlap", batch=batch, tile=list(tile), overlap=float(same),
                                  max_abs_diff=float(np.max(np.abs(got_s - ref_s))),
@@ -470,7 +466,8 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
             fused_topk.MERGE_RUNS = size
             row[f"merge_runs_{size}_ms"] = event_ms(cp, lambda: fused_topk.merge_runs(torch, cands, k))
         fused_topk.MERGE_RUNS = runs
-        row["topk_keys_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip"))
+        policy = search_path.floors("ip", n, batch)  # the floors as a search would take them
+        row["topk_keys_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip", floor=policy))
         # the sampled floors off and on (every `step`-th tile sampled), events, whatever the policy
         row["topk_keys_nofloor_ms"] = event_ms(cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip", floor=False))
         for step in (16, 32, 64):
@@ -478,12 +475,12 @@ def fused_profile(cp, n, dim, batches, k, peak) -> list[dict]:
                 cp, lambda: fused_topk.topk_keys(torch, xt, q, k, "ip", floor=True, floor_step=step))
         start = time.perf_counter()
         for _ in range(20):  # the host's side of a call: launches only (the GPU catches up after)
-            fused_topk.topk_keys(torch, xt, q, k, "ip")
+            fused_topk.topk_keys(torch, xt, q, k, "ip", floor=policy)
         row["topk_keys_host_us"] = (time.perf_counter() - start) / 20 * 1e6
         torch.cuda.synchronize()
-        row["topk_keys_wall_ms"] = gpu_time(lambda: fused_topk.topk_keys(torch, xt, q, k, "ip").cpu(), 20)
+        row["topk_keys_wall_ms"] = gpu_time(lambda: fused_topk.topk_keys(torch, xt, q, k, "ip", floor=policy).cpu(), 20)
         searcher = FusedSearcher(torch, xt, "ip")
-        row["graph_wall_ms"] = gpu_time(lambda: searcher.search(q, k), 20)  # the same work, one graph
+        row["graph_wall_ms"] = gpu_time(lambda: searcher.search(q, k, policy), 20)  # the same work, one graph
         search = ExactSearch(corpus, "ip", "cuda:0", dtype="float16", kernel="fused")
         qc = cp.from_dlpack(q)
         row["search_wall_ms"] = gpu_time(lambda: search.search(qc, k), 20)
@@ -568,20 +565,19 @@ def floors_off(search, off: bool):
     if not off:
         yield
         return
-    from tritonrag.retrieval.search.fused import launch as fused_topk
 
     def recapture():
         fused = getattr(search.gpu, "_fused", None)
         if fused is not None:
             fused._captured.clear()
 
-    saved = fused_topk.FLOOR_MIN_ROWS
-    fused_topk.FLOOR_MIN_ROWS = 1 << 62
+    saved = search_path.FLOOR_MIN_ROWS
+    search_path.FLOOR_MIN_ROWS = 1 << 62
     recapture()
     try:
         yield
     finally:
-        fused_topk.FLOOR_MIN_ROWS = saved
+        search_path.FLOOR_MIN_ROWS = saved
         recapture()
 
 
@@ -600,7 +596,7 @@ def gpu_sweep(cp, sizes, batches, metrics, dim, k, peak, repeat, baselines) -> l
                 reps = repeat if n <= 2_000_000 else max(3, repeat // 3)
                 # the same index object, each search kernel in turn: cuBLAS + CUDA top-k, fused Triton,
                 # and fused without the sampled floors where the policy takes them (an A/B in one run)
-                floors = fused_topk.floor_wanted(metric, n, fused_topk.query_block(batch, metric))
+                floors = search_path.floors(metric, n, batch)
                 impls = [("tritonrag", "cublas"), ("fused", "fused")] + ([("fused_nofloor", "fused")] if floors else [])
                 for impl, kernel in impls:
                     search.gpu.kernel = kernel
@@ -877,8 +873,6 @@ def main(argv=None) -> int:
     parser.add_argument("--ooc-budget-gb", type=float, default=4.0)
     parser.add_argument("--long", type=int, nargs="*", default=[], help="GPU: long-vector lengths")
     parser.add_argument("--long-budget-gb", type=float, default=1.0)
-    parser.add_argument("--topk-variant", choices=["v3", "v3a", "v2"], default="v3",
-                        help="GPU: top-k kernel (v3a: no block-shared threshold; v2: the previous one, 4 blocks/SM)")
     parser.add_argument("--torch-path", type=int, default=0, help="GPU: check and time TorchSearch at N rows")
     parser.add_argument("--fused-check", action="store_true", help="GPU: the fused kernels vs NumPy")
     parser.add_argument("--floor-check", action="store_true", help="GPU: fused keys with sampled floors vs without")
@@ -900,13 +894,6 @@ def main(argv=None) -> int:
                   device=device, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rows=[])
     if args.device == "cuda":
         import cupy as cp
-
-        from tritonrag.retrieval.search.cupy_search import GpuSearch
-
-        GpuSearch.topk_variant = args.topk_variant
-        if args.topk_variant == "v2":
-            GpuSearch.blocks_per_sm = 4
-        result["topk_variant"] = args.topk_variant
 
         result["peak_hbm_GBps"] = peak = peak_hbm(cp)
         result["h2d_GBps"] = h2d = host_to_device(cp)

@@ -8,7 +8,7 @@ import pytest
 import shutil
 import tempfile
 
-from tritonrag.serving.engine_link import EngineClient, EngineServer, engine_address, find_engines
+from tritonrag.serving.engine_link import Done, EngineClient, EngineServer, Failed, engine_address, find_engines
 from tritonrag.serving.fanout import gather_rows
 from tritonrag.serving.response_pump import ResponsePump
 
@@ -32,7 +32,7 @@ def _start_engine(address, delay_s=0.0, cancelled=None):
     def start(ask, reply, handle):
         _, rid, question, passages, max_tokens, temperature, top_p = ask
         if not question:
-            reply(("error", rid, "INVALID_ARG", "question is empty"))
+            reply(Failed(rid, "INVALID_ARG", "question is empty"))
             return
         stop = threading.Event()
         handle.append(stop)
@@ -40,7 +40,7 @@ def _start_engine(address, delay_s=0.0, cancelled=None):
         def work():
             if stop.wait(delay_s):
                 return                      # cancelled: the forwarder is gone
-            reply(("done", rid, f"{question.upper()}|{len(passages)}|{max_tokens}|{temperature}|{top_p}", "stop"))
+            reply(Done(rid, f"{question.upper()}|{len(passages)}|{max_tokens}|{temperature}|{top_p}", "stop"))
 
         threading.Thread(target=work, daemon=True).start()
 

@@ -19,7 +19,7 @@ CHECK = r"""
 import json, sys
 import numpy as np
 import torch
-from tritonrag.retrieval.search.fused import launch as fused_topk
+from tritonrag.retrieval.search import routing
 from tritonrag.retrieval.search.exact import ExactSearch
 from tritonrag.retrieval.search.torch_search import TorchSearch
 
@@ -48,7 +48,7 @@ found = []
 for metric in ("ip", "cosine", "l2"):
     searches = {"numpy": ExactSearch(corpus, metric),
                 "torch": TorchSearch(corpus, metric, device="cpu", dtype="float32", kernel="cublas")}
-    if fused_topk.wanted("fused", metric, 64, "cpu", False):   # the kernels, in triton's interpreter
+    if routing.route("fused", metric, 64, "cpu", False, rows, 32).path == "fused":   # triton's interpreter
         searches["fused"] = TorchSearch(corpus, metric, device="cpu", dtype="float32", kernel="fused")
     for name, search in searches.items():
         indices, scores = search.search(queries, 64)

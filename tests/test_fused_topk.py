@@ -30,8 +30,15 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _saved
 
+from tritonrag.retrieval.search import routing as search_path  # noqa: E402
 from tritonrag.retrieval.search.exact import ExactSearch  # noqa: E402
-from tritonrag.retrieval.search.torch_search import TorchSearch, decode_score_keys  # noqa: E402
+from tritonrag.retrieval.search.torch_search import TorchSearch  # noqa: E402
+from tritonrag.retrieval.search.topk import decode_keys  # noqa: E402
+
+
+def decode_score_keys(keys):
+    """(indices, values) of int64 keys: the first two of `topk.decode_keys`."""
+    return decode_keys(keys)[:2]
 
 
 @pytest.fixture(autouse=True)
@@ -166,11 +173,11 @@ def test_floors_leave_most_pass_slots_of_a_tile_empty():
 def test_floors_are_taken_for_large_corpora_and_full_query_blocks():
     """Batches of 17 and more (query blocks of 32) over 1M rows and more: where they measured faster."""
     block = fused_topk.query_block
-    assert fused_topk.floor_wanted("ip", fused_topk.FLOOR_MIN_ROWS, block(17, "ip"))
-    assert fused_topk.floor_wanted("l2", 10 * fused_topk.FLOOR_MIN_ROWS, block(40, "l2"))
-    assert not fused_topk.floor_wanted("ip", fused_topk.FLOOR_MIN_ROWS, block(16, "ip"))
-    assert not fused_topk.floor_wanted("ip", fused_topk.FLOOR_MIN_ROWS - 1, block(32, "ip"))
-    assert not fused_topk.floor_wanted("l1", fused_topk.FLOOR_MIN_ROWS, block(32, "l1"))
+    assert search_path.floor_wanted("ip", search_path.FLOOR_MIN_ROWS, block(17, "ip"))
+    assert search_path.floor_wanted("l2", 10 * search_path.FLOOR_MIN_ROWS, block(40, "l2"))
+    assert not search_path.floor_wanted("ip", search_path.FLOOR_MIN_ROWS, block(16, "ip"))
+    assert not search_path.floor_wanted("ip", search_path.FLOOR_MIN_ROWS - 1, block(32, "ip"))
+    assert not search_path.floor_wanted("l1", search_path.FLOOR_MIN_ROWS, block(32, "l1"))
 
 
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2", "l1"])
@@ -208,7 +215,7 @@ def test_decode_keys_on_the_device_matches_the_host_decoding(k):
     values[0, :3] = [0.0, -0.0, -1e-30]
     rows = rng.integers(0, 2**32 - 1, (4, 16), dtype=np.int64)
     rows[1, 0] = 2**32 - 1
-    from tritonrag.retrieval.search.torch_search import score_keys
+    from tritonrag.retrieval.search.topk import torch_keys as score_keys
 
     keys = torch.sort(score_keys(torch, torch.from_numpy(values), 0), dim=1, descending=True).values
     keys = (keys & ~0xFFFFFFFF) | (0xFFFFFFFF - torch.from_numpy(rows))  # arbitrary rows in the low word
@@ -240,13 +247,13 @@ def test_torch_search_with_the_fused_kernel_equals_its_score_matrix_path(metric)
 
 
 def test_kernel_choice():
-    assert not fused_topk.wanted("auto", "ip", 10, "cpu", False)      # compiled kernels need CUDA
-    assert not fused_topk.wanted("fused", "ip", 10, "cuda", True)     # streamed: the chunked path
-    assert not fused_topk.wanted("fused", "ip", fused_topk.MAX_FUSED_K + 1, "cuda", False)
-    assert not fused_topk.wanted("cublas", "l1", 10, "cuda", False)
-    assert fused_topk.wanted("fused", "ip", 10, "cpu", False)         # the interpreter, as in these tests
+    assert not search_path.wanted("auto", "ip", 10, "cpu", False)      # compiled kernels need CUDA
+    assert not search_path.wanted("fused", "ip", 10, "cuda", True)     # streamed: the chunked path
+    assert not search_path.wanted("fused", "ip", fused_topk.MAX_FUSED_K + 1, "cuda", False)
+    assert not search_path.wanted("cublas", "l1", 10, "cuda", False)
+    assert search_path.wanted("fused", "ip", 10, "cpu", False)         # the interpreter, as in these tests
     with pytest.raises(ValueError, match="search kernel"):
-        fused_topk.wanted("fast", "ip", 10, "cuda", False)
+        search_path.wanted("fast", "ip", 10, "cuda", False)
     with pytest.raises(ValueError, match="k <="):
         fused_topk.topk_keys(torch, torch.zeros(100, 16), torch.zeros(1, 16), 65, "ip")
 
@@ -254,12 +261,12 @@ def test_kernel_choice():
 def test_auto_fuses_where_it_measured_faster(monkeypatch):
     """H100: L1 fused always; ip/cos/l2 fused from 1M rows or past 16 queries."""
     monkeypatch.setattr(fused_topk, "available", lambda device_type: device_type == "cuda")
-    assert fused_topk.wanted("auto", "l1", 10, "cuda", False, rows=1000, batch=1)
-    assert not fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=500_000, batch=8)
-    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=8)
-    assert fused_topk.wanted("auto", "ip", 10, "cuda", False, rows=500_000, batch=32)
-    assert fused_topk.wanted("auto", "cosine", 10, "cuda", False, rows=10_000_000, batch=1)
-    assert not fused_topk.wanted("auto", "l2", 10, "cpu", False, rows=10_000_000, batch=32)
+    assert search_path.wanted("auto", "l1", 10, "cuda", False, rows=1000, batch=1)
+    assert not search_path.wanted("auto", "ip", 10, "cuda", False, rows=500_000, batch=8)
+    assert search_path.wanted("auto", "ip", 10, "cuda", False, rows=1_000_000, batch=8)
+    assert search_path.wanted("auto", "ip", 10, "cuda", False, rows=500_000, batch=32)
+    assert search_path.wanted("auto", "cosine", 10, "cuda", False, rows=10_000_000, batch=1)
+    assert not search_path.wanted("auto", "l2", 10, "cpu", False, rows=10_000_000, batch=32)
 
 
 def test_k_is_rounded_up_to_a_few_pass_counts():
@@ -271,3 +278,11 @@ def test_k_is_rounded_up_to_a_few_pass_counts():
     assert keys.shape == (5, 4) and np.array_equal(decode_score_keys(keys.numpy())[0], want_i)
     assert all(fused_topk.K_STEPS[i] < fused_topk.K_STEPS[i + 1] for i in range(len(fused_topk.K_STEPS) - 1))
     assert fused_topk.K_STEPS[-1] == fused_topk.MAX_FUSED_K
+
+
+def test_kernel_key_format_mirrors_topk():
+    """The Triton-language kernels keep a constexpr copy of the key format's MAX_INDEX."""
+    from tritonrag.retrieval.search.fused import triton_lang_kernels as fused_kernels
+    from tritonrag.retrieval.search import topk
+
+    assert fused_kernels.MAX_INDEX.value == topk.MAX_INDEX

@@ -33,9 +33,9 @@ def test_set_parameter_replaces_only_that_value():
 def test_render_applies_overrides_and_leaves_the_source_alone(tmp_path):
     before = (SOURCE_REPOSITORY / "retriever" / "config.pbtxt").read_text()
     out = render_repository(tmp_path / "repo", {"retriever": {"index_path": "/data/idx"},
-                                                "generator": {"generator_model": "Qwen/Qwen2.5-1.5B-Instruct"}})
+                                                "generator_stream": {"generator_model": "Qwen/Qwen2.5-1.5B-Instruct"}})
     assert 'string_value: "/data/idx"' in (out / "retriever" / "config.pbtxt").read_text()
-    assert 'string_value: "Qwen/Qwen2.5-1.5B-Instruct"' in (out / "generator" / "config.pbtxt").read_text()
+    assert 'string_value: "Qwen/Qwen2.5-1.5B-Instruct"' in (out / "generator_stream" / "config.pbtxt").read_text()
     assert (out / "embedder" / "1" / "model.py").exists()
     assert (SOURCE_REPOSITORY / "retriever" / "config.pbtxt").read_text() == before
 

@@ -100,3 +100,23 @@ def test_gpu_arrays_are_accepted_on_the_cpu_path():
 def test_unknown_storage_dtype_is_refused():
     with pytest.raises(ValueError, match="storage dtype"):
         ExactSearch(np.zeros((2, 2), np.float32), "ip", dtype="int8")
+
+
+def test_metric_converts_between_scores_and_rank_values():
+    """`Metric` is the one conversion: rank values ("larger is better") <-> reported scores."""
+    from tritonrag.retrieval.search.metric import METRICS, Metric
+
+    assert METRICS == ("ip", "cosine", "l2", "l1") and Metric.of("l2") == "l2"
+    assert [Metric.of(m).distance for m in METRICS] == [False, False, True, True]
+    with pytest.raises(ValueError, match="unknown metric"):
+        Metric.of("hamming")
+    rng = np.random.default_rng(5)
+    corpus, q = rng.standard_normal((50, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
+    for name in METRICS:
+        metric, search = Metric.of(name), ExactSearch(corpus, name)
+        q_norms = (q * q).sum(axis=1, keepdims=True) if metric.needs_norms else None
+        ranked = search.rank_values(q)
+        scores = metric.to_scores(ranked, q_norms)
+        assert np.allclose(metric.rank_values(scores, q_norms), ranked, atol=1e-4)
+        indices, got = search.search(q, 5)
+        assert np.allclose(got, np.take_along_axis(scores, indices, axis=1), atol=1e-5)

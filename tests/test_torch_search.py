@@ -10,7 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tritonrag.retrieval.search.exact import ExactSearch, gpu_backend  # noqa: E402
-from tritonrag.retrieval.search.torch_search import TorchSearch, decode_score_keys, score_keys  # noqa: E402
+from tritonrag.retrieval.search.topk import torch_keys as score_keys  # noqa: E402
+from tritonrag.retrieval.search.torch_search import TorchSearch  # noqa: E402
+from tritonrag.retrieval.search.topk import decode_keys  # noqa: E402
+
+
+def decode_score_keys(keys):
+    """(indices, values) of int64 keys: the first two of `topk.decode_keys`."""
+    return decode_keys(keys)[:2]
 
 
 def _integer_data(rows=3000, dim=16, seed=0):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .models import sources as model_sources
+from .retrieval.search.metric import METRICS
 from .server.launcher import ADMIN_APIS, ADMIN_HEADER, GRPC_HEADER_PREFIX
 
 log = logging.getLogger("tritonrag")
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="build an index folder from corpora")
     _add_model_options(index)
     index.add_argument("--out", type=Path, required=True)
-    index.add_argument("--metric", default="ip", choices=["ip", "cosine", "l2", "l1"])
+    index.add_argument("--metric", default="ip", choices=METRICS)
     index.add_argument("--add", action="store_true",
                        help="append the corpora's passages to the existing index at --out (only they are embedded)")
     index.add_argument("--in-place", action="store_true",

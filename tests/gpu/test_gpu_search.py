@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 cupy = pytest.importorskip("cupy")
 
+from tritonrag.retrieval.search import routing  # noqa: E402
 from tritonrag.retrieval.search.fused import launch as fused_topk  # noqa: E402
 from tritonrag.retrieval.search.fused.graphs import FusedSearcher  # noqa: E402
 from tritonrag.retrieval.longvec import long_distance  # noqa: E402
@@ -96,7 +97,7 @@ def test_floors_change_no_key_at_a_million_rows(metric):
     if metric == "cosine":
         queries = torch.nn.functional.normalize(queries, dim=1)
     norms = (x.float() ** 2).sum(1) if metric == "l2" else None
-    assert fused_topk.floor_wanted(metric, len(corpus), fused_topk.query_block(32, metric))
+    assert routing.floor_wanted(metric, len(corpus), fused_topk.query_block(32, metric))
     with_floor = fused_topk.topk_keys(torch, x, queries, 10, metric, norms, floor=True)
     without = fused_topk.topk_keys(torch, x, queries, 10, metric, norms, floor=False)
     assert torch.equal(with_floor, without), metric

@@ -21,6 +21,8 @@ class Limits:
     max_question_bytes: int = 4096
     default_top_k: int = 3
     max_top_k: int = 100
+    # the one source of these two defaults: the config.pbtxt files leave them empty, and the
+    # generator's KV slots are sized for max_max_tokens new tokens (`EngineSettings.max_new_tokens`)
     default_max_tokens: int = 32
     max_max_tokens: int = 512
     # A query vector longer than this is refused: real embeddings are about 1 (normalised)

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from tritonrag.common.request_checks import RequestError, check_sampling
+from tritonrag.common.request_checks import Limits, RequestError, check_sampling
 from tritonrag.models import sources as model_sources
 
 from .engine import ContinuousBatcher, DecodeEngine
@@ -40,7 +40,9 @@ class GenerationRequest:
 class EngineSettings:
     """Sizes of the decode engine (config.pbtxt parameters of the generator)."""
     max_running: int = 8            # KV-cache slots: sequences decoded at once
-    max_new_tokens: int = 512       # with max_prompt_tokens, the positions of one slot
+    # the most new tokens a request may ask: the config's `max_max_tokens` (the request limit of
+    # `tritonrag.common.request_checks.Limits`), so one KV slot holds max_prompt_tokens + max_new_tokens positions
+    max_new_tokens: int = Limits.max_max_tokens
     max_tokens_in_flight: int = 0   # reserved prompt + max_tokens over the running batch (0: no bound)
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
     cuda_graphs: bool = True
@@ -61,7 +63,7 @@ class EngineSettings:
         defaults = cls()
         values = {name: model_param(config, name, getattr(defaults, name)) for name in defaults.__dataclass_fields__
                   if name != "max_new_tokens"}
-        values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)
+        values["max_new_tokens"] = model_param(config, "max_max_tokens", defaults.max_new_tokens)  # the slot size
         if values["max_running"] <= 0:
             values["max_running"] = 256 if device.startswith("cuda") else 8
         if values["max_waiting"] <= 0:
@@ -87,9 +89,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 def cpu_dtype(setting: str, cpuinfo: str | None = None) -> str:
     """The generator's CPU dtype for the `cpu_dtype` parameter: "auto" is bfloat16 on a CPU with
-    native bf16 (2-core AMD EPYC with AVX512-BF16: 24 synthetic-fact answers in 8.1 s against 15.6
-    in float32, 21/24 right in both; prefill of 520 tokens 0.45 vs 0.83 s, a decode step 33 vs 54 ms
-    alone and 106 vs 162 ms at batch 32), float32 elsewhere."""
+    native bf16 dot products (about twice as fast, the same answers:
+    docs/decisions/0054-decode-engine-kernels.md), float32 elsewhere."""
     if setting not in ("auto", "bfloat16", "float32"):
         raise ValueError(f"cpu_dtype must be auto, bfloat16 or float32, not {setting!r}")
     if setting == "auto":

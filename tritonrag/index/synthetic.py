@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tritonrag.common.atomic_files import atomic_write_text
 
-from .corpus import Passage, Question
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "tr", "st", "qu"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
@@ -43,12 +42,6 @@ class Fact:
     passage: str
     question: str
     answer: str
-
-    def as_passage(self) -> Passage:
-        return Passage(self.id, "", self.passage)
-
-    def as_question(self) -> Question:
-        return Question(self.question, self.id, (self.answer,))
 
 
 def _name(rng: random.Random, syllables: int) -> str:

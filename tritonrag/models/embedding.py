@@ -76,9 +76,8 @@ class Embedder:
 
     def warm_up(self, batch_sizes: Sequence[int] = (1, 4, 16, 32), words: Sequence[int] = (4, 24, 96)) -> float:
         """Encode dummy texts of a few batch sizes and lengths; returns the seconds it took.
-        On a GPU the first batches of each new shape load their kernels lazily: through Triton on
-        the H100 host the first concurrency-64 point after a start had a 4.1 s p90 (the embedder's
-        batches 126 ms of compute there, 40 ms at the next point)."""
+        On a GPU the first batches of each new shape load their kernels lazily, which would make
+        the first requests after a start wait (docs/decisions/0055-serving-glue-choices.md)."""
         start = time.perf_counter()
         for size in batch_sizes:
             for count in words:

@@ -96,12 +96,11 @@ class HybridSearch:
         """Exact "larger is better" dense values of passages `ids` for one query vector."""
         vectors = self.dense.vectors_at(ids)
         metric = self.dense.metric
-        if metric == "cosine":
-            q = q / max(float(np.linalg.norm(q)), 1e-12)
-        if metric == "l1":
+        q = metric.normalize(q[None, :])[0]
+        if not metric.uses_dot:
             return -np.abs(vectors - q[None, :]).sum(axis=1)
         dots = vectors @ q
-        if metric == "l2":  # rank by -|q - x|^2
+        if metric.needs_norms:  # rank by -|q - x|^2
             return 2 * dots - (vectors * vectors).sum(axis=1) - float(q @ q)
         return dots
 

@@ -23,9 +23,8 @@ LONG_METRICS = ("dot", "l2", "l1", "cosine")
 _CODES = {"dot": 0, "l2": 1, "l1": 2, "cosine": 3}
 CPU_SLICE = 1 << 22
 # Host vectors up to this many bytes each are copied into device buffers kept per caller
-# (`_Finish.staged`) with two async copies on the call's stream. 1M fp32 elements from pinned
-# memory on the H100 host: 181 us a call against 204 us through cp.asarray (.81 against .72 of
-# host->GPU; perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s15-longvec.json). Kept per
+# (`_Finish.staged`) with two async copies on the call's stream, which avoids cp.asarray's
+# allocation and synchronous copy (docs/decisions/0053-long-vector-distances.md). Kept per
 # (device, stream, thread), up to `_Finish.MAX_CACHED` of them: 16 MB each at most.
 STAGED_BYTES = 8 << 20
 _STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
@@ -91,12 +90,10 @@ def _reduce(cp, a, b, metric: str, partial, finish=None) -> None:
 class _Finish:
     """A zeroed ticket counter and a pinned host result for the in-kernel final sum.
 
-    One per (device, stream, thread), reused (the last MAX_CACHED). On the H100 host the CuPy
-    sum of the partials and its copy back made a call at 1M elements (~3 us of reading) take
-    84-90 us; with the final sum in the kernel, 16-byte loads and no device switch or free-
-    memory query on this path, 26-36 us, and 100M elements went from .72-.76 of peak HBM to
-    .93-.94 (perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13-long{,2,3}.json, then
-    2026-11-25_..._s13-final.json)."""
+    One per (device, stream, thread), reused (the last MAX_CACHED). The kernel's last block
+    sums the partials itself and writes the total to pinned memory, so a call is one launch
+    and one wait: a CuPy sum of the partials and its copy back cost many times the reading of
+    a million elements (docs/decisions/0053-long-vector-distances.md)."""
 
     MAX_CACHED = 64
     _cache: dict = {}
@@ -148,7 +145,7 @@ def _gpu_sums(cp, a, b, metric, budget, chunk, index: int, stage: bool = True) -
     host = not isinstance(a, cp.ndarray) and not isinstance(b, cp.ndarray)
     nbytes = a.size * a.itemsize
     staged = stage and host and nbytes <= STAGED_BYTES and (budget is None or 2 * nbytes <= budget)
-    if not on_device and not staged:  # the free-memory query (~8 us on the H100 host) only where it can matter
+    if not on_device and not staged:  # the free-memory query (a driver call) only where it can matter
         budget = budget or int(cp.cuda.runtime.memGetInfo()[0] * 0.8)
     if on_device or staged or 2 * nbytes <= budget:
         stream = cp.cuda.get_current_stream()

@@ -23,7 +23,7 @@ from tritonrag.index.store import Index, load_lexical
 
 from .hybrid import HybridConfig, HybridSearch
 from .search.exact import STORAGE_DTYPES, ExactSearch
-from .search.fused.launch import KERNELS
+from .search.routing import KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class RetrieverSettings:
     storage_dtype: str = "float16"
     gpu_memory_budget_mb: int = 0      # 0: 80 % of the GPU's free memory
-    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k where it measured faster (config.pbtxt)
+    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k or not (`search_path.route`)
     hybrid: HybridConfig = HybridConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -112,10 +112,9 @@ class Retriever:
         the dense candidates it asks for; returns the seconds it took.
 
         On a GPU the first search of each shape compiles kernels (Triton's fused top-k: one per
-        query block of 16 or 32 and per list length, 1-3 s each; CuPy's top-k per slot count).
-        Served on the H100 (1M x 1024, retriever alone, perf/results/2026-11-25_..._sweep_h100-
-        retriever-fused-s13.json) those compiles inside the first measurements left the mean
-        latency at twice the p50 (12.6 ms against 6.6 at concurrency 16). The fused search also
+        query block of 16 or 32 and per list length, seconds each; CuPy's top-k per slot count):
+        warmed up at load, no request waits for them (docs/decisions/0052-fused-search-policy.md).
+        The fused search also
         captures a CUDA graph per (batch, k) on its first search of that shape
         (`tritonrag.retrieval.search.fused.graphs`): the served model warms every batch size up to its
         max_batch_size."""

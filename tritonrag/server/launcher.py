@@ -257,7 +257,6 @@ class TritonServer:
         overrides: dict[str, dict[str, str]] = {
             "embedder": {"embedder_model": s.embedder},
             "retriever": {"embedder_model": s.embedder, "index_path": str(self.index_path)},
-            "generator": {"generator_model": s.generator},
             "generator_stream": {"generator_model": s.generator},
         }
         if "generator" in s.max_queue:

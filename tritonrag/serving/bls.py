@@ -10,9 +10,9 @@ per distinct top_k). rag_bls's own batcher still sees the client's input sets, s
 runs several instances to keep its small batches in flight together (config.pbtxt).
 A missing or bad `question` gets its own clear error before any stage runs.
 
-Why merged calls rather than one async BLS call per request: measured on this CPU, 8
-concurrent requests sent as per-request `async_exec` calls reached the embedder in 5
-executions and the generator in 4 (35 s), against 1 and 1 (18 s) through the ensemble.
+Why merged calls rather than one async BLS call per request: per-request `async_exec` calls
+reach each stage as separate executions, so the stages lose their batches
+(docs/decisions/0055-serving-glue-choices.md).
 
 The pipeline is data: STAGES lists each stage's inputs (taken from the values known
 so far) and outputs (added to them). The retriever gets the question as well, for

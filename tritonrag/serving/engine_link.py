@@ -1,18 +1,16 @@
 """A local socket between the `generator` forwarder and the decode engine's model.
 
 `rag_ensemble` needs a non-decoupled generator, streaming clients a decoupled one, and
-both must share one engine (one GPU batch). Triton's BLS would connect them, but on the
-H100 host Triton 2.51's Python backend stub segfaults in its own threads under many
-concurrent decoupled BLS streams (faulthandler: every Python thread blocked in
-`InferenceRequest.exec(decoupled=True)` or `async_exec`, the fault in a thread with no
-Python frame; 60-130 streams per stub, within a minute at 60 requests/s). So the
-engine's model also listens on a Unix socket in a private folder and answers whole
-questions there; the forwarder sends each row over it. Errors come back per row,
-and a dead engine fails its rows at once instead of leaving them hanging.
+both must share one engine (one GPU batch). Triton's BLS would connect them, but Triton
+2.51's Python backend stub crashes in its own threads under many concurrent decoupled BLS
+streams (docs/decisions/0055-serving-glue-choices.md). So the engine's model also listens
+on a Unix socket in a private folder and answers whole questions there; the forwarder
+sends each row over it. Errors come back per row, and a dead engine fails its rows at once instead of leaving them hanging.
 
-Wire format: pickled tuples over `multiprocessing.connection` (length-prefixed).
-  forwarder -> engine  ("ask", rid, question, passages, max_tokens, temperature, top_p)
-  engine -> forwarder  ("done", rid, answer, finish_reason) | ("error", rid, code, message)
+Wire format: pickled messages over `multiprocessing.connection` (length-prefixed), each a
+NamedTuple whose first field names its kind:
+  forwarder -> engine  Ask(rid, question, passages, max_tokens, temperature, top_p)
+  engine -> forwarder  Done(rid, answer, finish_reason) | Failed(rid, code, message)
 `code` is "INVALID_ARG", "UNAVAILABLE" or "INTERNAL"; `finish_reason` "stop" or "length".
 """
 
@@ -26,11 +24,71 @@ import socket
 import tempfile
 import threading
 from multiprocessing.connection import Client, Listener
-from typing import Callable
+from typing import Callable, NamedTuple, Union
 
 log = logging.getLogger(__name__)
 
-Reply = Callable[[tuple], None]
+
+class _Ask(NamedTuple):
+    kind: str
+    rid: int
+    question: str
+    passages: list
+    max_tokens: int
+    temperature: float
+    top_p: float
+
+
+class _Done(NamedTuple):
+    kind: str
+    rid: int
+    answer: str
+    finish_reason: str
+
+
+class _Failed(NamedTuple):
+    kind: str
+    rid: int
+    code: str
+    message: str
+
+
+class Ask(_Ask):
+    """forwarder -> engine: one question row to answer whole."""
+    __slots__ = ()
+
+    def __new__(cls, rid: int, question: str, passages: list, max_tokens: int, temperature: float = 0.0,
+                top_p: float = 1.0):
+        return super().__new__(cls, "ask", rid, question, passages, max_tokens, temperature, top_p)
+
+    def __getnewargs__(self):
+        return tuple(self)[1:]
+
+
+class Done(_Done):
+    """engine -> forwarder: the answer of row `rid`, and why it ended ("stop" or "length")."""
+    __slots__ = ()
+
+    def __new__(cls, rid: int, answer: str, finish_reason: str):
+        return super().__new__(cls, "done", rid, answer, finish_reason)
+
+    def __getnewargs__(self):
+        return tuple(self)[1:]
+
+
+class Failed(_Failed):
+    """engine -> forwarder: row `rid` failed; `code` INVALID_ARG, UNAVAILABLE or INTERNAL."""
+    __slots__ = ()
+
+    def __new__(cls, rid: int, code: str, message: str):
+        return super().__new__(cls, "error", rid, code, message)
+
+    def __getnewargs__(self):
+        return tuple(self)[1:]
+
+
+Answer = Union[Done, Failed]
+Reply = Callable[[Answer], None]
 
 
 def _hang_up(conn) -> None:
@@ -63,12 +121,12 @@ def find_engines(server_id: str, model: str) -> list[str]:
 
 
 class EngineServer:
-    """Accepts forwarder connections. `start(ask, reply, handle)` runs one question and must
-    call `reply(("done", rid, answer, finish_reason))` or `reply(("error", rid, code, message))` exactly
+    """Accepts forwarder connections. `start(ask, reply, handle)` runs one `Ask` and must
+    call `reply(Done(rid, answer, finish_reason))` or `reply(Failed(rid, code, message))` exactly
     once, from any thread; it may put into the list `handle` what `cancel(handle)` needs to
     stop the row, which happens when its forwarder's connection closes first."""
 
-    def __init__(self, address: str, start: Callable[[tuple, Reply, list], None],
+    def __init__(self, address: str, start: Callable[[Ask, Reply, list], None],
                  cancel: Callable[[object], None] | None = None):
         if os.path.exists(address):
             os.unlink(address)            # left by a crashed server with the same pid
@@ -106,13 +164,13 @@ class EngineServer:
         threading.Thread(target=writer, name="engine-link-send", daemon=True).start()
         try:
             while True:
-                message = conn.recv()
-                rid = message[1]
+                message: Ask = conn.recv()
+                rid = message.rid
                 handle: list = []
                 with lock:
                     live[rid] = handle
 
-                def reply(answer: tuple, rid=rid) -> None:
+                def reply(answer: Answer, rid=rid) -> None:
                     with lock:
                         live.pop(rid, None)
                     outbox.put(answer)
@@ -120,7 +178,7 @@ class EngineServer:
                 try:
                     self._start(message, reply, handle)
                 except Exception as exc:  # noqa: BLE001 — this row only
-                    reply(("error", rid, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
+                    reply(Failed(rid, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
         except (EOFError, OSError):
             pass                          # the forwarder went away
         finally:
@@ -154,14 +212,9 @@ class EngineServer:
             pass
 
 
-class EngineUnavailable(Exception):
-    pass
-
-
 class EngineClient:
     """The forwarder's side: `ask(question, passages, max_tokens, on_done, temperature, top_p)`;
-    `on_done` gets ("done", rid, answer, finish_reason) or ("error", rid, code, message), once,
-    on the reader thread.
+    `on_done` gets `Done` or `Failed`, once, on the reader thread.
 
     Connects lazily to every engine the server runs (`find()` lists their sockets) and
     spreads rows over them by the fewest rows in flight; a broken connection fails its
@@ -180,9 +233,9 @@ class EngineClient:
             rid = self._next_rid
             link = self._pick()
         if link is None:
-            on_done(("error", rid, "UNAVAILABLE", "the decode engine is not running"))
+            on_done(Failed(rid, "UNAVAILABLE", "the decode engine is not running"))
             return
-        link.send(("ask", rid, question, passages, max_tokens, temperature, top_p), on_done)
+        link.send(Ask(rid, question, passages, max_tokens, temperature, top_p), on_done)
 
     def _pick(self) -> "_Link | None":
         for address in self._find():
@@ -215,8 +268,8 @@ class _Link:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def send(self, message: tuple, on_done: Reply) -> None:
-        rid = message[1]
+    def send(self, message: Ask, on_done: Reply) -> None:
+        rid = message.rid
         with self._lock:
             if not self.broken:
                 self._pending[rid] = on_done
@@ -226,14 +279,14 @@ class _Link:
                 except OSError:
                     self._pending.pop(rid, None)
                     self.broken = True
-        on_done(("error", rid, "UNAVAILABLE", "the decode engine went away"))
+        on_done(Failed(rid, "UNAVAILABLE", "the decode engine went away"))
 
     def _read(self) -> None:
         try:
             while True:
-                message = self._conn.recv()
+                message: Answer = self._conn.recv()
                 with self._lock:
-                    on_done = self._pending.pop(message[1], None)
+                    on_done = self._pending.pop(message.rid, None)
                 if on_done is not None:
                     on_done(message)
         except (EOFError, OSError):
@@ -247,7 +300,7 @@ class _Link:
         except OSError:
             pass
         for rid, on_done in orphans:
-            on_done(("error", rid, "UNAVAILABLE", "the decode engine went away"))
+            on_done(Failed(rid, "UNAVAILABLE", "the decode engine went away"))
 
     def close(self) -> None:
         self.broken = True

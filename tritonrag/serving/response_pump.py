@@ -19,9 +19,9 @@ class ResponsePump:
 
     Streamed text is coalesced: the pieces of one request that queued up while the pump
     was busy leave as one response. At light load that is one response per token; under
-    load the chunks grow instead of the queue. Measured on the H100 before this: the
-    Python backend topped out near 3,000 responses/s, i.e. 70 streamed requests/s of
-    128 tokens at concurrency 128 against 186 for the same engine in process.
+    load the chunks grow instead of the queue: the Python backend's responses per second,
+    not the engine, would otherwise bound streamed throughput
+    (docs/decisions/0055-serving-glue-choices.md).
     """
 
     def __init__(self, on_cancel: Callable[[Any], None], poll_s: float = 0.1,

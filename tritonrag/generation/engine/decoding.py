@@ -11,11 +11,11 @@ output matmuls); `compile=True` also lets torch.compile fuse the rest before cap
 Attention is grouped-query-aware without copying: a decode step's query heads are
 viewed as `[B, kv_heads, group, head_dim]`, i.e. the `group` query heads that share a
 KV head become that head's `group` query rows, so attention reads each cached KV head
-once, in place (no repeat_kv expansion, which was 56 % of HF's GPU time at batch 128).
+once, in place (no repeat_kv expansion, a large share of HF's GPU time at large batches).
 `attention="triton"` (the default on CUDA when triton is importable) runs the split-KV
 kernel of `flash_decode`: each row's keys are read only up to its own length, in chunks
-spread over the whole GPU, with no additive mask over the length bucket. `"sdpa"` (the
-CPU's) and `"matmul"` remain for comparison.
+spread over the whole GPU, with no additive mask over the length bucket. `"sdpa"` is the
+CPU's (and CUDA's without triton).
 """
 
 from __future__ import annotations
@@ -48,14 +48,11 @@ class DecodeEngine:
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "auto",
-                 min_length_bucket: int = 256, compile: bool = False, transposed_weights: bool = False,
-                 gemm: str = "cublas"):
+                 min_length_bucket: int = 256, compile: bool = False, gemm: str = "cublas"):
         import torch
 
         from . import flash_decode
 
-        if transposed_weights:
-            weights = _column_major(weights)
         self.w = weights
         self.device = torch.device(device)
         self.dtype = dtype
@@ -66,15 +63,15 @@ class DecodeEngine:
         if attention == "triton" and not (flash_decode.available() and (
                 torch.device(device).type == "cuda" or flash_decode.interpreted())):
             raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
+        if attention not in ("triton", "sdpa"):
+            raise ValueError(f"attention must be auto, triton or sdpa, not {attention!r}")
         self.attention = attention
         if gemm not in ("auto", "cublas", "triton"):
             raise ValueError(f"gemm must be auto, cublas or triton, not {gemm!r}")
         if gemm == "triton" and attention != "triton":
             raise ValueError("gemm='triton' is the Triton decode step's (attention='triton')")
-        if gemm == "triton" and transposed_weights:
-            raise ValueError("gemm='triton' reads row-major weights: not with transposed_weights")
-        if gemm == "auto" and (attention != "triton" or self.device.type != "cuda" or transposed_weights):
-            gemm = "cublas"     # nothing to measure: the CPU, the SDPA path, column-major weights
+        if gemm == "auto" and (attention != "triton" or self.device.type != "cuda"):
+            gemm = "cublas"     # nothing to measure: the CPU, the SDPA path
         self.gemm = gemm
         # per batch bucket, per projection: a skinny_gemm configuration, or None for F.linear
         self._gemm_plan: dict[int, dict[str, object]] = {}
@@ -105,8 +102,8 @@ class DecodeEngine:
         self._sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
             if self.device.type == "cuda" else 1
         if compile and self.device.type == "cuda":
-            # the per-layer pieces, not the whole 28-layer step (that took > 4 min to compile on
-            # an H100 host); all layers share one compiled graph, the cache store and attention
+            # the per-layer pieces, not the whole 28-layer step (that takes minutes to compile);
+            # all layers share one compiled graph, the cache store and attention
             # stay outside so the compiler never copies a cache it would have to functionalise
             self._qkv_part = torch.compile(self._qkv_part, dynamic=True)
             self._mlp_part = torch.compile(self._mlp_part, dynamic=True)
@@ -142,9 +139,8 @@ class DecodeEngine:
     def warm_prefill(self) -> None:
         """Prefill a few dummy prompts at load, into free cache rows, so that the first requests do
         not pay for the Triton kernels' compilation (one per divisibility-by-16 case of the prompt
-        width and token count) or the lazy loading of the GEMM kernels of large row counts. On the
-        H100 host the first requests after a start otherwise waited seconds (p90 4.1 s at
-        concurrency 64 through Triton, 1.1 s at the next point)."""
+        width and token count) or the lazy loading of the GEMM kernels of large row counts, which
+        would otherwise make the first requests after a start wait seconds."""
         import torch
 
         start = time.perf_counter()
@@ -205,7 +201,7 @@ class DecodeEngine:
                 att = att.transpose(1, 2).reshape(n * width, -1)
                 if index == final:
                     # only each prompt's last position reaches the logits: the last layer's output
-                    # projection and MLP over n rows instead of n * width (~3 % of a prefill)
+                    # projection and MLP over n rows instead of n * width
                     picked = torch.arange(n, device=self.device) * width + last
                     att, x = att[picked], x[picked]
                 if fused:
@@ -241,11 +237,7 @@ class DecodeEngine:
             cache[ar, :, positions] = qkv[:, heads:]                # this token's K and V, one store
             q = qkv[:, :heads].view(rows, kv_heads, self.group, dim)   # query heads sharing a KV head
             keys, values = cache[:rows, :kv_heads, :length], cache[:rows, kv_heads:, :length]
-            if self.attention == "sdpa":
-                att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
-            else:  # explicit batched matmuls, for comparison
-                scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale + mask
-                att = torch.matmul(scores.softmax(-1).to(values.dtype), values)
+            att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             x = self._mlp_part(x, att.reshape(rows, -1), layer.o, layer.post_norm, layer.gate_up, layer.down)
         logits = F.linear(self._norm(x, w.final_norm), w.lm_head)
         return logits, logits.argmax(-1)
@@ -318,9 +310,9 @@ class DecodeEngine:
         compiles kernels and, for gemm="auto", times the options in CUDA graphs over all layers'
         weights, so the L2 cannot serve them as it would one layer's).
 
-        "auto" measures rather than trusting a fixed table: the table's configurations are the
-        H100's best (perf/results/2026-11-24_H100_skinny-gemm.json), and another GPU, or a cuBLAS
-        update, may rank them differently; it costs ~20-40 s of warm-up on the H100 (compiles included)."""
+        "auto" times the options rather than trusting a fixed table: the table's configurations
+        are one GPU's best, and another GPU, or a cuBLAS update, may rank them differently; it
+        costs tens of seconds of warm-up, compiles included (docs/decisions/0054-decode-engine-kernels.md)."""
         import torch
         import torch.nn.functional as F
 
@@ -491,19 +483,6 @@ class DecodeEngine:
     def step_bytes(self, rows: int, kv_positions: int) -> int:
         """Bytes one decode step must read at least: the weights plus `kv_positions` cached positions."""
         return self.w.nbytes() + kv_positions * self.cache.nbytes_per_token()
-
-
-def _column_major(weights: DecoderWeights) -> DecoderWeights:
-    """The same weights with each projection stored column-major (`W.t()` contiguous), so
-    `F.linear(x, W)` becomes cuBLAS's NN product instead of TN (a variant to measure)."""
-    import dataclasses
-
-    def flip(t):
-        return t.t().contiguous().t()
-
-    layers = [dataclasses.replace(layer, qkv=flip(layer.qkv), o=flip(layer.o), gate_up=flip(layer.gate_up),
-                                  down=flip(layer.down)) for layer in weights.layers]
-    return dataclasses.replace(weights, layers=layers)
 
 
 class PendingIds:

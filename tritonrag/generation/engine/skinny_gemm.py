@@ -1,9 +1,8 @@
 """The decode step's skinny products `y[M, N] = x[M, K] @ W[N, K]^T (+ bias)` as a Triton kernel.
 
 Why: at decode time M is the batch (1..256) and every weight byte is read once per step, so
-the matmuls are memory-bound; cuBLAS reached ~1.85 TB/s averaged over the step's projections
-on the H100 (perf/results/2026-11-24_H100_decode-profile-s11.json) against 3.0 TB/s for a
-device copy. The kernel here is "swap AB": each program computes `y^T` tile
+the matmuls are memory-bound, and cuBLAS stays well below the bandwidth of a device copy
+on them. The kernel here is "swap AB": each program computes `y^T` tile
 `[BLOCK_N, BLOCK_M] = W[BLOCK_N, K] @ x^T[K, BLOCK_M]`, so the weight's rows fill the MMA's
 M side (64/128) and the small batch is its N side (16..256, no padding to 64). Weight tiles
 stream through `num_stages` shared-memory buffers. Projections with too few row blocks to
@@ -13,9 +12,8 @@ row gives the same bits alone or in any batch; no float atomics), adding the bia
 `gate_up_silu` computes the gate and up tiles of the same rows in one program and writes
 silu(gate) * up, so the [M, 2 I] product is never stored.
 
-Measured on the H100 (README, "Decode-step GEMMs in Triton"): faster than cuBLAS only at small
-M (lm_head and the fused gate/up up to M = 64, by 5-14 %); slower for down/o/qkv and from
-M = 128, so the engine uses it only where its warm-up measured it faster (gemm="auto").
+It is faster than cuBLAS only at small M and for some projections, so the engine uses it
+only where its warm-up timed it faster (gemm="auto"; docs/decisions/0054-decode-engine-kernels.md).
 
 Works on CUDA tensors, and on CPU tensors with `TRITON_INTERPRET=1` (tests). CUDA-graph
 capturable: no host syncs, the configuration is chosen on the host from the shapes alone.
@@ -315,8 +313,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132, smem: int = 220 * 1024) -
 
 
 # The fastest configuration per weight shape (N, K) and batch bucket M of the sweep
-# `perf/decode_profile.py --sections skinny` on the H100 (Qwen2.5-1.5B's projections,
-# perf/results/2026-11-24_H100_skinny-gemm.json); other shapes fall back to `default_config`.
+# `perf/decode_profile.py --sections skinny` (Qwen2.5-1.5B's projections, evidence in
+# docs/decisions/0054-decode-engine-kernels.md); other shapes fall back to `default_config`.
 # Fields: block_n, block_k, block_m, splits, warps, stages. Only the small batches beat cuBLAS
 # (the engine's gemm="auto" measures which, per bucket, at warm-up).
 _C = GemmConfig
@@ -340,8 +338,7 @@ MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {
 }
 
 
-# `gate_up_silu`'s best per (I, K) and M in the same sweep (perf/results/2026-11-24_H100_skinny-gemm-s12b.json):
-# us against F.linear + silu_mul at M 32 23.1/26.4, 64 24.7/25.9, 128 28.1/28.6, 256 44.0/31.6
+# `gate_up_silu`'s best per (I, K) and M in the same sweep
 FUSED_MEASURED: dict[tuple[int, int], dict[int, GemmConfig]] = {
     (8960, 1536): {32: _C(64, 64, 32, 1, 4, 5, 40), 64: _C(128, 64, 64, 1, 8, 5, 72), 128: _C(128, 64, 128, 1, 8, 4),
                    256: _C(64, 64, 128, 1, 8, 5)},

@@ -1,14 +1,12 @@
 """Turning a growing list of token ids into text pieces, with stop strings.
 
 Decoding token by token breaks multi-byte characters and merges, and decoding the whole
-answer at every token costs O(length) per token (15 us per token on average over a
-128-token answer on this CPU, x 256 sequences = ~4 ms of Python per decode step in the
-engine thread, more than the 3.3 ms step itself: through Triton on the H100 the served
-rate stalled at ~110 requests/s against 240+ for the engine alone). So each new token is
-decoded inside a short window of the ids before it (the window trick of TGI and vLLM:
-decode ids[prefix:] and ids[prefix:read], release the difference; 5.9 us per token),
-and only once that yields whole characters. Text that could still be the start of a stop string is held back
-until the next token decides it. Answers nobody streams skip all of it (`append`, 0.1 us).
+answer at every token costs O(length) per token: over a large batch that is more Python
+time in the engine thread than the decode step itself (docs/decisions/0055-serving-glue-choices.md).
+So each new token is decoded inside a short window of the ids before it (the window trick of
+TGI and vLLM: decode ids[prefix:] and ids[prefix:read], release the difference), and only
+once that yields whole characters. Text that could still be the start of a stop string is held back
+until the next token decides it. Answers nobody streams skip all of it (`append` only).
 """
 
 from __future__ import annotations

@@ -2,12 +2,10 @@
 under `TRITON_INTERPRET=1`).
 
 Why: inside a CUDA graph a decode step's cost beyond the matmuls is its count of small
-kernels. The H100 profile (perf/results/2026-11-24_H100_decode-profile.json, batch 128)
-had 2 norms + 2 residual copies (`addmm`'s beta input) + silu + mul per layer: ~530 us
-of a 3.2 ms step. Here a residual add and the following RMSNorm are one kernel (the
-residual stream updated in place), and silu(gate) * up is one. For prefill, the rotary
-embedding and the K/V cache store are one kernel (they were 4 kernels, 4.3 ms of a
-42.7 ms prefill of 32 x 256 tokens on the H100).
+kernels: eager torch spends 2 norms + 2 residual copies (`addmm`'s beta input) + silu + mul
+per layer. Here a residual add and the following RMSNorm are one kernel (the residual stream
+updated in place), and silu(gate) * up is one. For prefill, the rotary embedding and the K/V
+cache store are one kernel instead of 4 (docs/decisions/0054-decode-engine-kernels.md).
 """
 
 from __future__ import annotations
@@ -74,7 +72,7 @@ def rope_store(qkv, cache, slots, width: int, cos, sin, heads: int, block_tokens
     (token t at position t % width) and write k and v into `cache` `[slots, 2 * kv_heads, max_len, D]`
     at row `slots[t // width]`. `sin` is signed as in `flash_decode.decode_attention`.
     A program takes `block_tokens` tokens of one head: one token per program (one warp each)
-    took 80 us per layer for 32 x 256 tokens on the H100, ~6 % of the prefill."""
+    would leave most of each warp idle."""
     tokens, all_heads, dim = qkv.shape
     kv_heads = (all_heads - heads) // 2
     _rope_store_kernel[(triton.cdiv(tokens, block_tokens), all_heads)](

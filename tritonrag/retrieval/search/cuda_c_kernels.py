@@ -3,9 +3,9 @@
 * ``topk_partial``: one block per (query row, segment); each thread keeps a sorted top-k of
   64-bit keys (see `tritonrag.retrieval.search.topk`) in registers over a strided slice, 8 loads in flight,
   then k rounds of a block-wide max pick the block's top-k; the same kernel merges those
-  lists (keys in, one segment per row). No score row is ever sorted. H100, [32, 1M] fp32
-  scores: 0.20 ms, against 0.65 ms for the previous version (``topk_partial_v2``, kept
-  for the benchmark's A/B) whose list lived in local memory; perf/README.md has the rest.
+  lists (keys in, one segment per row). No score row is ever sorted: the list stays in
+  registers and a block-shared threshold lets threads skip keys below the block's k-th best
+  (docs/decisions/0051-cuda-partial-topk.md).
 * ``l1_scores``: -sum|q - x| for a tile of corpus rows x queries, register-tiled like a
   GEMM over shared-memory slices of d; corpus in fp16/bf16/fp32, fp32 accumulation,
   no [N, d] temporary.
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 
+from .topk import MAX_INDEX
+
 _COMMON = r"""
 #include <cuda_fp16.h>
 typedef unsigned long long u64;
@@ -24,7 +26,7 @@ typedef unsigned long long u64;
 __device__ __forceinline__ u64 make_key(float s, unsigned int idx) {
     unsigned int u = __float_as_uint(s);
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    return ((u64)u << 32) | (u64)(0xFFFFFFFFu - idx);
+    return ((u64)u << 32) | (u64)(MAX_INDEX - idx);
 }
 
 __device__ __forceinline__ float load_as_float(const STORAGE_T* p, long long i) { return CONVERT(p[i]); }
@@ -58,9 +60,9 @@ __device__ __forceinline__ u64 insert_key(u64 (&best)[KB], u64 x, int k) {
 // block's k-th best, so the block keeps the max of those in shared memory and every thread
 // filters by it (without it a thread of ~120 scores took the insert path for ~30% of them).
 #define INSERT(key_) { floor_key = insert_key(best, (key_), k);                              \
-    if (floor_key != 0ull) { if (SHARED_FLOOR) atomicMax(&block_floor, floor_key); if (floor_key > thr_key) thr_key = floor_key; } \
+    if (floor_key != 0ull) { atomicMax(&block_floor, floor_key); if (floor_key > thr_key) thr_key = floor_key; } \
     thr_hi = (unsigned int)(thr_key >> 32); }
-#define REFRESH() if (SHARED_FLOOR) { u64 t_ = *(volatile u64*)&block_floor; if (t_ > thr_key) { thr_key = t_; thr_hi = (unsigned int)(t_ >> 32); } }
+#define REFRESH() { u64 t_ = *(volatile u64*)&block_floor; if (t_ > thr_key) { thr_key = t_; thr_hi = (unsigned int)(t_ >> 32); } }
 extern "C" __global__ void __launch_bounds__(NT) topk_partial(
         const float* __restrict__ scores, const u64* __restrict__ keys_in,
         const float* __restrict__ norms, float alpha, int mode,
@@ -100,7 +102,7 @@ extern "C" __global__ void __launch_bounds__(NT) topk_partial(
             for (int u = 0; u < UNROLL; ++u) {
                 unsigned int h = ordered_bits(s[u]);
                 if (h >= thr_hi) {
-                    u64 key = ((u64)h << 32) | (u64)(0xFFFFFFFFu - (index_base + (unsigned int)(i + u * NT)));
+                    u64 key = ((u64)h << 32) | (u64)(MAX_INDEX - (index_base + (unsigned int)(i + u * NT)));
                     if (key > thr_key) INSERT(key)
                 }
             }
@@ -110,7 +112,7 @@ extern "C" __global__ void __launch_bounds__(NT) topk_partial(
             if (mode == 1) s = alpha * s - norms[i];
             unsigned int h = ordered_bits(s);
             if (h >= thr_hi) {
-                u64 key = ((u64)h << 32) | (u64)(0xFFFFFFFFu - (index_base + (unsigned int)i));
+                u64 key = ((u64)h << 32) | (u64)(MAX_INDEX - (index_base + (unsigned int)i));
                 if (key > thr_key) INSERT(key)
             }
         }
@@ -143,68 +145,6 @@ extern "C" __global__ void __launch_bounds__(NT) topk_partial(
             ++head;
             mine = head < k ? best[head] : 0ull;
 #endif
-        }
-    }
-}
-"""
-
-# The previous kernel (insertion sort on a dynamically indexed array, one load in flight),
-# kept for the benchmark's A/B (`--topk-variant v2`).
-_TOPK_V2 = r"""
-// KB: per-thread slots: exactly k up to 32 (register list), else a power of two >= k. Each thread keeps its own sorted top-k of the
-// keys it scans; then k rounds of a block-wide max pick the block's top-k from the heads
-// of those lists (a thread whose head wins advances). No sort of the segment, one
-// __syncthreads per round.
-extern "C" __global__ void __launch_bounds__(NT) topk_partial_v2(
-        const float* __restrict__ scores, const u64* __restrict__ keys_in,
-        const float* __restrict__ norms, float alpha, int mode,
-        long long n, long long row_stride, long long seg_len, unsigned int index_base,
-        int k, u64* __restrict__ out, long long out_row_stride, long long out_offset)
-{
-    __shared__ u64 warp_best[2][NT / 32];
-    const int row = blockIdx.y;
-    const long long seg = blockIdx.x;
-    const long long start = seg * seg_len;
-    long long end = start + seg_len; if (end > n) end = n;
-    u64 best[KB];
-#pragma unroll
-    for (int j = 0; j < KB; ++j) best[j] = 0ull;
-    u64 floor_key = 0ull;  // best[k-1] kept in a register: the common case is one compare
-    for (long long i = start + threadIdx.x; i < end; i += NT) {
-        u64 key;
-        if (mode == 2) {
-            key = keys_in[row * row_stride + i];
-        } else {
-            float s = scores[row * row_stride + i];
-            if (mode == 1) s = alpha * s - norms[i];
-            key = make_key(s, index_base + (unsigned int)i);
-        }
-        if (key > floor_key) {
-            int j = k - 1;
-            while (j > 0 && best[j - 1] < key) { best[j] = best[j - 1]; --j; }
-            best[j] = key;
-            floor_key = best[k - 1];
-        }
-    }
-    u64* dst = out + row * out_row_stride + out_offset + seg * k;
-    int head = 0;
-    u64 mine = best[0];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int r = 0; r < k; ++r) {
-        u64 m = mine;
-        for (int off = 16; off > 0; off >>= 1) {
-            u64 other = __shfl_xor_sync(0xffffffffu, m, off);
-            m = other > m ? other : m;
-        }
-        if (lane == 0) warp_best[r & 1][warp] = m;
-        __syncthreads();
-        u64 top = warp_best[r & 1][0];
-#pragma unroll
-        for (int w = 1; w < NT / 32; ++w) { u64 v = warp_best[r & 1][w]; top = v > top ? v : top; }
-        if (mine == top) {  // keys are unique (index bits), so one thread wins; 0 = empty slots
-            if (top != 0ull || threadIdx.x == 0) dst[r] = top;
-            ++head;
-            mine = head < k ? best[head] : 0ull;
         }
     }
 }
@@ -384,7 +324,7 @@ __device__ __forceinline__ float bf16_to_float(unsigned short v) { return __uint
 
 def _source(body: str, storage: str) -> str:
     ctype, convert = _STORAGE[storage]
-    head = f"#define STORAGE_T {ctype}\n#define CONVERT(v) {convert}(v)\n"
+    head = f"#define STORAGE_T {ctype}\n#define CONVERT(v) {convert}(v)\n#define MAX_INDEX {MAX_INDEX:#x}u\n"
     return head + _COMMON.replace("__device__ __forceinline__ float load_as_float", _BF16 + "\n__device__ __forceinline__ float load_as_float") + body
 
 
@@ -392,19 +332,16 @@ def _source(body: str, storage: str) -> str:
 def _module(body_name: str, storage: str, defines: tuple[tuple[str, int], ...]):
     import cupy
 
-    body = {"topk": _TOPK, "topk_v2": _TOPK_V2, "l1": _L1, "long": _LONG}[body_name]
+    body = {"topk": _TOPK, "l1": _L1, "long": _LONG}[body_name]
     options = ("-std=c++17",) + tuple(f"-D{name}={value}" for name, value in defines)
     return cupy.RawModule(code=_source(body, storage), options=options)
 
 
-TOPK_UNROLL = 8  # score loads in flight per thread (one in flight ran at ~0.2 TB/s on an H100)
+TOPK_UNROLL = 8  # score loads in flight per thread: one at a time leaves the kernel latency-bound
 
 
-def topk_kernel(slots: int, threads: int, variant: str = "v3"):
-    """v3: the current kernel; v3a: v3 without the block-shared threshold; v2: the previous one."""
-    if variant == "v2":
-        return _module("topk_v2", "float32", (("KB", slots), ("NT", threads))).get_function("topk_partial_v2")
-    defines = (("KB", slots), ("NT", threads), ("UNROLL", TOPK_UNROLL), ("SHARED_FLOOR", int(variant != "v3a")))
+def topk_kernel(slots: int, threads: int):
+    defines = (("KB", slots), ("NT", threads), ("UNROLL", TOPK_UNROLL))
     return _module("topk", "float32", defines).get_function("topk_partial")
 
 

@@ -15,7 +15,9 @@ import math
 import numpy as np
 
 from . import cuda_c_kernels as cuda_kernels
+from . import routing as search_path
 from .fused import graphs as fused_graphs, launch as fused_topk
+from .metric import Metric
 from .topk import decode_keys
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
@@ -24,8 +26,8 @@ CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_GEMM_DEFAULT = -1
 _CUDA_TYPES = {"float16": CUDA_R_16F, "bfloat16": CUDA_R_16BF, "float32": CUDA_R_32F}
 _NUMPY_TYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
-MAX_KERNEL_K = 128          # larger k: threshold + lexsort (`tritonrag.retrieval.search.topk.top_k_rows`)
-DEFAULT_SCORE_BYTES = 128 << 20  # H100, 1M x 1024, batch 32: 1.59 ms vs 2.06 ms with 32 MB slices
+MAX_KERNEL_K = search_path.MAX_KERNEL_K  # larger k: threshold + lexsort (`tritonrag.retrieval.search.topk.top_k_rows`)
+DEFAULT_SCORE_BYTES = 128 << 20  # fewer, larger slices: fewer top-k launches (docs/decisions/0051-cuda-partial-topk.md)
 CONVERT_ROWS = 1 << 16      # rows converted to the storage dtype per step while loading
 TOPK_BLOCKS_PER_SM = 8      # partial top-k blocks per SM over the batch (fewer: a partial last wave)
 
@@ -68,8 +70,6 @@ def pinned_empty(shape, dtype) -> np.ndarray:
 
 
 class GpuSearch:
-    topk_variant = "v3"                   # the benchmark A/Bs the previous kernel ("v2", 4 blocks/SM)
-    blocks_per_sm = TOPK_BLOCKS_PER_SM
 
     def __init__(self, vectors, metric: str, device_id: int = 0, dtype: str = "float16",
                  budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES, kernel: str = "auto"):
@@ -78,7 +78,8 @@ class GpuSearch:
         self.cp = cp
         self.device_id = device_id
         cp.cuda.Device(device_id).use()
-        self.metric, self.dtype = metric, dtype
+        self.metric, self.dtype = Metric.of(metric), dtype
+        metric = self.metric
         self.count, self.dimension = (int(s) for s in vectors.shape)
         # a small budget also bounds the score slices (tests force streaming with ~100 MB)
         self.score_bytes = score_bytes = min(score_bytes, max(1 << 20, (int(budget) // 8) if budget else score_bytes))
@@ -87,7 +88,7 @@ class GpuSearch:
         row_bytes = self.dimension * itemsize
         free = cp.cuda.runtime.memGetInfo()[0]
         self.budget = int(budget) if budget else int(free * 0.8)
-        norm_bytes = 4 * self.count if metric == "l2" else 0
+        norm_bytes = 4 * self.count if metric.needs_norms else 0
         workspace = 2 * score_bytes + (16 << 20)
         self.streamed = self.count * row_bytes + norm_bytes + workspace > self.budget
         if self.streamed:
@@ -97,22 +98,21 @@ class GpuSearch:
                 raise ValueError(f"GPU memory budget {self.budget} bytes leaves no room to stream "
                                  f"{row_bytes}-byte rows (norms {norm_bytes}, workspace {workspace})")
             self.chunk_rows = min(self.chunk_rows, self.count)
-        self.norms = cp.empty(self.count, cp.float32) if metric == "l2" else None
+        self.norms = cp.empty(self.count, cp.float32) if metric.needs_norms else None
         self._load(vectors)
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
         self._score_buffer = None  # one flat fp32 buffer of score_bytes, viewed as [batch, rows] per call
         self._buffers: dict = {}   # (batch, k, width) -> candidate and result key buffers
-        self.kernel = kernel       # "auto" / "fused" / "cublas": see tritonrag.retrieval.search.fused.launch.wanted
-        fused_topk.wanted(kernel, metric, 1, "cpu", True)  # validates the name now
+        self.kernel = search_path.check_kernel(kernel)  # "auto" / "fused" / "cublas": `search_path.route`
         self._fused = None   # fused_graphs.FusedSearcher over torch views of this memory, made on first use
 
     # -- loading -------------------------------------------------------------
     def _load(self, vectors) -> None:
         cp = self.cp
         host_ready = (isinstance(vectors, np.ndarray) and vectors.dtype == _NUMPY_TYPES[self.dtype]
-                      and self.metric != "cosine" and vectors.flags.c_contiguous and is_pinned(vectors))
-        adopt = (not self.streamed and isinstance(vectors, cp.ndarray) and self.metric != "cosine"
+                      and not self.metric.normalised and vectors.flags.c_contiguous and is_pinned(vectors))
+        adopt = (not self.streamed and isinstance(vectors, cp.ndarray) and not self.metric.normalised
                  and vectors.dtype == _NUMPY_TYPES[self.dtype] and vectors.flags.c_contiguous)
         if adopt:  # already on the GPU in the storage type: used in place, no second copy
             self.corpus = vectors
@@ -131,10 +131,8 @@ class GpuSearch:
             if host_ready and self.streamed and self.norms is None:
                 break
             block = cp.asarray(vectors[start:stop])
-            if block.dtype != _NUMPY_TYPES[self.dtype] or self.metric == "cosine":
-                block = block.astype(cp.float32)
-                if self.metric == "cosine":
-                    block /= cp.maximum(cp.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            if block.dtype != _NUMPY_TYPES[self.dtype] or self.metric.normalised:
+                block = self.metric.normalize(block.astype(cp.float32), cp)
                 block = to_storage(cp, block, self.dtype)
             if self.norms is not None:
                 as_float = from_storage(cp, block, self.dtype)
@@ -160,32 +158,31 @@ class GpuSearch:
     def _queries(self, queries):
         cp = self.cp
         q = cp.ascontiguousarray(cp.asarray(queries), dtype=cp.float32)  # torch/CuPy GPU arrays: no host trip
-        if self.metric == "cosine":
-            q = q / cp.maximum(cp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        return q
+        return self.metric.normalize(q, cp)
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         cp = self.cp
         with cp.cuda.Device(self.device_id):
             k = min(int(k), self.count)
-            if fused_topk.wanted(self.kernel, self.metric, k, "cuda", self.streamed, self.count, len(queries)):
-                return self._search_fused(queries, k)
+            route = search_path.route(self.kernel, self.metric, k, "cuda", self.streamed, self.count, len(queries),
+                                      max_kernel_k=MAX_KERNEL_K)
+            if route.path is search_path.Path.FUSED:
+                return self._search_fused(queries, k, route.floors)
             q = self._queries(queries)
-            if k > MAX_KERNEL_K:
+            if route.path is search_path.Path.FULL_ROWS:
                 return self._search_large_k(q, k)
             plan = self._plan(q.shape[0], k)
-            q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
+            q_store = None if not self.metric.uses_dot else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
             self._launch(plan, q, q_store)
             indices, ranked, _ = decode_keys(plan["best"].get())
             return indices, self._to_scores(ranked, self._q_norms(q))
 
-    def _search_fused(self, queries, k: int):
+    def _search_fused(self, queries, k: int, floors: bool):
         """Scores and top-k in one Triton kernel per tile (`tritonrag.retrieval.search.fused.launch`), via DLPack views.
 
-        The queries' own work (cast, cosine normalisation, l2 norms) is torch's here: on the
-        H100 host the CuPy reductions it replaces cost 0.6-0.7 ms a search at 10M rows, batch 32
-        (cosine/l2 against ip, perf/results/2026-11-24_NVIDIA-H100-80GB-HBM3_retrieval_s13.json).
-        All of it is replayed from one CUDA graph per (batch, k): `tritonrag.retrieval.search.fused.graphs`."""
+        The queries' own work (cast, cosine normalisation, l2 norms) is torch's here, not CuPy's:
+        CuPy's reductions are separate launches outside the graph and cost a large share of a
+        search. All of it is replayed from one CUDA graph per (batch, k): `tritonrag.retrieval.search.fused.graphs`."""
         import torch
 
         if self._fused is None:
@@ -196,15 +193,15 @@ class GpuSearch:
             self._fused = fused_graphs.FusedSearcher(torch, corpus, self.metric, norms)
         device = self._fused.corpus.device
         q = queries if isinstance(queries, torch.Tensor) else torch.as_tensor(queries, device=device)
-        return self._fused.search(q.to(device=device, dtype=torch.float32), k)  # rows and the metric's scores, decoded on the GPU
+        return self._fused.search(q.to(device=device, dtype=torch.float32), k, floors)  # rows and the metric's scores, decoded on the GPU
 
     def _plan(self, batch: int, k: int) -> dict:
         """Launch shapes and buffers of one search of `batch` queries (slices, segments, keys)."""
         # exactly k register slots up to 32 (no local memory), else a power of two
-        slots = k if (k <= 32 and self.topk_variant != "v2") else max(2, _pow2(k))
+        slots = k if k <= 32 else max(2, _pow2(k))
         threads = 256 if slots <= 32 else 128
         score_rows = max(threads, min(self.count, self.score_bytes // (4 * batch)))
-        nseg = max(1, min(math.ceil(self.blocks_per_sm * self.sms / batch), math.ceil(score_rows / threads)))
+        nseg = max(1, min(math.ceil(TOPK_BLOCKS_PER_SM * self.sms / batch), math.ceil(score_rows / threads)))
         seg_len = math.ceil(score_rows / nseg)
         chunk = self.chunk_rows if self.streamed else self.count
         slices = [(c + s, min(score_rows, min(chunk, self.count - c) - s))
@@ -213,7 +210,7 @@ class GpuSearch:
         cands, best = self._key_buffers(batch, k, width)
         return dict(k=k, slots=slots, threads=threads, nseg=nseg, seg_len=seg_len, cands=cands, best=best,
                     score_rows=score_rows, slices=slices, chunk=chunk,
-                    kernel=cuda_kernels.topk_kernel(slots, threads, self.topk_variant))
+                    kernel=cuda_kernels.topk_kernel(slots, threads))
 
     def _launch(self, plan: dict, q, q_store) -> None:
         """All GPU work of one search on the current stream: scores, partial and final top-k."""
@@ -252,13 +249,11 @@ class GpuSearch:
         """Score `rows` corpus rows (a device view) and leave nseg*k candidate keys at `slot`."""
         q, batch = plan["q"], plan["q"].shape[0]
         scores = self._scores(batch, rows)
-        mode = 0
-        if self.metric == "l1":
-            self._l1(block, q, scores, rows)
-        else:
+        if self.metric.uses_dot:
             self._gemm(block, plan["q_store"], scores, rows)
-            if self.metric == "l2":
-                mode = 1
+        else:
+            self._l1(block, q, scores, rows)
+        mode = 1 if self.metric.needs_norms else 0  # the top-k kernel adds -|x|^2 to 2 q.x for l2
         norms = self.norms[start:start + rows] if self.norms is not None else scores
         k, nseg = plan["k"], plan["nseg"]
         plan["kernel"](
@@ -275,7 +270,7 @@ class GpuSearch:
         handle = device.get_cublas_handle()
         # CuPy sets the handle's stream only in its own calls: without this the streamed path's
         # products ran on whichever stream CuPy used last. (CuPy refuses cuBLAS calls during a
-        # stream capture, so this search cannot be a CUDA graph: tried on the H100, call 4.)
+        # stream capture, so this search cannot be a CUDA graph.)
         cublas.setStream(handle, self.cp.cuda.get_current_stream().ptr)
         cublas.gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, q_store.shape[0],
                       self.dimension, self._alpha.ctypes.data, block.data.ptr, kind, self.dimension,
@@ -326,17 +321,17 @@ class GpuSearch:
 
         cp = self.cp
         values = cp.empty((q.shape[0], self.count), cp.float32)
-        q_store = None if self.metric == "l1" else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
+        q_store = None if not self.metric.uses_dot else cp.ascontiguousarray(to_storage(cp, q, self.dtype))
         chunk = self.chunk_rows if self.streamed else self.count
         for start in range(0, self.count, chunk):
             rows = min(chunk, self.count - start)
             block = self.corpus[start:start + rows] if not self.streamed else cp.asarray(self.host[start:start + rows])
             scores = cp.empty((q.shape[0], rows), cp.float32)
-            if self.metric == "l1":
+            if not self.metric.uses_dot:
                 self._l1(block, q, scores, rows)
             else:
                 self._gemm(block, q_store, scores, rows)
-                if self.metric == "l2":
+                if self.metric.needs_norms:
                     scores = 2 * scores - self.norms[None, start:start + rows]
             values[:, start:start + rows] = scores
         indices, ranked = top_k_rows(values, k, xp=cp)
@@ -344,11 +339,7 @@ class GpuSearch:
 
     def _q_norms(self, q):
         """|q|^2 as a [B, 1] host array for l2 (None otherwise)."""
-        return (q * q).sum(axis=1, keepdims=True).get() if self.metric == "l2" else None
+        return (q * q).sum(axis=1, keepdims=True).get() if self.metric.needs_norms else None
 
     def _to_scores(self, ranked: np.ndarray, q_norms) -> np.ndarray:
-        if self.metric == "l2":
-            return np.maximum(q_norms - ranked, 0).astype(np.float32)
-        if self.metric == "l1":
-            return -ranked
-        return ranked
+        return self.metric.to_scores(ranked, q_norms)

@@ -1,10 +1,8 @@
 """Exact top-k vector search by inner product, cosine, squared L2 or L1: NumPy or CuPy.
 
-Scores are similarities ("higher is better") for ``ip`` and ``cosine``, and distances
-("lower is better") for ``l2`` (squared) and ``l1``. Internally every metric ranks by a
-"larger is better" value (``-distance``; for l2 ``2 q.x - |x|^2``, the same order), and
-ties go to the lower passage index (`tritonrag.retrieval.search.topk`), so a result never depends on the
-batch, chunk or device it was computed on.
+Scores and rank values per metric: `tritonrag.retrieval.search.metric`. Ties go to the lower passage
+index (`tritonrag.retrieval.search.topk`), so a result never depends on the batch, chunk or device
+it was computed on.
 
 On a ``cuda`` device the corpus lives on the GPU in fp16 (or bf16/fp32), cuBLAS does the
 ip/cosine/l2 products with fp32 accumulation, a fused kernel does L1, and a block-wise
@@ -15,41 +13,15 @@ sees the GPU, a smaller torch path does the same search (`tritonrag.retrieval.se
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
+from .metric import METRICS, Metric  # noqa: F401  (METRICS re-exported for callers)
+from .routing import backend as gpu_backend
 from .topk import top_k_rows
 
-log = logging.getLogger(__name__)
-
-METRICS = ("ip", "cosine", "l2", "l1")
-DISTANCE_METRICS = ("l2", "l1")
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 # Host scoring works on slices so that L1's [B, rows, d] temporary stays near 16 MB.
 _CPU_L1_ELEMENTS = 1 << 22
-
-
-def gpu_backend(device: str) -> str | None:
-    """"cupy" (fast path), "torch" (CUDA without an importable CuPy), or None (search on the CPU)."""
-    if not device.startswith("cuda"):
-        return None
-    try:
-        import cupy  # noqa: F401
-        return "cupy"
-    except ImportError as exc:  # e.g. CuPy 14 under Triton's NumPy 1.x stubs
-        reason = exc
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            log.warning("CuPy is not usable (%s); searching on %s with torch", reason, device)
-            return "torch"
-    except ImportError:
-        pass
-    log.warning("CuPy is not usable (%s) and torch has no CUDA; searching on the CPU. "
-                "pip install 'tritonrag[gpu]'", reason)
-    return None
 
 
 def to_host(array) -> np.ndarray:
@@ -80,12 +52,11 @@ class ExactSearch:
 
     def __init__(self, vectors, metric: str = "ip", device: str = "cpu", dtype: str = "float16",
                  gpu_memory_budget: int | None = None, kernel: str = "auto"):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        metric = Metric.of(metric)
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
         self.metric = metric
-        self.backend = gpu_backend(device)
+        self.backend = gpu_backend(device)  # the one decision of the path per index: `search_path`
         self.xp = np
         self.device = device if self.backend else "cpu"
         if self.backend == "cupy":
@@ -115,10 +86,10 @@ class ExactSearch:
         # and lose "ties to the lower index". fp32 products are exact in fp64, and d of them summed
         # in any order stay far inside half an fp32 ulp of the exact sum, so every order rounds to
         # the same fp32 value (unless the sum lies within ~d * 2**-53 of a rounding midpoint).
-        if metric == "cosine":
+        if metric.normalised:
             corpus = normalize_rows(corpus).astype(np.float32)
-        self.corpus = corpus if metric == "l1" else corpus.astype(np.float64)
-        self.sq_norms = np.einsum("ij,ij->i", self.corpus, self.corpus) if metric == "l2" else None
+        self.corpus = corpus.astype(np.float64) if metric.uses_dot else corpus
+        self.sq_norms = np.einsum("ij,ij->i", self.corpus, self.corpus) if metric.needs_norms else None
         self.count, self.dimension = int(corpus.shape[0]), int(corpus.shape[1])
 
     @property
@@ -166,8 +137,5 @@ class ExactSearch:
 
     def to_scores(self, q: np.ndarray, ranked: np.ndarray) -> np.ndarray:
         """Turn ranking values back into the metric's reported scores."""
-        if self.metric == "l2":
-            return np.maximum((q * q).sum(axis=1, keepdims=True) - ranked, 0).astype(np.float32)
-        if self.metric == "l1":
-            return -ranked
-        return ranked
+        q_norms = (q * q).sum(axis=1, keepdims=True) if self.metric.needs_norms else None
+        return self.metric.to_scores(ranked, q_norms)

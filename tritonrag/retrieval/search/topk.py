@@ -13,6 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 MAX_INDEX = 0xFFFFFFFF  # a key's low word holds MAX_INDEX - index: at most 2**32 - 1 passages
+# The one key format has two views of the same 64 bits: uint64 (CUDA C kernels, CuPy) and int64
+# (torch and the Triton-language kernels, which have no unsigned 64-bit sort). The int64 view is
+# the uint64 key with its top bit flipped, so both order candidates alike.
+SIGN_FLIP = 1 << 63
 
 
 def top_k_rows(scores, k: int, index_base: int = 0, xp=np) -> tuple[np.ndarray, np.ndarray]:
@@ -46,14 +50,6 @@ def _order_candidates(batch: int, rows: np.ndarray, cols: np.ndarray, values: np
     return cols[take], values[take].astype(np.float32)
 
 
-def merge_sorted(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-chunk top-k lists ([B, k_i] indices and scores) into one top-k, same order."""
-    indices = np.concatenate([p[0] for p in parts], axis=1)
-    scores = np.concatenate([p[1] for p in parts], axis=1)
-    order = np.lexsort((indices, -scores.astype(np.float64)), axis=1)[:, :k]
-    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
-
-
 def encode_keys(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """64-bit keys whose order is (score desc, index asc); the host twin of the CUDA make_key."""
     bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
@@ -63,9 +59,22 @@ def encode_keys(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 
 def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, scores, valid) from keys; key 0 marks an empty slot (fewer candidates than k)."""
+    """(indices, scores, valid) from keys, uint64 or their int64 view (`torch_keys`); uint64 key 0
+    marks an empty slot (fewer candidates than k)."""
+    keys = np.asarray(keys)
+    if keys.dtype == np.int64:
+        keys = keys.view(np.uint64) ^ np.uint64(SIGN_FLIP)
     keys = np.asarray(keys, dtype=np.uint64)
     high = (keys >> np.uint64(32)).astype(np.uint32)
     bits = np.where(high & np.uint32(0x80000000), high ^ np.uint32(0x80000000), ~high)
     indices = (np.uint64(MAX_INDEX) - (keys & np.uint64(MAX_INDEX))).astype(np.int64)
     return indices, bits.astype(np.uint32).view(np.float32), keys != 0
+
+
+def torch_keys(torch, values, index_base: int):
+    """int64 view of the keys of a [B, n] fp32 tensor on its device: order (value desc, index asc),
+    all keys distinct; `decode_keys` reads them on the host."""
+    bits = values.contiguous().view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed int32 in float order (-0 < +0)
+    low = MAX_INDEX - (index_base + torch.arange(values.shape[1], device=values.device, dtype=torch.int64))
+    return (ordered.to(torch.int64) << 32) | low

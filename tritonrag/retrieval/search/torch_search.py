@@ -4,7 +4,7 @@ Triton's Python stubs on some GPU hosts run NumPy 1.x, which CuPy 14 refuses, wh
 is there: without this path such an instance would search on the host CPU. Same results
 contract as `ExactSearch` (ranking values "larger is better", ties to the lower index): a
 fp16/bf16/fp32 corpus, torch.mm with fp32 output (fp32 accumulation), and an exact top-k
-over 64-bit keys (orderable score bits high, ``2**32-1-index`` low, as in `tritonrag.retrieval.search.topk`),
+over the 64-bit keys of `tritonrag.retrieval.search.topk` (their int64 view, `torch_keys`),
 so near-equal scores never come back in a batch- or chunk-dependent order. Scores are made
 one slice of corpus rows at a time (`score_bytes`); a corpus over the memory budget stays
 in (pinned) host memory and is copied slice by slice. CuPy's path (`tritonrag.retrieval.search.cupy_search`)
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .topk import MAX_INDEX
+from . import routing as search_path
+from .metric import Metric
+from .topk import decode_keys, torch_keys
 
 DEFAULT_SCORE_BYTES = 64 << 20  # fp32 scores + int64 keys of one slice: ~3x this on the device
 CONVERT_ROWS = 1 << 16          # rows converted to the storage dtype per step while loading
@@ -25,23 +27,6 @@ def _torch_dtype(torch, name: str):
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
-def score_keys(torch, values, index_base: int):
-    """int64 keys of a [B, n] fp32 tensor: order (value desc, index asc), all keys distinct."""
-    bits = values.contiguous().view(torch.int32)
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed int32 in float order (-0 < +0)
-    low = MAX_INDEX - (index_base + torch.arange(values.shape[1], device=values.device, dtype=torch.int64))
-    return (ordered.to(torch.int64) << 32) | low
-
-
-def decode_score_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values) of int64 keys made by `score_keys` (host side)."""
-    keys = np.asarray(keys, dtype=np.int64)
-    ordered = (keys >> 32).astype(np.int32)
-    bits = ordered ^ ((ordered >> 31) & np.int32(0x7FFFFFFF))
-    indices = MAX_INDEX - (keys & np.int64(MAX_INDEX))
-    return indices.astype(np.int64), bits.view(np.float32)
-
-
 class TorchSearch:
     """Exact search on a torch device (``cuda:N``; ``cpu`` works too, for tests)."""
 
@@ -49,11 +34,9 @@ class TorchSearch:
                  budget: int | None = None, score_bytes: int = DEFAULT_SCORE_BYTES, kernel: str = "auto"):
         import torch
 
-        from .fused import launch as fused_topk
-
         self.torch = torch
         self.device = torch.device(device)
-        self.metric, self.dtype = metric, dtype
+        self.metric, self.dtype = Metric.of(metric), dtype
         self.storage = _torch_dtype(torch, dtype)
         self.count, self.dimension = (int(s) for s in vectors.shape)
         self.score_bytes = score_bytes
@@ -69,14 +52,14 @@ class TorchSearch:
         home = torch.device("cpu") if self.streamed else self.device
         self.corpus = torch.empty((self.count, self.dimension), dtype=self.storage, device=home,
                                   pin_memory=bool(self.streamed and cuda))
-        self.norms = torch.empty(self.count, dtype=torch.float32, device=self.device) if metric == "l2" else None
+        self.norms = torch.empty(self.count, dtype=torch.float32, device=self.device) if self.metric.needs_norms else None
         # On the CPU, norms and products are taken in fp64 and rounded once, so that equal rows
         # score the same bits wherever they sit (`tritonrag.retrieval.search.exact.ExactSearch` says why).
         self._exact = torch.float32 if cuda else torch.float64
         for start in range(0, self.count, CONVERT_ROWS):
             stop = min(self.count, start + CONVERT_ROWS)
             block = torch.as_tensor(vectors[start:stop], device=self.device).to(torch.float32)
-            if metric == "cosine":
+            if self.metric.normalised:
                 wide = block.to(self._exact)
                 block = (wide / wide.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
             block = block.to(self.storage)
@@ -85,9 +68,8 @@ class TorchSearch:
                 self.norms[start:stop] = (stored * stored).sum(dim=1)
             self.corpus[start:stop] = block.to(home)
         self._mm_out_dtype = cuda and self.storage != torch.float32  # fp16/bf16 in, fp32 out (cuBLAS)
-        self.kernel = kernel  # "auto" / "fused" / "cublas": see tritonrag.retrieval.search.fused.launch.wanted
+        self.kernel = search_path.check_kernel(kernel)  # "auto" / "fused" / "cublas": `search_path.route`
         self._fused = None    # fused_graphs.FusedSearcher, made on the first fused search
-        fused_topk.wanted(kernel, metric, 1, "cpu", True)  # validates the name now
 
     def vectors_at(self, ids: np.ndarray) -> np.ndarray:
         rows = self.corpus[self.torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.corpus.device)]
@@ -115,19 +97,19 @@ class TorchSearch:
         torch = self.torch
         k = min(int(k), self.count)
         q = torch.as_tensor(queries, device=self.device).to(torch.float32)
-        from .fused import launch as fused_topk
-
-        if fused_topk.wanted(self.kernel, self.metric, k, self.device.type, self.streamed, self.count, q.shape[0]):
+        route = search_path.route(self.kernel, self.metric, k, self.device.type, self.streamed, self.count,
+                                  q.shape[0])
+        if route.path is search_path.Path.FUSED:
             if self._fused is None:
                 from .fused.graphs import FusedSearcher
 
                 self._fused = FusedSearcher(torch, self.corpus, self.metric, self.norms)
-            return self._fused.search(q, k)  # normalises cosine queries itself; scores as _to_scores
-        if self.metric == "cosine":
+            return self._fused.search(q, k, route.floors)  # normalises cosine queries itself; scores as _to_scores
+        if self.metric.normalised:
             wide = q.to(self._exact)
             q = (wide / wide.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(torch.float32)
         rows = self.score_bytes // (4 * q.shape[0])
-        if self.metric == "l1":  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
+        if not self.metric.uses_dot:  # cdist works on an fp32 copy of the slice (no [B, rows, d] temporary)
             rows = min(rows, self.score_bytes // (4 * self.dimension))
         rows = max(k, rows)
         if self.streamed:
@@ -137,16 +119,11 @@ class TorchSearch:
             block = self.corpus[start:start + rows]
             if self.streamed:
                 block = block.to(self.device, non_blocking=True)
-            keys = score_keys(torch, self._rank_values(q, block, start), start)
+            keys = torch_keys(torch, self._rank_values(q, block, start), start)
             best.append(torch.topk(keys, min(k, keys.shape[1]), dim=1).values)
         keys = torch.cat(best, dim=1)
         if keys.shape[1] > k:
             keys = torch.topk(keys, k, dim=1).values
-        indices, ranked = decode_score_keys(keys.cpu().numpy())
-        return indices, self._to_scores(q, ranked)
-
-    def _to_scores(self, q, ranked: np.ndarray) -> np.ndarray:
-        if self.metric == "l2":
-            q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy()
-            return np.maximum(q_norms - ranked, 0).astype(np.float32)
-        return -ranked if self.metric == "l1" else ranked
+        indices, ranked, _ = decode_keys(keys.cpu().numpy())
+        q_norms = (q * q).sum(dim=1, keepdim=True).cpu().numpy() if self.metric.needs_norms else None
+        return indices, self.metric.to_scores(ranked, q_norms)

@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.common.params import model_param
 from tritonrag.common.request_checks import RequestError, check_range, check_sampling, decode_question
-from tritonrag.serving.engine_link import EngineClient, find_engines
+from tritonrag.serving.engine_link import EngineClient, Failed, find_engines
 from tritonrag.serving.fanout import gather_rows
 from tritonrag.serving.glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
                                    read_limits, required_array)
@@ -84,13 +84,12 @@ class TritonPythonModel:
     def _respond(self, sender, answers, passages) -> None:
         """Link thread: every row answered; queue the request's one response (with the passages
         it was given: rag_ensemble's output, which cannot be the retriever's, see its config)."""
-        failed = next((a for a in answers if a[0] == "error"), None)
+        failed = next((a for a in answers if isinstance(a, Failed)), None)
         if failed is not None:
-            _, _, code, message = failed
-            response = error_response(message, self.codes.get(code, pb_utils.TritonError.INTERNAL))
+            response = error_response(failed.message, self.codes.get(failed.code, pb_utils.TritonError.INTERNAL))
         else:
-            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a[2]] for a in answers]),
-                                                   bytes_tensor("finish_reason", [[a[3]] for a in answers]),
+            response = pb_utils.InferenceResponse([bytes_tensor("answer", [[a.answer] for a in answers]),
+                                                   bytes_tensor("finish_reason", [[a.finish_reason] for a in answers]),
                                                    bytes_tensor("passages", passages)])
         self.outbox.put((sender, response))
 

@@ -14,7 +14,7 @@ from tritonrag.common.params import model_param
 from tritonrag.common.request_checks import RequestError, check_range, decode_question
 from tritonrag.generation.generator import EngineSettings, Generator, OverloadedError
 from tritonrag.models.sources import DEFAULT_GENERATOR
-from tritonrag.serving.engine_link import EngineServer, engine_address
+from tritonrag.serving.engine_link import Done, EngineServer, Failed, engine_address
 from tritonrag.serving.glue import (error_response, input_array, instance_device, parse_config,
                                    read_limits, required_array)
 from tritonrag.serving.response_pump import ResponsePump
@@ -108,31 +108,32 @@ class TritonPythonModel:
 
     def _answer_row(self, ask, reply, handle):
         """One forwarded row, answered whole (link thread; the engine thread replies)."""
-        _, rid, question, passages, max_tokens, temperature, top_p = ask
+        rid = ask.rid
         try:
             generation = self.generator.prepare(
-                question, passages, check_range("max_tokens", max_tokens, self.limits.default_max_tokens,
-                                                self.limits.max_max_tokens), temperature=temperature, top_p=top_p)
+                ask.question, ask.passages, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
+                                                        self.limits.max_max_tokens),
+                temperature=ask.temperature, top_p=ask.top_p)
         except RequestError as exc:
-            reply(("error", rid, "INVALID_ARG", str(exc)))
+            reply(Failed(rid, "INVALID_ARG", str(exc)))
             return
 
         def on_text(piece, finished, seq):
             if not finished:
                 return
             if seq.finish_reason == "error":
-                reply(("error", rid, "INTERNAL", f"internal error: {seq.error}"))
+                reply(Failed(rid, "INTERNAL", f"internal error: {seq.error}"))
             elif seq.finish_reason == "cancelled":
-                reply(("error", rid, "UNAVAILABLE", "cancelled"))
+                reply(Failed(rid, "UNAVAILABLE", "cancelled"))
             else:
-                reply(("done", rid, self.generator.answer(seq), seq.finish_reason))
+                reply(Done(rid, self.generator.answer(seq), seq.finish_reason))
 
         try:
             handle.append(self.generator.submit(generation, on_text, stream=False))
         except OverloadedError as exc:
-            reply(("error", rid, "UNAVAILABLE", str(exc)))
+            reply(Failed(rid, "UNAVAILABLE", str(exc)))
         except RequestError as exc:
-            reply(("error", rid, "INVALID_ARG", str(exc)))
+            reply(Failed(rid, "INVALID_ARG", str(exc)))
 
     def finalize(self):
         self.link.close()

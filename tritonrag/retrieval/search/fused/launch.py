@@ -1,26 +1,24 @@
 """Top-k fused with the scoring: Triton-language kernels that read the corpus once.
 
-The cuBLAS path writes a [B, rows] fp32 score block and reads it back for the top-k; at
-batch 32 on an H100 that round trip plus the top-k kernel cost as much as the product
-(perf/README.md). Here each program scores one tile of corpus rows against a block of
-queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps only the
+The cuBLAS path writes a [B, rows] fp32 score block and reads it back for the top-k, a
+round trip through memory as large as the product's own traffic at large batches. Here
+each program scores one tile of corpus rows against a block of queries (`tl.dot`, fp32 accumulation; for L1 an abs-diff accumulation) and keeps only the
 tile's best k per query: k passes of "max, lowest row of the max, mask it" over the scores
-in registers, written as 64-bit keys (orderable score bits high, ``2**32-1-index`` low, the
-keys of `tritonrag.retrieval.search.torch_search`), so the lowest index wins ties and a key names its row.
+in registers, written as the 64-bit keys of `tritonrag.retrieval.search.topk` (int64 view), so the
+lowest index wins ties and a key names its row.
 The tiles' [B, tiles * k] candidates are sorted runs of k; `merge_runs` passes keep the best
 k of every MERGE_RUNS runs (k steps over the runs' heads), again until one chunk is left (at
 k = 10 two launches up to 100M rows), and `decode_keys` turns the last keys into rows and the
 metric's scores on the device. For large batches a sample of tiles is scored first, and its
 k-th best score per query (a floor) spares the full pass most of its passes (FLOOR_STEP).
-`torch.topk` over the candidates
-took 0.21 ms at 1M rows and 0.55 ms at 10M, batch 32, on the H100, a fifth of the search at
-1M (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe.json). Scores never go
-to memory.
+The merge is a kernel of its own rather than `torch.topk` over the candidates, which cost a
+large share of the search. Scores never go to memory. Evidence for the choices here:
+docs/decisions/0050-fused-topk-kernels.md.
 
 Inputs are torch tensors on one device (a CuPy corpus is shared through DLPack, no copy).
 Imported under `TRITON_INTERPRET=1`, the same kernels run on CPU tensors (the unit tests).
-Tile shapes per (metric, batch block) come from the H100 sweep in `perf/retrieval_bench.py`
-(`--fused-tune`), see `TILES`.
+Tile shapes per (metric, batch block) come from a sweep by `perf/retrieval_bench.py
+--fused-tune`, see `TILES`.
 """
 
 from __future__ import annotations
@@ -29,14 +27,14 @@ import functools
 import os
 from typing import NamedTuple
 
+from ..metric import Metric
+from ..topk import MAX_INDEX  # noqa: F401  (the key format of the kernels' keys)
+
 MAX_FUSED_K = 64            # larger k: the cuBLAS/torch paths (k passes per tile grow with k)
-MAX_INDEX = 0xFFFFFFFF      # as `tritonrag.retrieval.search.topk`: a key's low word is MAX_INDEX - row
 MAX_QUERY_BLOCK = 32        # queries per program; more queries: more query blocks per tile
 # Sorted runs (one a tile) per merge program. A program's k steps each reduce over its runs'
-# heads, so fewer runs a program is more programs and shorter steps: whole-search wall (one
-# CUDA graph, 1M rows, batch 1 / 8 / 32) with 1024 runs 0.78 / 0.79 / 0.84 ms, with 4096
-# 0.83 / 0.82 / 0.87 (perf/results/2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-probe3.json;
-# `_s14-probe2` agrees at batch 1 and 8, and has 2048 ahead at 32 by 0.02 ms).
+# heads, so fewer runs a program is more programs and shorter steps; 1024 keeps a 1M-row
+# search to one merge launch after the tiles.
 MERGE_RUNS = 1024
 # Passes per tile are a compile-time constant: k is rounded up to one of these, so a server
 # compiles a few kernels (~1-3 s each on first use), not one per top_k; the merge keeps k.
@@ -45,34 +43,27 @@ K_STEPS = (1, 3, 5, 10, 16, 20, 32, 48, 64)
 # Floors (ip/cosine/l2): first score every FLOOR_STEP-th tile of the corpus with the same
 # kernel and merge their keys; each query's k-th best there is at most its k-th best overall,
 # so in the full pass a tile makes only as many of its k passes as it has rows at or above a
-# query's floor (`fused_kernels._emit_topk`). At a query block of 32 the passes were the
-# difference between the kernel and the memory: on the H200, 1M x 1024 fp16 at batch 32 took
-# 0.69 ms with 10 passes and 0.49 with 1, the time of the copy. With floors the whole search
-# (one CUDA graph, wall) went from 0.73 to 0.60 ms for ip and 0.75 to 0.62 for cosine; at a
-# query block of 16 (batch 1-16) the passes cost 0.03 ms and floors made the search 2 % slower
-# (perf/results/2026-12-04_NVIDIA-H200_retrieval_s16-floors.json). Sampling every 16th, 32nd or
-# 64th tile made no measured difference at 1M x 32 (0.705 / 0.711 / 0.708 ms, events).
+# query's floor (`fused_kernels._emit_topk`). At a full query block the k passes, not the
+# corpus read, bound the kernel, so skipping them pays for the sample; at smaller blocks the
+# passes are cheap and the sample is not worth it (`search_path.floor_wanted`). The sampling
+# step hardly matters between 16 and 64 tiles.
 FLOOR_STEP = 32
-FLOOR_MIN_QUERY_BLOCK = 32
-FLOOR_MIN_ROWS = 1_000_000
 
 # (metric kind, query block) -> (block_n, block_d, num_warps, num_stages[, fp16 block]).
-# "dot" covers ip/cosine/l2 (l2 has its own shape at 32: events of topk_keys in perf/results/
-# 2026-11-25_NVIDIA-H100-80GB-HBM3_retrieval_s14-tiles.json, whose ms are quoted below). For l1 the fifth value > 0 sums |x - q| in fp16 over that many
-# dims and in fp32 across them (0: fp32 throughout); its [block_d, block_n, queries]
-# difference tile lives in registers. The H100 tune's choices (`retrieval_bench.py
-# --fused-tune`, perf/results/2026-11-24_H100_retrieval_s11.json) where it ran; 2, 4, 16:
-# neighbours by register count (offline ptxas), not timed. At batch 8 the fp16 L1 sums were
-# 13 % faster but kept 97.5 % of the top-10 sets, so fp32 sums stay.
+# "dot" covers ip/cosine/l2 (l2, which also reads the norms, has its own shape at 32). For l1
+# the fifth value > 0 sums |x - q| in fp16 over that many dims and in fp32 across them (0: fp32
+# throughout); its [block_d, block_n, queries] difference tile lives in registers. The shapes
+# are the `retrieval_bench.py --fused-tune` choices where it ran; 2, 4, 16: neighbours by
+# register count. fp16 L1 sums are used only at 32, where they change no top-k set: at smaller
+# blocks they change some, so fp32 sums stay there.
 TILES = {
     ("dot", 16): (128, 128, 4, 3),
-    ("dot", 32): (256, 128, 8, 3),  # stop 14, ip: 0.90 / 7.19 ms at 1M / 10M against (256, 64, 8, 3) 1.11 / 7.47
-    ("l2", 32): (256, 64, 8, 3),    # l2 (norms too): 0.92 / 7.43 ms against (256, 128, 8, 3) 1.02 / 8.05
+    ("dot", 32): (256, 128, 8, 3),
+    ("l2", 32): (256, 64, 8, 3),
     ("l1", 1): (128, 64, 4, 3, 0),
     ("l1", 2): (256, 16, 4, 3, 0),
     ("l1", 4): (256, 16, 4, 3, 0),
-    ("l1", 8): (128, 16, 4, 3, 0),  # fp32 corpora and d off L1_WORD_TILES; with `_widen`, fp16: 1.23 / 11.6 ms
-                                    # at 1M / 10M against (256, 16, 8, 3) 1.34 / 12.6 (`_s14-probe.json`)
+    ("l1", 8): (128, 16, 4, 3, 0),  # fp32 corpora and d off L1_WORD_TILES
     ("l1", 16): (128, 16, 8, 3, 0),
     ("l1", 32): (64, 8, 4, 3, 8),
 }
@@ -115,11 +106,8 @@ def _pow2(x: int) -> int:
 
 
 # L1 at these query blocks over an fp16/bf16 corpus: `fused_kernels.l1_words_topk`, (block_n,
-# block_d, warps, stages). H100, 1M / 10M rows, kernel + merge (perf/results/2026-11-25_NVIDIA-
-# H100-80GB-HBM3_retrieval_s14-probe5.json): batch 8 1.04 / 9.77 ms against 1.13 / 10.87 for
-# `l1_topk` (1.43 / 1.46x ip), batch 16 1.60 / 15.3 against 2.17 / 21.0. At batch 32 `l1_topk`
-# with fp16 block sums stays (words in fp32: 4.1 ms and more against 3.2, `_s14-probe4`), and at
-# batch 4 and below too (1.37 against 1.11 ms).
+# block_d, warps, stages): reading 4 values a load pays at 8 and 16 queries a program. At 32
+# `l1_topk` with fp16 block sums is the faster kernel, and at 4 and below plain `l1_topk`.
 L1_WORD_TILES = {8: (128, 32, 2, 3), 16: (128, 16, 2, 3)}
 
 
@@ -135,32 +123,28 @@ def _words_fit(torch, corpus, block_b: int) -> bool:
 def query_block(batch: int, metric: str) -> int:
     """Queries per program: tl.dot needs >= 16 columns; L1 uses the batch's power of two."""
     b = min(MAX_QUERY_BLOCK, _pow2(batch))
-    return max(16, b) if metric != "l1" else b
+    return max(16, b) if Metric.of(metric).uses_dot else b
 
 
 def tiles_for(metric: str, block_b: int) -> tuple:
     """The metric's own shape where it has one (l2 at 32), else its kind's: "l1" or "dot"."""
     if (metric, block_b) in TILES:
         return TILES[(metric, block_b)]
-    return TILES[("l1" if metric == "l1" else "dot", block_b)]
-
-
-def floor_wanted(metric: str, rows: int, block_b: int) -> bool:
-    """Whether a fused search scores a sample of tiles first for per-query floors (ip/cosine/l2)."""
-    return metric != "l1" and block_b >= FLOOR_MIN_QUERY_BLOCK and rows >= FLOOR_MIN_ROWS
+    return TILES[("dot" if Metric.of(metric).uses_dot else "l1", block_b)]
 
 
 def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=None, half_l1: int | None = None,
-              floor: bool | None = None, floor_step: int | None = None):
+              floor: bool = False, floor_step: int | None = None):
     """[B, k] int64 keys (best first) of the top-k corpus rows for each query.
 
     corpus: [N, d] torch tensor (fp16/bf16/fp32; cosine rows already normalised); queries:
     [B, d] fp32 on the same device (normalised for cosine); norms: [N] fp32 |x|^2 for l2.
-    floor / floor_step: the sampled floors of ip/cosine/l2 searches on or off, and every how
-    many tiles one is sampled (None: `floor_wanted`, FLOOR_STEP).
+    floor / floor_step: the sampled floors of ip/cosine/l2 searches on or off (decided by
+    `search_path.route`), and every how many tiles one is sampled (None: FLOOR_STEP).
     """
     kernels = _kernels()
     interpreted = kernels.interpreted
+    metric = Metric.of(metric)
     n, dim = corpus.shape
     batch = queries.shape[0]
     k = min(int(k), n)
@@ -168,7 +152,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         raise ValueError(f"fused top-k takes 1 <= k <= {MAX_FUSED_K}, got {k}")
     passes = next(s for s in K_STEPS if s >= k)
     block_b = query_block(batch, metric)
-    words = metric == "l1" and tiles is None and half_l1 is None and _words_fit(torch, corpus, block_b)
+    words = not metric.uses_dot and tiles is None and half_l1 is None and _words_fit(torch, corpus, block_b)
     tiles = L1_WORD_TILES[block_b] if words else (tiles or tiles_for(metric, block_b))
     block_n, block_d, warps, stages = tiles[:4]
     block_n = max(block_n, _pow2(passes))
@@ -183,7 +167,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
         kernels.l1_words[grid](corpus, q, cands, n, batch, corpus.stride(0), q.stride(0), cands.stride(0), q_blocks,
                                DIM=dim, K=passes, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_D=block_d, NUM_STAGES=stages,
                                BF16=corpus.dtype == torch.bfloat16, **extra)
-    elif metric == "l1":
+    elif not metric.uses_dot:
         half = half_l1 if half_l1 is not None else (tiles[4] if len(tiles) > 4 else 0)
         half = half if corpus.dtype == torch.float16 else 0  # fp16 sums only over an fp16 corpus
         q = queries.to(torch.float16 if half else torch.float32).contiguous()
@@ -207,7 +191,7 @@ def topk_keys(torch, corpus, queries, k: int, metric: str, norms=None, tiles=Non
                 HAS_NORMS=norms is not None, IEEE=corpus.dtype == torch.float32, HAS_FLOOR=floors is not None,
                 INTERPRETED=interpreted, **extra)
 
-        if floor if floor is not None else floor_wanted(metric, n, block_b):
+        if floor:
             # the k-th best of every step-th tile bounds each query's k-th best from below
             step = floor_step if floor_step is not None else FLOOR_STEP
             sample_tiles = -(-n_tiles // step)
@@ -236,46 +220,14 @@ def merge_runs(torch, keys, k: int):
         keys = out
 
 
-_DECODE_MODES = {"ip": 0, "cosine": 0, "l2": 1, "l1": 2}
-
-
 def decode_keys(torch, keys, metric: str, q_norms=None):
     """(rows int64 [B, k], scores fp32 [B, k]) of `topk_keys`' keys on their device: what the
-    host's `torch_search.decode_score_keys` and the searches' score conversion give (l2 needs
+    host's `topk.decode_keys` and `Metric.to_scores` give (l2 needs
     |q|^2 [B, 1] fp32), as one launch, so a CUDA graph can end in host-ready results."""
     batch, k = keys.shape
     rows = torch.empty((batch, k), dtype=torch.int64, device=keys.device)
     scores = torch.empty((batch, k), dtype=torch.float32, device=keys.device)
     norms = q_norms.reshape(-1).contiguous() if q_norms is not None else scores
-    _kernels().decode_keys[(batch,)](keys, norms, rows, scores, k, keys.stride(0), MODE=_DECODE_MODES[metric],
+    _kernels().decode_keys[(batch,)](keys, norms, rows, scores, k, keys.stride(0), MODE=Metric.of(metric).mode,
                                      BLOCK_K=_pow2(k))
     return rows, scores
-
-
-# "auto": where the fused search measured faster on the H100, end to end (perf/results/2026-11-25_
-# NVIDIA-H100-80GB-HBM3_retrieval_s13-final.json, with the merge of chunks of keys that `merge_runs` replaced): L1 always (1M
-# rows: 0.86 / 1.32 / 2.97 ms against 2.10 / 2.46 / 4.79 at batch 1 / 8 / 32); ip/cosine/l2
-# from AUTO_MIN_ROWS rows (1M and 10M, batch 1 / 8 / 32: 3-26 % faster in 17 of 18 cells, equal
-# for l2 at 1M x 32; the run before it, `2026-11-24_..._s13-final-synced`: 7-24 % faster in 17,
-# 6 % slower for l2 at 1M x 1) or past 16 queries (measured with the torch.topk merge; corpora
-# under 1M rows not measured since).
-AUTO_MIN_ROWS = 1_000_000
-AUTO_MIN_BATCH = 17
-KERNELS = ("auto", "fused", "cublas")
-
-
-def wanted(kernel: str, metric: str, k: int, device_type: str, streamed: bool, rows: int = 0,
-           batch: int = 1) -> bool:
-    """Whether a search runs fused: `kernel` is the `search_kernel` setting (auto/fused/cublas)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"search kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "cublas" or streamed or not 0 < k <= MAX_FUSED_K:
-        return False
-    if kernel == "auto" and metric != "l1" and rows < AUTO_MIN_ROWS and batch < AUTO_MIN_BATCH:
-        return False
-    if device_type == "cpu" and kernel == "fused":  # the interpreter (tests) only
-        try:
-            return _kernels().interpreted
-        except ImportError:
-            return False
-    return available(device_type)

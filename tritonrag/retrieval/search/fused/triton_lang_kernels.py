@@ -2,7 +2,7 @@
 
 Each program: one tile of BLOCK_N corpus rows x one block of BLOCK_B queries; scores in
 registers (fp32), then K passes of "max over the tile's rows, mask the winner" write the
-tile's best K per query as 64-bit keys, `tritonrag.retrieval.search.torch_search.score_keys`: signed int32
+tile's best K per query as 64-bit keys, `tritonrag.retrieval.search.topk.torch_keys`: signed int32
 in float order high, MAX_INDEX - row low (the lowest row of equal scores is taken first).
 `merge_runs` then keeps the best K of each chunk of those runs of K keys, applied until one
 chunk is left per query, and `decode_keys` turns the last keys into rows and the metric's scores.
@@ -11,7 +11,7 @@ chunk is left per query, and `decode_keys` turns the last keys into rows and the
 import triton
 import triton.language as tl
 
-MAX_INDEX = tl.constexpr(0xFFFFFFFF)
+MAX_INDEX = tl.constexpr(0xFFFFFFFF)  # mirror of `tritonrag.retrieval.search.topk.MAX_INDEX` (asserted equal by a test)
 EMPTY_KEY = tl.constexpr(-9223372036854775808)
 
 
@@ -90,7 +90,7 @@ def _emit_topk(score, rows, n_rows, qs, n_queries, out_ptr, out_stride, tile, K:
 
 
 # n_queries and out_stride change with every batch size and k: specialising on them (value 1,
-# divisible by 16) compiled a new kernel for most (batch, k) pairs, ~1-3 s each on the H100 host
+# divisible by 16) compiled a new kernel, seconds each, for most (batch, k) pairs
 @triton.jit(do_not_specialize=["n_queries", "out_stride", "q_blocks", "floor_stride", "floor_at"])
 def dot_topk(x_ptr, qt_ptr, norms_ptr, out_ptr, n_rows, n_queries, stride_x, stride_qt, out_stride, q_blocks,
              tile_step, floor_ptr, floor_stride, floor_at,
@@ -181,7 +181,7 @@ def l1_topk(x_ptr, q_ptr, out_ptr, n_rows, n_queries, stride_x, stride_q, out_st
 @triton.jit
 def _half_words(w, j: tl.constexpr, BF16: tl.constexpr):
     """The j-th 16-bit value of int64 words w (fp16 or bf16 bits) as fp32, by integer ops: as
-    fast as an inline-asm unpack on the H100 (`..._s14-probe5.json`) and the interpreter runs it."""
+    fast as an inline-asm unpack, and the interpreter runs it."""
     bits = (w >> (16 * j)) & 0xFFFF
     if BF16:
         return (bits << 16).to(tl.int32).to(tl.float32, bitcast=True)
@@ -228,8 +228,7 @@ def merge_runs(in_ptr, out_ptr, n_runs, in_stride, out_stride, K: tl.constexpr, 
     query's keys, which come in runs of K sorted best first (a tile's emit, a merge's output),
     to out[q, c*K ...]. K steps over the runs' heads, each taking the best head and moving that
     run on (keys name their rows, so they are unique but EMPTY_KEY), where a step over all
-    RUNS * K keys did K times the work (`perf/results/..._s14-probe.json`: 0.04-0.10 ms against
-    0.06-0.11 ms at 1M-10M rows by events, which at this size mostly time the launches)."""
+    RUNS * K keys would do K times the work."""
     q = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     runs = chunk * RUNS + tl.arange(0, RUNS)
@@ -252,7 +251,7 @@ def merge_runs(in_ptr, out_ptr, n_runs, in_stride, out_stride, K: tl.constexpr, 
 def decode_keys(keys_ptr, q_norms_ptr, rows_ptr, scores_ptr, k, keys_stride, MODE: tl.constexpr,
                 BLOCK_K: tl.constexpr):
     """Grid (queries,): a query's k keys -> corpus rows (int64) and reported scores (fp32), the
-    same fp32 operations as the host's `decode_score_keys` + `to_scores`. MODE 0: the value
+    same fp32 operations as the host's `topk.decode_keys` + `Metric.to_scores`. MODE (`Metric.mode`) 0: the value
     itself (ip, cosine); 1: squared L2, max(|q|^2 - (2 q.x - |x|^2), 0); 2: L1, -value."""
     q = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK_K)
