@@ -13,6 +13,7 @@ that they tokenize as plain text and cannot end the user turn or forge a system 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Sequence
 
 from .limits import RequestError
@@ -38,9 +39,23 @@ def special_token_strings(tokenizer) -> tuple[str, ...]:
     return tuple(sorted((t for t in tokens if len(t) > 1), key=lambda t: (-len(t), t)))
 
 
+def normalise_untrusted(text: str) -> str:
+    """`text` in the form delimiters and special tokens are matched in: format characters (Unicode
+    category Cf: zero-width spaces and joiners, soft hyphens, bidi controls) dropped, then NFKC, so
+    that neither an invisible character inside a tag (``<\u200b/passage 1>``, ``</pas\u00adsage 1>``)
+    nor a compatibility form (full-width ``\uff1c/passage 1\uff1e``) hides it from the escaping
+    while a reader or the model still sees a tag. Cf characters are dropped again after NFKC in case
+    a compatibility form decomposes to one."""
+    def drop_format(s: str) -> str:
+        return "".join(c for c in s if unicodedata.category(c) != "Cf") if not s.isascii() else s
+
+    return drop_format(unicodedata.normalize("NFKC", drop_format(text)))
+
+
 def escape_untrusted(text: str, special_tokens: Sequence[str] = ()) -> str:
-    """`text` made unable to close/open a passage delimiter or to spell a special token."""
-    text = _DELIMITER_START.sub("&lt;", text)
+    """`text` made unable to close/open a passage delimiter or to spell a special token
+    (matched on its normalised form, which is what it becomes)."""
+    text = _DELIMITER_START.sub("&lt;", normalise_untrusted(text))
     for token in special_tokens:
         if token in text:  # "<|im_end|>" becomes "<\u200b|im_end|>": plain text to the tokenizer
             text = text.replace(token, token[0] + _ZERO_WIDTH_SPACE + token[1:])
