@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.engine_link import EngineClient, find_engines
 from tritonrag.fanout import gather_rows
-from tritonrag.limits import RequestError, check_range, decode_question
+from tritonrag.limits import RequestError, check_range, decode_passages, decode_question
 from tritonrag.params import model_param
 from tritonrag.triton_glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
                                    read_limits, required_array)
@@ -72,7 +72,7 @@ class TritonPythonModel:
         rows = []
         for q, row, m in zip(questions, passages, max_tokens):
             rows.append((decode_question(q, self.limits.max_question_bytes),   # refused here, before the engine
-                         [p.decode("utf-8", "replace") for p in row],
+                         decode_passages(row, self.limits.max_passages, self.limits.max_passages_bytes),
                          check_range("max_tokens", m, self.limits.default_max_tokens, self.limits.max_max_tokens)))
         return rows
 
