@@ -66,8 +66,16 @@ def test_the_fitted_prompt_is_the_whole_rendering_of_the_largest_prefix_that_fit
                                                  tokenize=False)
 
         assert tokenizer.decode(ids) == whole(kept)     # the same text as one rendering, to the character
+        assert ids == tokenizer(whole(kept), add_special_tokens=False)["input_ids"]   # and the same ids
         one_more = tokenizer(whole(kept + 1), add_special_tokens=False)["input_ids"]
         assert len(one_more) > limit                   # and the next passage would not have fitted
+
+
+def test_with_no_passage_that_fits_the_prompt_is_the_question_alone(tokenizer):
+    question = "What is lorem ipsum?"
+    ids = render_prompt(tokenizer, question, passages(3, 4000), max_tokens=200)
+    whole = tokenizer.apply_chat_template(build_messages(question, []), add_generation_prompt=True, tokenize=False)
+    assert ids == tokenizer(whole, add_special_tokens=False)["input_ids"]
 
 
 def test_a_question_too_long_alone_is_refused(tokenizer):
