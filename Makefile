@@ -38,10 +38,10 @@ serve: setup
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# On a GPU host (no venv there: the host's torch, CuPy and triton): the suite of tests/gpu,
+# On a GPU host (no venv there: the host's torch, CuPy and triton): the `gpu` tests,
 # which asserts the CUDA paths against exact references. Elsewhere every case is skipped.
 test-gpu:
-	PYTHONPATH=$(CURDIR):$(CURDIR)/client python3 -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR):$(CURDIR)/client python3 -m pytest -m gpu tests/gpu tests/test_engine_reference.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -5,8 +5,10 @@ from tritonrag.common.request_checks import (
     INT32_MAX,
     RequestError,
     check_embeddings,
+    Limits,
     check_range,
     check_sampling,
+    decode_passages,
     decode_question,
     question_bytes,
     required,
@@ -100,3 +102,37 @@ def test_embeddings_are_checked_for_shape_values_and_length(convert):
     ]:
         with pytest.raises(RequestError, match=message):
             check_embeddings(convert(vectors), 4, 10.0)
+
+
+def test_passages_are_bounded_in_count_and_bytes():
+    assert decode_passages([b"a\xffb", "text"], 2, 7) == ["a\ufffdb", "text"]   # at both limits: taken
+    with pytest.raises(RequestError, match="3 passages; the limit is 2"):
+        decode_passages([b"a", b"b", b"c"], 2, 100)
+    with pytest.raises(RequestError, match="the limit is 7"):
+        decode_passages([b"abcd", "\u00e9\u00e9"], 2, 7)      # 4 + 4 UTF-8 bytes
+
+
+def test_a_huge_passage_list_is_refused_before_any_is_decoded():
+    class Undecodable(bytes):
+        def decode(self, *args):
+            raise AssertionError("decoded before the limits were checked")
+
+    limits = Limits()
+    with pytest.raises(RequestError, match=f"the limit is {limits.max_passages}"):
+        decode_passages([Undecodable(b"x")] * 1000, limits.max_passages, limits.max_passages_bytes)
+    with pytest.raises(RequestError, match=f"the limit is {limits.max_passages_bytes}"):
+        size = limits.max_passages_bytes // limits.max_passages + 1
+        decode_passages([Undecodable(b"x" * size)] * limits.max_passages, limits.max_passages,
+                        limits.max_passages_bytes)
+
+
+def test_both_generator_models_read_the_passage_limits_from_their_config():
+    """config.pbtxt of generator and generator_stream hold the parameters, left empty: Limits holds
+    the one default (read_limits reads every Limits field by name)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "model_repository"
+    for model in ("generator", "generator_stream"):
+        text = (root / model / "config.pbtxt").read_text()
+        for name in ("max_passages", "max_passages_bytes"):
+            assert f'{{ key: "{name}", value: {{ string_value: "" }} }}' in text, (model, name)

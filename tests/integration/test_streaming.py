@@ -132,3 +132,32 @@ def test_stop_strings_and_bad_parameters_are_per_request(server, facts):
         stream.close()
     assert bad[-1][3] is not None and "temperature" in str(bad[-1][3])
     assert words[2] not in cut and full.startswith(cut), (full, cut)
+
+
+def test_too_many_or_too_large_passages_are_refused_per_request(server, grpc_client, facts):
+    """Passages are bounded per request in count and bytes (generator and generator_stream):
+    INVALID_ARGUMENT before any tokenising, and the next request is served."""
+    from tritonclient.utils import InferenceServerException
+
+    fact = facts[0]
+    many, large = ["a passage"] * 101, ["x" * 600_000, "y" * 600_000]
+    stream = Stream(server.grpc_url)
+    try:
+        stream.send("many", stream_inputs(fact.question, many))
+        stream.send("large", stream_inputs(fact.question, large))
+        stream.send("good", stream_inputs(fact.question, [fact.passage], max_tokens=8))
+        errors = {rid: stream.collect(rid)[-1][3] for rid in ("many", "large")}
+        good = stream.collect("good")
+    finally:
+        stream.close()
+    assert "101 passages; the limit is 100" in str(errors["many"])
+    assert "the limit is 1048576" in str(errors["large"])
+    assert good[-1][3] is None and "".join(t or "" for _, t, _, _ in good).strip()
+    for passages, message in ((many, "101 passages; the limit is 100"), (large, "the limit is 1048576")):
+        q = grpcclient.InferInput("question", [1, 1], "BYTES")
+        q.set_data_from_numpy(np.array([[fact.question.encode()]], dtype=np.object_))
+        p = grpcclient.InferInput("passages", [1, len(passages)], "BYTES")
+        p.set_data_from_numpy(np.array([[s.encode() for s in passages]], dtype=np.object_))
+        with pytest.raises(InferenceServerException, match=message) as refused:
+            grpc_client.infer("generator", [q, p], client_timeout=120)
+        assert "INVALID_ARGUMENT" in str(refused.value.status())

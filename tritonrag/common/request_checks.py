@@ -28,6 +28,10 @@ class Limits:
     # A query vector longer than this is refused: real embeddings are about 1 (normalised)
     # or tens long, and float32 scores of much longer ones overflow to inf / NaN.
     max_embedding_norm: float = 1e6
+    # Passages one generator request may carry, and their UTF-8 bytes together: refused before
+    # any decoding or tokenising. A prompt holds what fits max_prompt_tokens; the rest is dropped.
+    max_passages: int = 100
+    max_passages_bytes: int = 1 << 20
 
 
 # The largest value an INT32 input (top_k, max_tokens) can carry on the wire.
@@ -52,6 +56,21 @@ def decode_question(raw: bytes, max_bytes: int | None) -> str:
     if not text.strip():
         raise RequestError("question is empty")
     return text
+
+
+def decode_passages(raw, max_count: int, max_bytes: int) -> list[str]:
+    """The passages of one request (bytes, or text already decoded) as text, if there are at most
+    `max_count` of them and `max_bytes` UTF-8 bytes together; invalid UTF-8 is replaced, as the
+    retriever's passages may be cut anywhere."""
+    raw = list(raw)
+    if len(raw) > max_count:
+        raise RequestError(f"{len(raw)} passages; the limit is {max_count}")
+    total = 0
+    for p in raw:
+        total += len(p) if isinstance(p, bytes) else len(p.encode("utf-8", "surrogatepass"))
+        if total > max_bytes:
+            raise RequestError(f"the passages are over {max_bytes} bytes together; the limit is {max_bytes}")
+    return [p.decode("utf-8", "replace") if isinstance(p, bytes) else p for p in raw]
 
 
 def check_range(name: str, value: int | None, default: int, maximum: int) -> int:

@@ -13,6 +13,7 @@ that they tokenize as plain text and cannot end the user turn or forge a system 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Sequence
 
 from tritonrag.common.request_checks import RequestError
@@ -38,18 +39,39 @@ def special_token_strings(tokenizer) -> tuple[str, ...]:
     return tuple(sorted((t for t in tokens if len(t) > 1), key=lambda t: (-len(t), t)))
 
 
+def normalise_untrusted(text: str) -> str:
+    """`text` in the form delimiters and special tokens are matched in: format characters (Unicode
+    category Cf: zero-width spaces and joiners, soft hyphens, bidi controls) dropped, then NFKC, so
+    that neither an invisible character inside a tag (``<\u200b/passage 1>``, ``</pas\u00adsage 1>``)
+    nor a compatibility form (full-width ``\uff1c/passage 1\uff1e``) hides it from the escaping
+    while a reader or the model still sees a tag. Cf characters are dropped again after NFKC in case
+    a compatibility form decomposes to one."""
+    def drop_format(s: str) -> str:
+        return "".join(c for c in s if unicodedata.category(c) != "Cf") if not s.isascii() else s
+
+    return drop_format(unicodedata.normalize("NFKC", drop_format(text)))
+
+
 def escape_untrusted(text: str, special_tokens: Sequence[str] = ()) -> str:
-    """`text` made unable to close/open a passage delimiter or to spell a special token."""
-    text = _DELIMITER_START.sub("&lt;", text)
+    """`text` made unable to close/open a passage delimiter or to spell a special token
+    (matched on its normalised form, which is what it becomes)."""
+    text = _DELIMITER_START.sub("&lt;", normalise_untrusted(text))
     for token in special_tokens:
         if token in text:  # "<|im_end|>" becomes "<\u200b|im_end|>": plain text to the tokenizer
             text = text.replace(token, token[0] + _ZERO_WIDTH_SPACE + token[1:])
     return text
 
 
+def _passage_block(n: int, text: str, special_tokens: Sequence[str]) -> str:
+    return f"<passage {n}>\n{escape_untrusted(text.strip(), special_tokens)}\n</passage {n}>"
+
+
 def format_passages(passages: Sequence[str], special_tokens: Sequence[str] = ()) -> str:
-    return "\n".join(f"<passage {n}>\n{escape_untrusted(text.strip(), special_tokens)}\n</passage {n}>"
-                     for n, text in enumerate(passages, 1))
+    return "\n".join(_passage_block(n, text, special_tokens) for n, text in enumerate(passages, 1))
+
+
+def _user_turn(question: str, passages_text: str) -> str:
+    return f"Question: {question}\n\nReference passages:\n{passages_text}\n\nQuestion: {question}"
 
 
 def build_messages(question: str, passages: Sequence[str], system_prompt: str = SYSTEM_PROMPT,
@@ -58,25 +80,54 @@ def build_messages(question: str, passages: Sequence[str], system_prompt: str = 
     # Asking the question both before and after the passages lifted SmolLM2-135M
     # from 13/24 to 21/24 synthetic facts right with 3 passages (question after only).
     q = escape_untrusted(question.strip(), special_tokens)
-    user = f"Question: {q}\n\nReference passages:\n{format_passages(passages, special_tokens)}\n\nQuestion: {q}"
+    user = _user_turn(q, format_passages(passages, special_tokens))
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+# stands for the passages while the chat template renders the turns around them once; escaped
+# text cannot contain it (escaping turns every "<" before "passage" into "&lt;")
+_PASSAGES_MARK = "<passages go here>"
 
 
 def render_prompt(tokenizer, question: str, passages: Sequence[str], max_tokens: int,
                   system_prompt: str = SYSTEM_PROMPT) -> list[int]:
-    """Token ids of the chat prompt, dropping the lowest-ranked passages to fit `max_tokens`."""
-    kept = list(passages)
+    """Token ids of the chat prompt, dropping the lowest-ranked passages to fit `max_tokens`.
+
+    Linear in the passages: the template renders once, around a mark where the passages go;
+    the text before and after the mark and each passage's block are tokenised separately, each
+    once, and passages are taken in rank order while their tokens fit (those after the first
+    that does not fit are never tokenised). The ids are the pieces' ids concatenated, so no
+    token spans a passage's boundary (a passage cannot merge with the tag after it); the pieces
+    meet at a newline before "<", where a tokenizer splits anyway, so they are the ids of the
+    whole text (the tests check it for the builtin model).
+    """
     special = special_token_strings(tokenizer)
-    while True:
-        ids = tokenizer.apply_chat_template(build_messages(question, kept, system_prompt, special),
-                                            add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        if len(ids) <= max_tokens:
-            return list(ids)
-        if not kept:
-            raise PromptTooLongError(f"the question alone is {len(ids)} tokens; the limit is {max_tokens}")
-        kept.pop()
+    q = escape_untrusted(question.strip(), special)
+    messages = [{"role": "system", "content": system_prompt},
+                {"role": "user", "content": _user_turn(q, _PASSAGES_MARK)}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if text.count(_PASSAGES_MARK) != 1:
+        raise ValueError("the chat template does not keep the user turn's text as it is")
+    head, tail = text.split(_PASSAGES_MARK)
+    head_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
+    ids, budget = list(head_ids), max_tokens - len(head_ids) - len(tail_ids)
+    if budget < 0:
+        raise PromptTooLongError(f"the question alone is {max_tokens - budget} tokens; the limit is {max_tokens}")
+    for n, passage in enumerate(passages, 1):
+        block = _encode(tokenizer, ("\n" if n > 1 else "") + _passage_block(n, passage, special))
+        if len(block) > budget:
+            break
+        ids.extend(block)
+        budget -= len(block)
+    if len(ids) == len(head_ids):   # no passage: the two sides meet ("\n" + "\n\n" is one token)
+        return _encode(tokenizer, head + tail)
+    return ids + tail_ids
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Ids of a piece of rendered prompt; special tokens the template wrote are parsed as such
+    (as apply_chat_template does), escaped passage text holds none."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 class PromptTooLongError(RequestError):

@@ -25,7 +25,7 @@ import time
 from typing import Sequence
 
 from .kv_cache import KVCache
-from .weights import DecoderWeights, from_hf
+from .weights import DecoderWeights, check_supported, from_hf
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,11 @@ class DecodeEngine:
 
     @classmethod
     def from_hf(cls, model, slots: int, max_len: int, **kwargs) -> "DecodeEngine":
-        """An engine over a transformers model's weights (its device and dtype)."""
+        """An engine over a transformers model's weights (its device and dtype); a config feature
+        the engine does not compute is refused here (ValueError), see `check_supported`."""
         import torch
+
+        check_supported(model, max_len)
 
         param = next(model.parameters())
         with torch.no_grad():

@@ -23,7 +23,8 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import RequestError, check_range, check_sampling, decode_question
+from tritonrag.common.request_checks import (RequestError, check_range, check_sampling, decode_passages,
+                                             decode_question)
 from tritonrag.serving.engine_link import EngineClient, Failed, find_engines
 from tritonrag.serving.fanout import gather_rows
 from tritonrag.serving.glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
@@ -76,7 +77,7 @@ class TritonPythonModel:
         rows = []
         for q, row, m, temperature, top_p in zip(questions, passages, max_tokens, temperatures, top_ps):
             rows.append((decode_question(q, self.limits.max_question_bytes),   # refused here, before the engine
-                         [p.decode("utf-8", "replace") for p in row],
+                         decode_passages(row, self.limits.max_passages, self.limits.max_passages_bytes),
                          check_range("max_tokens", m, self.limits.default_max_tokens, self.limits.max_max_tokens),
                          *check_sampling(temperature, top_p)))
         return rows

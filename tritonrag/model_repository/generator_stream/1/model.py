@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import RequestError, check_range, decode_question
+from tritonrag.common.request_checks import RequestError, check_range, decode_passages, decode_question
 from tritonrag.generation.generator import EngineSettings, Generator, OverloadedError
 from tritonrag.models.sources import DEFAULT_GENERATOR
 from tritonrag.serving.engine_link import Done, EngineServer, Failed, engine_address
@@ -68,7 +68,8 @@ class TritonPythonModel:
         if questions.size != 1:
             raise RequestError(f"generator_stream takes one question per request, got {questions.size}")
         passages = input_array(request, "passages")
-        passages = [] if passages is None else [p.decode("utf-8", "replace") for p in passages.reshape(-1)]
+        passages = [] if passages is None else decode_passages(passages.reshape(-1), self.limits.max_passages,
+                                                                 self.limits.max_passages_bytes)
         stop = input_array(request, "stop")
         stop = [] if stop is None else [s.decode("utf-8", "replace") for s in stop.reshape(-1)]
         if len(stop) > self.max_stop:
@@ -110,6 +111,8 @@ class TritonPythonModel:
         """One forwarded row, answered whole (link thread; the engine thread replies)."""
         rid = ask.rid
         try:
+            # checked by the forwarder against its own limits; these are this model's
+            passages = decode_passages(passages, self.limits.max_passages, self.limits.max_passages_bytes)
             generation = self.generator.prepare(
                 ask.question, ask.passages, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
                                                         self.limits.max_max_tokens),
