@@ -39,7 +39,7 @@ test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # On a GPU host (no venv there: the host's torch, CuPy and triton): the `gpu` tests,
-# which asserts the CUDA paths against exact references. Elsewhere every case is skipped.
+# which assert the CUDA paths against exact references. Elsewhere every case is skipped.
 test-gpu:
 	PYTHONPATH=$(CURDIR):$(CURDIR)/client python3 -m pytest -m gpu tests/gpu tests/test_engine_reference.py $(PYTEST_ARGS)
 
