@@ -119,8 +119,9 @@ def test_killed_generator_stub_is_recovered_and_readiness_tells_the_truth(fault_
                 break
             time.sleep(0.1)
         back = readiness[-1][0]
-        # new server process: the clients' gRPC channels redial with backoff (seconds)
-        deadline = time.monotonic() + 20
+        # new server process: the clients' gRPC channels redial with exponential backoff (up to tens
+        # of seconds after an outage as long as a restart on 2 CPU cores)
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(kind == "ok" and t > back for t, kind, _ in load.results):
             time.sleep(0.2)
         time.sleep(3)
@@ -161,7 +162,7 @@ def test_killed_server_is_restarted_on_the_same_ports(fault_server, report_figur
         recovery = wait_ready(server) + 0.3
         # the clients' gRPC channels redial with exponential backoff (seconds, after a long
         # outage): wait for their first answer rather than a fixed time
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(
                 kind == "ok" and t > killed_at + recovery for t, kind, _ in load.results):
             time.sleep(0.2)
@@ -210,7 +211,7 @@ def test_a_hung_stub_or_server_is_noticed_and_restarted(fault_server, report_fig
     assert server.supervisor.count("server-restart") == 1, server.supervisor.events
     reason = server.supervisor.events[0][2]
     assert ("liveness" in reason) if target == "tritonserver" else ("unanswered" in reason), reason
-    bound = POLICY.probe_timeout_s * POLICY.probe_failures + 2 if target == "tritonserver" else \
+    bound = (POLICY.probe_timeout_s + POLICY.interval_s) * POLICY.probe_failures + 4 if target == "tritonserver" else \
         POLICY.hang_s + POLICY.canary_interval_s + 2
     assert noticed < bound, (noticed, reason)
     wait_ready(server)
