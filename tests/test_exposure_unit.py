@@ -1,4 +1,4 @@
-"""What the launcher exposes: loopback binding, admin APIs behind a key, no remote code."""
+"""What the launcher exposes: loopback binding, admin APIs locked with no key, no remote code."""
 
 import ast
 import re
@@ -10,8 +10,6 @@ from tritonrag.cli import _settings, build_parser
 from tritonrag.index.synthetic import make_facts, write_facts
 from tritonrag.server.launcher import (
     ADMIN_APIS,
-    ADMIN_HEADER,
-    GRPC_HEADER_PREFIX,
     ServerSettings,
     TritonServer,
     restricted_api_options,
@@ -24,29 +22,29 @@ def option(command: list[str], name: str) -> list[str]:
     return [arg.split("=", 1)[1] for arg in command if arg.startswith(f"--{name}=")]
 
 
-def test_restricted_options_put_every_admin_api_behind_the_key():
-    options = restricted_api_options(set(), "k3y")
-    spec = f"model-repository,shared-memory,logging,trace:{ADMIN_HEADER}=k3y"
-    assert options == [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
+def _unsendable(spec: str) -> bool:
+    """A restriction `APIS:header=value` whose header no HTTP or gRPC client can send."""
+    header = spec.split(":", 1)[1].split("=", 1)[0]
+    return any(c in header for c in "\r\n\0")
+
+
+def test_restricted_options_lock_every_admin_api_with_no_usable_key():
+    options = restricted_api_options(set())
+    http, grpc = option(options, "http-restricted-api"), option(options, "grpc-restricted-protocol")
+    assert http == grpc and len(http) == 1
+    assert http[0].startswith("model-repository,shared-memory,logging,trace:") and _unsendable(http[0])
 
 
 def test_open_apis_are_left_out_and_all_open_means_no_restriction():
-    options = restricted_api_options({"logging", "trace"}, "k")
-    assert all(o.endswith(f"=model-repository,shared-memory:{ADMIN_HEADER}=k") for o in options)
-    assert restricted_api_options(set(ADMIN_APIS), "k") == []
+    options = restricted_api_options({"logging", "trace"})
+    assert all(o.split("=", 1)[1].startswith("model-repository,shared-memory:") for o in options)
+    assert restricted_api_options(set(ADMIN_APIS)) == []
 
 
-@pytest.mark.parametrize("open_apis, key, message", [
-    ({"inference"}, "k", "unknown admin API"),
-    ({"model_repository"}, "k", "unknown admin API"),
-    (set(), "", "admin key"),
-    (set(), "a,b", "admin key"),
-    (set(), "a:b=c", "admin key"),
-    (set(), "a b", "admin key"),
-])
-def test_bad_admin_settings_are_refused(open_apis, key, message):
-    with pytest.raises(ValueError, match=message):
-        restricted_api_options(open_apis, key)
+@pytest.mark.parametrize("open_apis", [{"inference"}, {"model_repository"}])
+def test_bad_admin_settings_are_refused(open_apis):
+    with pytest.raises(ValueError, match="unknown admin API"):
+        restricted_api_options(open_apis)
 
 
 @pytest.fixture(scope="module")
@@ -63,43 +61,36 @@ def tiny_index(tmp_path_factory, embedder):
     return work / "index"
 
 
-def test_default_command_binds_loopback_and_restricts_admin_apis_with_a_fresh_key(tiny_index, tmp_path):
-    settings = ServerSettings(index=tiny_index)
-    first = TritonServer(settings, run_dir=tmp_path / "a")
-    command = first.prepare()
+def test_default_command_binds_loopback_locks_admin_apis_and_cannot_load_models(tiny_index, tmp_path):
+    command = TritonServer(ServerSettings(index=tiny_index), run_dir=tmp_path / "a").prepare()
     assert option(command, "http-address") == option(command, "grpc-address") == ["127.0.0.1"]
     assert option(command, "metrics-address") == ["127.0.0.1"]
-    key = first.admin_key
-    assert len(key) >= 32
-    spec = f"model-repository,shared-memory,logging,trace:{ADMIN_HEADER}={key}"
-    assert option(command, "http-restricted-api") == option(command, "grpc-restricted-protocol") == [spec]
-    assert first.admin_headers("http") == {ADMIN_HEADER: key}
-    assert first.admin_headers("grpc") == {GRPC_HEADER_PREFIX + ADMIN_HEADER: key}
-    second = TritonServer(settings, run_dir=tmp_path / "b")
-    second.prepare()
-    assert second.admin_key != key  # random per start
-    assert first.prepare() and first.admin_key not in (key, second.admin_key)
+    # no repository load/unload at all, whatever key anyone has
+    assert option(command, "model-control-mode") == ["none"] and not option(command, "load-model")
+    http, grpc = option(command, "http-restricted-api"), option(command, "grpc-restricted-protocol")
+    assert http == grpc and len(http) == 1 and _unsendable(http[0])
+    assert http[0].split(":", 1)[0] == "model-repository,shared-memory,logging,trace"
 
 
-def test_given_key_and_open_apis_reach_the_command(tiny_index, tmp_path):
-    server = TritonServer(ServerSettings(index=tiny_index, admin_key="fixed-key", open_apis={"trace"}),
-                          run_dir=tmp_path)
+def test_open_apis_reach_the_command(tiny_index, tmp_path):
+    server = TritonServer(ServerSettings(index=tiny_index, open_apis={"trace"}), run_dir=tmp_path)
     command = server.prepare()
-    assert option(command, "http-restricted-api") == [f"model-repository,shared-memory,logging:{ADMIN_HEADER}=fixed-key"]
+    assert [o.split(":", 1)[0] for o in option(command, "http-restricted-api")] == [
+        "model-repository,shared-memory,logging"]
 
 
 def test_cli_admin_flags(monkeypatch):
-    monkeypatch.delenv("TRITONRAG_ADMIN_KEY", raising=False)
     default = _settings(build_parser().parse_args(["serve"]))
-    assert default.host == "127.0.0.1" and default.open_apis == set() and default.admin_key is None
+    assert default.host == "127.0.0.1" and default.open_apis == set()
+    assert not hasattr(default, "admin_key")
+    with pytest.raises(SystemExit):   # there is no key to give
+        build_parser().parse_args(["serve", "--admin-key", "abc"])
     some = _settings(build_parser().parse_args(["serve", "--allow-admin-api", "logging", "--allow-admin-api",
-                                                "trace", "--admin-key", "abc"]))
-    assert some.open_apis == {"logging", "trace"} and some.admin_key == "abc"
+                                                "trace"]))
+    assert some.open_apis == {"logging", "trace"}
     assert _settings(build_parser().parse_args(["serve", "--allow-admin-api", "all"])).open_apis == set(ADMIN_APIS)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--allow-admin-api", "inference"])
-    monkeypatch.setenv("TRITONRAG_ADMIN_KEY", "from-env")
-    assert _settings(build_parser().parse_args(["serve"])).admin_key == "from-env"
 
 
 def python_sources() -> list[Path]:

@@ -66,35 +66,178 @@ def test_model_values_from_options_or_environment(monkeypatch):
 
 
 class _FakeServer:
-    """Just enough of TritonServer for Supervisor._check_once: a live process and its stubs."""
+    """Just enough of TritonServer for Supervisor._check_once: a process (alive or not) and relaunch()."""
 
-    def __init__(self):
-        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    http_url = "127.0.0.1:9"   # probes are replaced in these tests
+
+    def __init__(self, alive: bool = True):
+        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)" if alive else "pass"])
+        if not alive:
+            self.process.wait()
         self.relaunched = 0
 
     def relaunch(self, grace_s: float = 30.0) -> None:
         self.relaunched += 1
 
 
-@pytest.mark.parametrize("dead, restart_for, expected", [
-    ("generator_stream", ("generator_stream",), "server-restart"),   # a decoupled-BLS target, if so configured
-    ("generator_stream", None, "model-reload"),                      # default: the engine link redials
-    ("embedder", ("generator_stream",), "model-reload")])
-def test_a_dead_bls_target_restarts_the_server_other_stubs_are_reloaded(monkeypatch, dead, restart_for, expected):
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def make(alive=True):
+        servers.append(_FakeServer(alive))
+        return servers[-1]
+    yield make
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def _supervisor(monkeypatch, server, alive_stubs, answers=True, **policy):
     from tritonrag.server.supervisor import Supervisor, SupervisorPolicy
 
-    server = _FakeServer()
-    try:
-        policy = SupervisorPolicy() if restart_for is None else SupervisorPolicy(restart_server_for=restart_for)
-        supervisor = Supervisor(server, policy)
-        supervisor.expected = collections.Counter({"generator_stream": 1, "embedder": 1, "generator": 2})
-        alive = {"generator_stream": 1, "embedder": 1, "generator": 2, dead: 0}
-        monkeypatch.setattr(supervisor, "_stub_counts", lambda: collections.Counter(alive))
-        reloaded = []
-        monkeypatch.setattr(supervisor, "_reload_model", reloaded.append)
-        supervisor._check_once()
-        assert [kind for _, kind, _ in supervisor.events] == [expected, f"{expected}-done"]
-        assert (server.relaunched, reloaded) == ((1, []) if expected == "server-restart" else (0, [dead]))
-    finally:
+    clock = _Clock()
+    supervisor = Supervisor(server, SupervisorPolicy(canary_model=None, **policy), clock=clock)
+    supervisor.expected = collections.Counter({"generator_stream": 1, "embedder": 1, "generator": 2, "rag_bls": 8})
+    monkeypatch.setattr(supervisor, "_stub_counts", lambda: collections.Counter(alive_stubs))
+    monkeypatch.setattr(supervisor, "_server_answers", lambda: answers)
+    return supervisor, clock
+
+
+ALL_STUBS = {"generator_stream": 1, "embedder": 1, "generator": 2, "rag_bls": 8}
+
+
+@pytest.mark.parametrize("dead", ["generator_stream", "embedder", "rag_bls"])
+def test_a_dead_stub_restarts_the_server_once(monkeypatch, fake, dead):
+    server = fake()
+    supervisor, _ = _supervisor(monkeypatch, server, {**ALL_STUBS, dead: 0})
+    supervisor._check_once()
+    assert [kind for _, kind, _ in supervisor.events] == ["server-restart", "server-restart-done"]
+    assert server.relaunched == 1
+
+
+def test_a_server_killed_while_its_stubs_are_counted_is_one_incident(monkeypatch, fake):
+    """The server dies between the first look at it and the stub count: its stubs vanish with it.
+    That is one incident, the server's death: one restart, nothing tried against the dead server."""
+    server = fake()
+    supervisor, _ = _supervisor(monkeypatch, server, {})
+
+    def counts_as_the_server_dies():
         server.process.kill()
         server.process.wait()
+        return collections.Counter()
+    monkeypatch.setattr(supervisor, "_stub_counts", counts_as_the_server_dies)
+    monkeypatch.setattr(supervisor, "_restart_server", lambda: setattr(server, "relaunched", server.relaunched + 1))
+    supervisor._check_once()
+    assert [kind for _, kind, _ in supervisor.events] == ["server-restart", "server-restart-done"]
+    assert "exited" in supervisor.events[0][2] and server.relaunched == 1
+
+
+def test_a_server_that_answers_no_probe_is_restarted(monkeypatch, fake):
+    server = fake()
+    supervisor, _ = _supervisor(monkeypatch, server, ALL_STUBS, answers=False, probe_failures=2)
+    supervisor._check_once()
+    assert server.relaunched == 0     # one unanswered probe is not yet a hang
+    supervisor._check_once()
+    assert server.relaunched == 1 and "liveness" in supervisor.events[0][2]
+
+
+def test_an_unanswered_canary_is_a_hung_stub(monkeypatch, fake):
+    server = fake()
+    supervisor, clock = _supervisor(monkeypatch, server, ALL_STUBS, hang_s=30.0)
+    supervisor.policy.canary_model = "rag_bls"
+    supervisor._canary_sent = clock.now
+    clock.now += 29.0
+    supervisor._check_once()
+    assert server.relaunched == 0
+    clock.now += 2.0
+    supervisor._check_once()
+    assert server.relaunched == 1 and "unanswered" in supervisor.events[0][2]
+    assert supervisor._canary_sent is None    # the new server's canary starts afresh
+
+
+def test_give_up_after_max_recoveries_in_the_window(monkeypatch, fake):
+    server = fake(alive=False)        # a server that dies again at once
+    supervisor, clock = _supervisor(monkeypatch, server, {},
+                                    max_recoveries=3, window_s=100.0)
+    for _ in range(3):
+        supervisor._check_once()
+        clock.now += 30.0
+    assert server.relaunched == 3 and not supervisor.failed.is_set()
+    supervisor._check_once()          # a 4th incident 90 s after the first: give up
+    assert server.relaunched == 3 and supervisor.failed.is_set()
+    assert supervisor.events[-1][1] == "gave-up"
+
+
+def test_old_recoveries_leave_the_window(monkeypatch, fake):
+    server = fake(alive=False)
+    supervisor, clock = _supervisor(monkeypatch, server, {},
+                                    max_recoveries=3, window_s=100.0)
+    for _ in range(5):
+        supervisor._check_once()
+        clock.now += 40.0             # never more than 3 within 100 s
+    assert server.relaunched == 5 and not supervisor.failed.is_set()
+
+
+def test_failed_restarts_count_toward_giving_up(monkeypatch, fake):
+    server = fake(alive=False)
+    supervisor, clock = _supervisor(monkeypatch, server, {}, max_recoveries=2)
+
+    def broken():
+        raise RuntimeError("tritonserver exited with code 1")
+    monkeypatch.setattr(supervisor, "_restart_server", broken)
+    for _ in range(3):
+        supervisor._check_once()
+        clock.now += 1.0
+    kinds = [kind for _, kind, _ in supervisor.events]
+    assert kinds == ["server-restart", "server-restart-failed"] * 2 + ["gave-up"]
+    assert supervisor.failed.is_set()
+
+
+@pytest.mark.parametrize("answer, restarts", [
+    ((500, b'{"error":"Failed to process the request(s) for model \'rag_bls_0_3\', message: Stub process '
+           b'\'rag_bls_0_3\' is not healthy."}'), 1),
+    ((503, b'{"error":"Exceeds maximum queue size"}'), 0),     # overloaded, but it answers
+    ((200, b'{"outputs":[]}'), 0),
+])
+def test_the_canary_tells_a_broken_stub_from_an_answer(monkeypatch, fake, answer, restarts):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(answer[0])
+            self.send_header("Content-Length", str(len(answer[1])))
+            self.end_headers()
+            self.wfile.write(answer[1])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    server = fake()
+    server.http_url = f"127.0.0.1:{httpd.server_address[1]}"
+    supervisor, _ = _supervisor(monkeypatch, server, ALL_STUBS, canary_interval_s=0.05)
+    supervisor.policy.canary_model = "rag_bls"
+    canary = threading.Thread(target=supervisor._canary_loop, daemon=True)
+    canary.start()
+    try:
+        import time
+        time.sleep(1.0)                 # several canaries answered
+        supervisor._check_once()
+    finally:
+        supervisor._stop.set()
+        canary.join(timeout=5)
+        httpd.shutdown()
+    assert server.relaunched == restarts, supervisor.events

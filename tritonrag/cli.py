@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .models import sources as model_sources
 from .retrieval.search.metric import METRICS
-from .server.launcher import ADMIN_APIS, ADMIN_HEADER, GRPC_HEADER_PREFIX
+from .server.launcher import ADMIN_APIS
 
 log = logging.getLogger("tritonrag")
 
@@ -62,15 +62,12 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="set a config.pbtxt parameter of one model, e.g. retriever.fusion=dense or "
                              "generator_stream.ignore_eos=true (env TRITONRAG_PARAMS, comma-separated)")
     parser.add_argument("--no-supervise", action="store_true",
-                        help="do not restart a dead server or reload a model whose stub died")
+                        help="do not restart a dead, hung or partly dead server")
     parser.add_argument("--allow-admin-api", action="append", default=[], metavar="API",
                         choices=[*ADMIN_APIS, "all"],
                         help="leave this admin API open to anyone who can reach the ports: "
-                             f"{', '.join(ADMIN_APIS)} or all; repeatable (default: all of them need "
-                             f"the header {ADMIN_HEADER})")
-    parser.add_argument("--admin-key", default=os.environ.get("TRITONRAG_ADMIN_KEY"),
-                        help=f"value of the {ADMIN_HEADER} header that unlocks the admin APIs "
-                             "(env TRITONRAG_ADMIN_KEY; default: random per start, never shown)")
+                             f"{', '.join(ADMIN_APIS)} or all; repeatable (default: all of them are locked; "
+                             "models are never loaded or unloaded through the API)")
 
 
 def _settings(args: argparse.Namespace):
@@ -82,7 +79,7 @@ def _settings(args: argparse.Namespace):
         build_index=args.build_index,
         tritonserver=args.tritonserver, backend_dir=args.backend_dir, log_verbose=args.log_verbose,
         open_apis=set(ADMIN_APIS) if "all" in args.allow_admin_api else set(args.allow_admin_api),
-        admin_key=args.admin_key or None, supervise=not args.no_supervise,
+        supervise=not args.no_supervise,
         max_queue=_model_values(args.max_queue, "TRITONRAG_MAX_QUEUE", int),
         queue_timeout_s=_model_values(args.queue_timeout, "TRITONRAG_QUEUE_TIMEOUT", float),
         extra_parameters=_model_parameters(args.param))
@@ -160,9 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  server.http_url, server.grpc_url, args.host, args.metrics_port)
         restricted = [api for api in ADMIN_APIS if api not in server.settings.open_apis]
         if restricted:
-            log.info("restricted: %s; they need header %s (gRPC: %s%s) set to %s",
-                     ", ".join(restricted), ADMIN_HEADER, GRPC_HEADER_PREFIX, ADMIN_HEADER,
-                     "the --admin-key value" if server.settings.admin_key else "a random key (none can use them)")
+            log.info("locked (no key opens them): %s", ", ".join(restricted))
         status = 0
         if args.ask:
             status = _print_answer(server, args.ask)
@@ -177,6 +172,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return 1
             stop.wait(1.0)
         log.info("stopping")
+        if not server.stop():
+            log.error("tritonserver did not stop cleanly; last log lines:\n%s", server.log_tail())
+            return 1
+        log.info("stopped")
         return status
     finally:
         server.stop()

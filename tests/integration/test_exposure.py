@@ -1,5 +1,7 @@
-"""What the running server exposes: admin APIs refused without the key, loopback only, no questions in its log."""
+"""What the running server exposes: admin APIs locked with no key, no model upload, no secret in any
+process's argv or environment, loopback only, no questions in its log."""
 
+import base64
 import json
 import socket
 import subprocess
@@ -13,7 +15,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tritonrag.server.launcher import ADMIN_HEADER
+from tritonrag.server.launcher import ServerSettings, TritonServer
+from tritonrag.server.supervisor import child_processes
+
+from .conftest import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -39,38 +44,86 @@ def http_call(server, method: str, path: str, headers: dict | None = None) -> tu
         return exc.code, exc.read().decode()
 
 
-@pytest.mark.parametrize("method, path", HTTP_ADMIN)
-def test_http_admin_api_is_refused_without_the_key(server, method, path):
-    status, body = http_call(server, method, path)
-    assert status == 403, body
-    assert f"This API is restricted, expecting header '{ADMIN_HEADER}'" in body
-    status, body = http_call(server, method, path, {ADMIN_HEADER: "not-the-key"})
-    assert status == 403, body
+# headers that a leaked key of the old launcher would have been sent under
+GUESSES = [{}, {"tritonrag-admin-key": "not-the-key"}, {"tritonrag-locked": ""}]
 
 
 @pytest.mark.parametrize("method, path", HTTP_ADMIN)
-def test_http_admin_api_works_with_the_key(server, method, path):
-    status, body = http_call(server, method, path, server.admin_headers("http"))
-    assert status == 200, body
-    if path == "/v2/repository/index":
-        assert {m["name"] for m in json.loads(body)} >= {"embedder", "retriever", "generator", "rag_ensemble"}
+def test_http_admin_api_is_refused(server, method, path):
+    for headers in GUESSES:
+        status, body = http_call(server, method, path, headers)
+        assert status == 403, body
+        assert "This API is restricted" in body
 
 
 @pytest.mark.parametrize("call", GRPC_ADMIN)
-def test_grpc_admin_api_is_refused_without_the_key(grpc_client, server, call):
-    for headers in (None, {"triton-grpc-protocol-" + ADMIN_HEADER: "not-the-key"},
-                    server.admin_headers("http")):  # the HTTP header name is not the gRPC one
+def test_grpc_admin_api_is_refused(grpc_client, server, call):
+    for headers in GUESSES:
         with pytest.raises(InferenceServerException, match="This protocol is restricted, expecting header"):
-            getattr(grpc_client, call)(headers=headers)
+            getattr(grpc_client, call)(headers={"triton-grpc-protocol-" + k: v for k, v in headers.items()} or None)
 
 
-@pytest.mark.parametrize("call", GRPC_ADMIN)
-def test_grpc_admin_api_works_with_the_key(grpc_client, server, call):
-    result = getattr(grpc_client, call)(headers=server.admin_headers("grpc"), as_json=True)
-    if call == "get_model_repository_index":
-        assert {m["name"] for m in result["models"]} >= {"embedder", "retriever", "generator"}
-    if call == "get_log_settings":
-        assert "log_verbose_level" in result["settings"]
+def upload_request(server, name: str, marker, headers: dict) -> urllib.request.Request:
+    """Repository load with a model file override (the CVE-2023-31036 class): a model.py that
+    would write `marker` as the service when it loads."""
+    source = f"open({str(marker)!r}, 'w').write('ran')\nclass TritonPythonModel:\n    def execute(self, r):\n        return []\n"
+    config = {"name": name, "backend": "python", "max_batch_size": 0,
+              "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
+              "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1]}]}
+    body = json.dumps({"parameters": {"config": json.dumps(config),
+                                      "file:1/model.py": base64.b64encode(source.encode()).decode()}}).encode()
+    return urllib.request.Request(f"http://{server.http_url}/v2/repository/models/{name}/load", data=body,
+                                  method="POST", headers={"Content-Type": "application/json", **headers})
+
+
+def refused_upload(server, marker, headers: dict) -> int:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(upload_request(server, "uploaded", marker, headers), timeout=120)
+    assert not marker.exists()
+    status, _ = http_call(server, "GET", "/v2/models/uploaded/ready")
+    assert status != 200
+    return refused.value.code
+
+
+def test_a_model_upload_is_refused(server, tmp_path):
+    for headers in GUESSES:
+        assert refused_upload(server, tmp_path / "ran", headers) == 403
+
+
+@pytest.fixture(scope="module")
+def open_repository_server(server, tmp_path_factory):
+    """A server whose operator opened the repository API to anyone (`--allow-admin-api model-repository`)."""
+    http, grpc, metrics = free_ports(3)
+    settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics, index=server.index_path,
+                              open_apis={"model-repository"}, supervise=False)
+    with TritonServer(settings, run_dir=tmp_path_factory.mktemp("open-repo")) as running:
+        yield running
+
+
+def test_no_model_can_be_loaded_even_with_the_repository_api_open(open_repository_server, tmp_path):
+    server = open_repository_server
+    assert refused_upload(server, tmp_path / "ran", {}) == 503   # Triton: no load in model control "none"
+    status, body = http_call(server, "POST", "/v2/repository/models/embedder/unload")
+    assert status != 200, body
+    status, _ = http_call(server, "GET", "/v2/models/embedder/ready")
+    assert status == 200
+
+
+def test_no_process_of_the_server_holds_a_key(server):
+    """argv and environment of tritonserver and of every stub: no admin key, no restriction value
+    anyone could send."""
+    pids = [server.process.pid, *child_processes(server.process.pid)]
+    assert len(pids) > 8   # the server and its stubs
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read().decode(errors="replace").split("\0")
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read().decode(errors="replace").split("\0")
+        assert not [a for a in args + environ if "admin-key" in a.lower() or "ADMIN_KEY" in a], pid
+        for arg in args:
+            if arg.startswith(("--http-restricted-api=", "--grpc-restricted-protocol=")):
+                header = arg.split(":", 1)[1].split("=", 1)[0]
+                assert "\n" in header, arg   # no client can send this header: there is no key
 
 
 def test_serving_apis_stay_open(server, grpc_client):

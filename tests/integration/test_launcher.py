@@ -9,6 +9,8 @@ import urllib.request
 
 import pytest
 
+from tritonrag.models import sources as model_sources
+
 from .conftest import free_ports
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,7 @@ def tritonserver_pids(marker: str) -> list[int]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_serve_binds_loopback_and_stops_cleanly(server, tmp_path, signum):
+def test_serve_binds_loopback_and_stops_cleanly_within_3_s(server, tmp_path, signum, report_figure):
     http, grpc, metrics = free_ports(3)
     command = [sys.executable, "-m", "tritonrag", "serve", "--index", str(server.index_path),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
@@ -52,10 +54,21 @@ def test_serve_binds_loopback_and_stops_cleanly(server, tmp_path, signum):
         with open(f"/proc/{pids[0]}/cmdline", "rb") as handle:
             args = handle.read().decode().split("\0")
         assert "--http-address=127.0.0.1" in args and "--grpc-address=127.0.0.1" in args
+        log_path = model_sources.cache_dir() / "run" / str(http) / "tritonserver.log"
+        assert log_path.exists()
+        signalled = time.monotonic()
         process.send_signal(signum)
-        assert process.wait(timeout=60) == 0
+        code = process.wait(timeout=60)
+        took = time.monotonic() - signalled
+        output = process.stdout.read()
+        assert code == 0, output
+        assert took <= 3.0, (took, output[-2000:])
         assert not ready(http)
         assert tritonserver_pids(port_marker) == []
+        log_text = log_path.read_text(errors="replace")
+        assert "Waiting for in-flight requests to complete" in log_text   # Triton's own stop ran
+        assert "Fatal Python error" not in log_text and "Segmentation fault" not in log_text, log_text[-3000:]
+        report_figure(f"serve stopped by {signal.Signals(signum).name} in {took:.2f} s")
     finally:
         if process.poll() is None:
             process.kill()

@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -31,22 +30,24 @@ from tritonrag.index.store import IndexCorruptError, build_index, load_index
 from tritonrag.models import sources as model_sources
 
 from .repository import render_repository
-from .supervisor import Supervisor
+from .supervisor import Supervisor, SupervisorPolicy
 
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the tritonrag package
 
 # Triton APIs that change or reveal the server itself rather than serve inference:
-# loading/unloading models, registering shared memory, changing log and trace
-# settings. The launcher restricts them on HTTP and gRPC behind a header key unless
-# `ServerSettings.open_apis` names them. health, metadata, inference, model-config
-# and statistics stay open (clients, perf_analyzer and the tests use them).
+# the model repository (index; load and unload are off anyway, see prepare), shared
+# memory registration, log and trace settings. The launcher restricts them on HTTP and
+# gRPC unless `ServerSettings.open_apis` names them. health, metadata, inference,
+# model-config and statistics stay open (clients, perf_analyzer and the tests use them).
 ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
-ADMIN_HEADER = "tritonrag-admin-key"
-# Triton's gRPC frontend checks the restricted-protocol key under this prefix.
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
-_KEY_CHARS = re.compile(r"[A-Za-z0-9._~-]+")
+# Triton restricts an API behind a header name and value given on its command line, which
+# every local user can read (ps). So the restriction names a header no client can send:
+# a newline is neither allowed in an HTTP header name nor in a gRPC metadata key. No key
+# exists, so none can leak; nothing of ours needs these APIs (the supervisor restarts the
+# server instead of reloading models).
+_UNSENDABLE_HEADER = "tritonrag-locked\n=\n"
 
 
 @dataclass
@@ -71,16 +72,19 @@ class ServerSettings:
     ready_timeout_s: float = 600.0
     # Admin APIs (of ADMIN_APIS) to leave open to anyone who can reach the ports.
     open_apis: set[str] = field(default_factory=set)
-    # Header value that unlocks the restricted admin APIs; random per start when None.
-    admin_key: str | None = None
-    # Restart a dead server and reload a model whose stub died (tritonrag.server.supervisor).
+    # Restart a dead, hung or partly dead server (tritonrag.server.supervisor).
     supervise: bool = True
+    supervision: SupervisorPolicy | None = None
     # Overload limits per model, over config.pbtxt's default_queue_policy.
     max_queue: dict[str, int] = field(default_factory=dict)
     queue_timeout_s: dict[str, float] = field(default_factory=dict)
     # {model: {"max_batch_size" | "max_queue_delay_us" | "instances": n}} (benchmark variants)
     scheduling: dict[str, dict[str, int]] = field(default_factory=dict)
 
+
+
+# Triton's log line when a stop has no inference in flight any more and only unloading is left
+DRAINED = "All models are stopped, unloading models"
 
 
 def free_ports(count: int) -> list[int]:
@@ -95,17 +99,15 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def restricted_api_options(open_apis: set[str], key: str) -> list[str]:
-    """tritonserver options that put the admin APIs not in `open_apis` behind header `ADMIN_HEADER: key`."""
+def restricted_api_options(open_apis: set[str]) -> list[str]:
+    """tritonserver options that lock the admin APIs not in `open_apis` (no key opens them)."""
     unknown = set(open_apis) - set(ADMIN_APIS)
     if unknown:
         raise ValueError(f"unknown admin API {sorted(unknown)}; choose from {', '.join(ADMIN_APIS)}")
-    if not _KEY_CHARS.fullmatch(key):
-        raise ValueError("the admin key must be letters, digits and . _ ~ - only")
     restricted = [api for api in ADMIN_APIS if api not in open_apis]
     if not restricted:
         return []
-    spec = f"{','.join(restricted)}:{ADMIN_HEADER}={key}"
+    spec = f"{','.join(restricted)}:{_UNSENDABLE_HEADER}"
     return [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
 
 
@@ -229,16 +231,11 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else self.run_dir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
         self.index_path: Path | None = None
-        self.admin_key: str | None = None
         self.supervisor: Supervisor | None = None
+        self.stopped_cleanly = False
+        # after the drain, how long Triton may go on unloading before it is killed
+        self.teardown_grace_s = 0.5
         self._log_file = None
-
-    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
-        """Headers that unlock the restricted admin APIs of this start (for tritonclient's `headers=`)."""
-        if self.admin_key is None:
-            raise RuntimeError("the server has not been prepared yet")
-        prefix = GRPC_HEADER_PREFIX if protocol == "grpc" else ""
-        return {prefix + ADMIN_HEADER: self.admin_key}
 
     @property
     def http_url(self) -> str:
@@ -251,8 +248,7 @@ class TritonServer:
     def prepare(self) -> list[str]:
         """Build the index, render the repository; return the server command line."""
         s = self.settings
-        self.admin_key = s.admin_key or secrets.token_urlsafe(24)
-        admin_options = restricted_api_options(s.open_apis, self.admin_key)  # checked before the slow part
+        admin_options = restricted_api_options(s.open_apis)  # checked before the slow part
         self.index_path = ensure_index(s.corpus, s.embedder, s.index, build=s.build_index)
         overrides: dict[str, dict[str, str]] = {
             "embedder": {"embedder_model": s.embedder},
@@ -281,24 +277,23 @@ class TritonServer:
             f"--log-verbose={s.log_verbose}",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
-            # Explicit mode, everything loaded at start: lets the supervisor unload and
-            # reload one model (the repository API sits behind the admin key).
-            "--model-control-mode=explicit", "--load-model=*",
+            # Model control "none": every model loads at start and the repository API can
+            # neither load (a model upload would run code as this service) nor unload.
+            "--model-control-mode=none",
             *admin_options,
         ]
 
     def start(self) -> "TritonServer":
         self._launch()
         if self.settings.supervise:
-            self.supervisor = Supervisor(self)
+            self.supervisor = Supervisor(self, self.settings.supervision)
             self.supervisor.start()
         return self
 
     def _launch(self) -> None:
         command = self.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        shown = " ".join(command).replace(f"={self.admin_key}", "=<admin key>")
-        log.info("starting %s (log: %s)", shown, self.log_path)
+        log.info("starting %s (log: %s)", " ".join(map(repr, command)), self.log_path)
         if self._log_file is None or self._log_file.closed:
             self._log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, env=server_environment(), stdout=self._log_file,
@@ -338,23 +333,49 @@ class TritonServer:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (Triton finishes in-flight requests, unloads models, exits), then SIGKILL."""
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM: Triton refuses new requests and finishes those in flight; then it is ended.
+
+        True when the in-flight requests finished (a clean stop), False when they did not
+        within `timeout_s` or the server failed by itself.
+        """
         if self.supervisor is not None:
             self.supervisor.stop()
-        code = self._terminate(timeout_s)
+        self._terminate(timeout_s)
         if self._log_file is not None:
             self._log_file.close()
-        return code
+        return self.stopped_cleanly
 
     def _terminate(self, timeout_s: float = 30.0) -> int | None:
+        """Stop the server: SIGTERM, wait for its in-flight requests, then end it and its stubs.
+
+        Once Triton logs that its requests are done (DRAINED), what is left of its stop is
+        teardown: it unloads each Python model instance in turn, and the Python backend
+        waits a fixed second per instance before it finalizes the stub (8 `rag_bls`
+        instances alone take 8 s); the stubs' interpreter teardown is also where their
+        threads can crash. No model holds state that teardown would save (the index is
+        read-only when serving), so after the drain and `teardown_grace_s` the process
+        group is killed.
+        """
         if self.process is None:
             return None
+        self.stopped_cleanly = self.process.poll() is None
         if self.process.poll() is None:
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            deadline, drained_at = time.monotonic() + timeout_s, None
+            while self.process.poll() is None:
+                now = time.monotonic()
+                if drained_at is None and self._log_since(logged, DRAINED):
+                    drained_at = now
+                if now >= deadline or (drained_at is not None and now - drained_at >= self.teardown_grace_s):
+                    break
+                time.sleep(0.05)
+            exited = self.process.poll()
+            self.stopped_cleanly = drained_at is not None or exited == 0
+            if exited is None:
+                if drained_at is None:
+                    log.error("tritonserver did not finish its requests within %.0f s: killing it", timeout_s)
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         # Stub processes live in the server's session; make sure none outlives it.
@@ -363,6 +384,14 @@ class TritonServer:
         except ProcessLookupError:
             pass
         return self.process.returncode
+
+    def _log_since(self, offset: int, text: str) -> bool:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(offset)
+                return text.encode() in handle.read()
+        except OSError:
+            return False
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -1,16 +1,26 @@
-"""Keeps a tritonserver serving: restarts it when it dies, reloads a model whose stub died.
+"""Keeps a tritonserver serving: restarts it when it dies, hangs, or loses a stub.
 
-Triton 2.51 does neither by itself. When a model's Python stub process is killed, the
-model and the server keep reporting ready while every request to that model fails with
-"Stub process '<model>_0_0' is not healthy", for good (seen here with the generator); and a
-server that dies stays dead. The supervisor watches the server process and its stub
-processes. A missing stub: unload the model (readiness turns false at once, other models
-keep serving, e.g. `rag_retrieve` while the generator is down), then load it again
-(2.6 s for the builtin generator on 2 CPU cores). An unload that cannot finish (its
-in-flight requests wait on a dead stub) falls back to a server restart after
-`unload_timeout_s`, and so does the death of a model that others call through BLS
-(`restart_server_for`). A dead server: start it again on the same ports. Repeated
-failures within a window end supervision, so that the process exits and its own supervisor (Kubernetes, compose, systemd) takes over.
+Triton 2.51 does none of this by itself. When a model's Python stub process is killed,
+the model and the server keep reporting ready while every request to that model fails
+with "Stub process '<model>_0_0' is not healthy", for good; a hung stub or server answers
+nothing; and a server that dies stays dead. The supervisor watches, every `interval_s`:
+
+1. the server process: exited -> restart;
+2. the server's liveness endpoint: no answer within `probe_timeout_s`, `probe_failures`
+   times in a row -> restart (a hung server);
+3. the stub processes per model: fewer than at start -> restart (checked after 1 and 2,
+   so the stubs of a dead server are that server's death, not incidents of their own);
+4. a canary request (`canary_model`, one small question, from its own thread): sent and
+   unanswered for `hang_s`, or answered with Triton's "Stub process ... is not healthy"
+   -> restart (a hung or dead stub on the request path). Any other answer, an error
+   included, counts as alive.
+
+The only recovery is a restart of the whole server on the same ports (seconds once the
+models are cached): the server runs with no repository load/unload API (see
+launcher.prepare), and a reload of single models could strand the BLS callers of a dead
+stub. One incident is one restart. More than `max_recoveries` within `window_s` end
+supervision (`failed` is set), so that the process exits non-zero and its own supervisor
+(Kubernetes, compose, systemd) takes over.
 """
 
 from __future__ import annotations
@@ -67,23 +77,30 @@ def stubs_per_model(children: dict[int, bytes]) -> collections.Counter[str]:
 
 @dataclass
 class SupervisorPolicy:
-    """How often to look and how many recoveries to try before giving up."""
+    """How often to look, what counts as hung, how many recoveries to try before giving up."""
 
     interval_s: float = 0.5
     max_recoveries: int = 5          # within window_s; one more and supervision ends
     window_s: float = 300.0
-    load_timeout_s: float = 600.0
-    # An unload waits for the model's in-flight requests; one whose requests can never
-    # finish (a BLS caller's stub died mid-stream, say) would wait for good: past this,
-    # the server is restarted instead.
-    unload_timeout_s: float = 15.0
-    # Models that others call through decoupled BLS: when such a stub dies, its callers'
-    # in-flight calls never return (seen with Triton 2.51: the reloaded model answers, the
-    # stranded callers wait for good), so a reload would leave them stuck: restart the
-    # whole server instead. None by default: the generator forwarder reaches
-    # generator_stream over a socket (tritonrag/serving/engine_link.py), whose rows fail at once
-    # when the engine dies, and it dials the reloaded engine by itself.
-    restart_server_for: tuple[str, ...] = ()
+    probe_timeout_s: float = 5.0     # one liveness probe of the server
+    probe_failures: int = 2          # consecutive unanswered probes that make a hung server
+    # The canary: one question through this model (the full pipeline: embedder, retriever,
+    # generator and its engine, one BLS instance) every canary_interval_s; unanswered for
+    # hang_s makes a hung stub. The bound leaves room for a full queue ahead of it. None: off.
+    canary_model: str | None = "rag_bls"
+    canary_interval_s: float = 5.0
+    hang_s: float = 60.0
+    restart_grace_s: float = 5.0     # a dead server needs none, and a stuck one cannot drain
+
+
+# Triton's answer to a request for a model whose stub it found dead or unresponsive
+_UNHEALTHY = "is not healthy"
+
+_CANARY_BODY = json.dumps({"inputs": [
+    {"name": "question", "shape": [1, 1], "datatype": "BYTES", "data": ["canary"]},
+    {"name": "top_k", "shape": [1, 1], "datatype": "INT32", "data": [1]},
+    {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [1]},
+]}).encode()
 
 
 class SupervisedServer(Protocol):
@@ -104,15 +121,21 @@ class SupervisedServer(Protocol):
 class Supervisor:
     """Background thread around a started TritonServer (see the module docstring)."""
 
-    def __init__(self, server: SupervisedServer, policy: SupervisorPolicy | None = None):
+    def __init__(self, server: SupervisedServer, policy: SupervisorPolicy | None = None, clock=time.monotonic):
         self.server = server
         self.policy = policy or SupervisorPolicy()
+        self.clock = clock
         self.expected: collections.Counter[str] = collections.Counter()
         self.events: list[tuple[float, str, str]] = []  # (time, what, detail) for tests and logs
         self.failed = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()   # held while recovering; stop() waits for it
         self._thread: threading.Thread | None = None
+        self._canary_thread: threading.Thread | None = None
+        self._unanswered_probes = 0
+        self._canary_sent: float | None = None   # when the canary now in flight was sent
+        self._canary_broken: str | None = None   # the last canary's answer, when it tells of a broken stub
+        self._epoch = 0                         # bumped per restart: a canary of an older server is void
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -120,6 +143,9 @@ class Supervisor:
         log.info("supervising tritonserver pid %d, stubs %s", self.server.process.pid, dict(self.expected))
         self._thread = threading.Thread(target=self._run, name="triton-supervisor", daemon=True)
         self._thread.start()
+        if self.policy.canary_model:
+            self._canary_thread = threading.Thread(target=self._canary_loop, name="triton-canary", daemon=True)
+            self._canary_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -143,77 +169,98 @@ class Supervisor:
                     log.exception("supervisor check failed: %s", exc)
 
     def _check_once(self) -> None:
+        """Finds at most one incident and recovers from it (one restart)."""
+        reason = self._incident()
+        if reason is not None:
+            self._recover(reason)
+
+    def _incident(self) -> str | None:
         process = self.server.process
         if process.poll() is not None:
-            self._recover("server-restart", f"tritonserver exited with code {process.returncode}",
-                          self._restart_server)
-            return
+            return f"tritonserver exited with code {process.returncode}"
+        if not self._server_answers():
+            self._unanswered_probes += 1
+            if self._unanswered_probes >= self.policy.probe_failures:
+                return (f"tritonserver answered no liveness probe in {self._unanswered_probes} tries "
+                        f"of {self.policy.probe_timeout_s:.0f} s")
+            return None
+        self._unanswered_probes = 0
         counts = self._stub_counts()
-        for model, expected in self.expected.items():
-            if counts[model] < expected and model in self.policy.restart_server_for:
-                self._recover("server-restart", f"{model}: {counts[model]} of {expected} stub processes alive "
-                              "(a BLS target)", self._restart_server)
-                return
-            if counts[model] < expected:
-                self._recover("model-reload", f"{model}: {counts[model]} of {expected} stub processes alive",
-                              lambda model=model: self._reload_model(model))
+        if process.poll() is not None:  # died while we looked: its stubs went with it
+            return f"tritonserver exited with code {process.returncode}"
+        missing = [f"{model}: {counts[model]} of {n}" for model, n in self.expected.items() if counts[model] < n]
+        if missing:
+            return "stub processes missing (" + ", ".join(missing) + ")"
+        if self._canary_broken:
+            return f"{self.policy.canary_model} answered the canary with {self._canary_broken!r}"
+        sent = self._canary_sent
+        if sent is not None and self.clock() - sent > self.policy.hang_s:
+            return f"{self.policy.canary_model} left a canary request unanswered for {self.clock() - sent:.0f} s"
+        return None
 
-    def _recover(self, kind: str, reason: str, action) -> None:
-        now = time.monotonic()
-        recent = [t for t, k, _ in self.events if k in ("server-restart", "model-reload") and now - t < self.policy.window_s]
+    def _recover(self, reason: str) -> None:
+        now = self.clock()
+        recent = [t for t, k, _ in self.events if k == "server-restart" and now - t < self.policy.window_s]
         if len(recent) >= self.policy.max_recoveries:
             log.error("%s; %d recoveries in %.0f s already: giving up", reason, len(recent), self.policy.window_s)
             self.events.append((now, "gave-up", reason))
             self.failed.set()
             self._stop.set()
             return
-        log.warning("%s: %s", reason, "restarting the server" if kind == "server-restart" else "reloading the model")
-        self.events.append((now, kind, reason))
+        log.warning("%s: restarting the server", reason)
+        self.events.append((now, "server-restart", reason))
         started = time.monotonic()
         try:
-            action()
+            self._restart_server()
         except Exception as exc:
-            log.error("%s failed: %s", kind, exc)
-            self.events.append((time.monotonic(), f"{kind}-failed", str(exc)))
+            log.error("server restart failed: %s", exc)
+            self.events.append((self.clock(), "server-restart-failed", str(exc)))
             return
-        log.warning("%s done in %.1f s", kind, time.monotonic() - started)
-        self.events.append((time.monotonic(), f"{kind}-done", reason))
+        log.warning("server restart done in %.1f s", time.monotonic() - started)
+        self.events.append((self.clock(), "server-restart-done", reason))
 
-    # -- actions -------------------------------------------------------------------
+    # -- probes and actions --------------------------------------------------------------
     def _stub_counts(self) -> collections.Counter[str]:
         return stubs_per_model(child_processes(self.server.process.pid))
 
-    def _restart_server(self) -> None:
-        # short grace: a dead server needs none, and a stuck one cannot drain its requests
-        self.server.relaunch(grace_s=5.0)
-        self.expected = self._stub_counts()
-
-    def _reload_model(self, model: str) -> None:
-        # Unload first: loading a loaded model with an unchanged config is a no-op in
-        # Triton, and unloading makes readiness false while the model is away.
-        deadline = time.monotonic() + self.policy.unload_timeout_s
+    def _server_answers(self) -> bool:
+        """Whether the server answers its liveness endpoint within the bound (any HTTP reply counts)."""
         try:
-            self._repository(model, "unload", self.policy.unload_timeout_s)
-        except OSError as exc:  # a timeout or a dropped connection: the unload hangs
-            log.warning("unloading %s did not return (%s)", model, exc)
-        while self._stub_counts()[model] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if self._stub_counts()[model]:
-            log.warning("%s is still unloading after %.0f s (requests that cannot finish): restarting the server",
-                        model, self.policy.unload_timeout_s)
-            self.events.append((time.monotonic(), "unload-stuck", model))
-            self._restart_server()
-            return
-        self._repository(model, "load")
-        if self._stub_counts()[model] < self.expected[model]:
-            raise RuntimeError(f"{model} loaded but has {self._stub_counts()[model]} stub processes")
-
-    def _repository(self, model: str, action: str, timeout_s: float | None = None) -> None:
-        request = urllib.request.Request(
-            f"http://{self.server.http_url}/v2/repository/models/{model}/{action}", data=json.dumps({}).encode(),
-            headers={"Content-Type": "application/json", **self.server.admin_headers("http")}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s or self.policy.load_timeout_s) as reply:
+            with urllib.request.urlopen(f"http://{self.server.http_url}/v2/health/live",
+                                        timeout=self.policy.probe_timeout_s) as reply:
                 reply.read()
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{action} {model}: HTTP {exc.code} {exc.read()[:300]!r}") from exc
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _canary_loop(self) -> None:
+        while not self._stop.wait(self.policy.canary_interval_s):
+            epoch = self._epoch
+            self._canary_sent = self.clock()
+            request = urllib.request.Request(
+                f"http://{self.server.http_url}/v2/models/{self.policy.canary_model}/infer", data=_CANARY_BODY,
+                headers={"Content-Type": "application/json"}, method="POST")
+            broken = None
+            try:
+                # past hang_s the loop restarts the server, which ends this request too
+                with urllib.request.urlopen(request, timeout=self.policy.hang_s * 2) as reply:
+                    reply.read()
+            except urllib.error.HTTPError as exc:
+                # an answer, but Triton's own verdict on a stub it found dead or hung is an incident
+                message = exc.read()[:300].decode(errors="replace")
+                if _UNHEALTHY in message:
+                    broken = message
+            except (urllib.error.URLError, OSError):
+                pass  # refused or cut: the server is down or restarting; the loop sees to that
+            if epoch == self._epoch:
+                self._canary_sent = None
+                self._canary_broken = broken
+
+    def _restart_server(self) -> None:
+        self.server.relaunch(grace_s=self.policy.restart_grace_s)
+        self._epoch += 1
+        self._canary_sent = self._canary_broken = None
+        self._unanswered_probes = 0
+        self.expected = self._stub_counts()
