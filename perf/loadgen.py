@@ -168,6 +168,16 @@ def tree_rss_bytes(pid: int, proc: Path = Path("/proc")) -> int:
     return total
 
 
+def peak_growth(samples: list[tuple[float, int]], end: float) -> float | None:
+    """Memory growth over a steady load: the peak of the samples in (end/2, end] over the peak
+    of those in [0, end/2]; None without samples in both halves. A bounded process levels
+    off, so the ratio stays near 1 (the overload test and the fuzz memory check allow
+    up to 1.10); a leak keeps growing and shows as a higher second peak."""
+    first = [v for t, v in samples if t <= end / 2]
+    second = [v for t, v in samples if end / 2 < t <= end]
+    return max(second) / max(first) if first and second else None
+
+
 class MemorySampler:
     """Samples a value (e.g. tree_rss_bytes) every `interval_s` in the background of an asyncio run."""
 

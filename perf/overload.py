@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 
 from inputs import load_questions  # noqa: E402
-from loadgen import MemorySampler, arrival_times, closed_loop, open_loop, summarize, tree_rss_bytes  # noqa: E402
+from loadgen import (MemorySampler, arrival_times, closed_loop, open_loop, peak_growth, summarize,  # noqa: E402
+                     tree_rss_bytes)
 
 
 @dataclasses.dataclass
@@ -63,9 +64,6 @@ async def run_overload(url: str, server_pid: int, questions: list[str], config: 
         burst = await burst_task
     recovered_after = next((o.sent_s for o in recovery if o.kind == "ok" and o.latency_s <= 1.5 * normal_p90), None)
     rss = [value for _, value in memory.samples]
-    half = config.burst_s / 2
-    first_half = [v for t, v in memory.samples if t <= half]
-    second_half = [v for t, v in memory.samples if half < t <= config.burst_s]
     return {
         "config": dataclasses.asdict(config),
         "capacity": capacity,
@@ -82,7 +80,7 @@ async def run_overload(url: str, server_pid: int, questions: list[str], config: 
         "rss_max_bytes": max(rss) if rss else None,
         "rss_end_bytes": rss[-1] if rss else None,
         # bounded = no growth once the queue is full: the second half's peak against the first's
-        "rss_growth_second_half": (max(second_half) / max(first_half)) if first_half and second_half else None,
+        "rss_growth_second_half": peak_growth(memory.samples, config.burst_s),
         "memory_samples": memory.samples,
         "burst_outcomes": [dataclasses.asdict(o) for o in burst],
         "recovery_outcomes": [dataclasses.asdict(o) for o in recovery],

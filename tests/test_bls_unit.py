@@ -105,3 +105,55 @@ def test_requests_merge_into_one_call_per_top_k_and_split_back():
     assert [p["answer"].tolist() for p in parts] == [[["A"], ["B"]], [["C"]]]
     with pytest.raises(RequestError, match="same for every row"):
         request_values(question("a?", "b?"), np.array([[2], [3]], np.int32), None, LIMITS)
+
+
+LONG = "word " * 800  # under max_question_bytes, over the generator's max_prompt_tokens
+
+
+def refusing_stages(calls):
+    """Stage calls as BLS makes them; the generator refuses a merged call holding a long question,
+    as Triton 2.51 reports it to a BLS caller: code INTERNAL."""
+    def call(model, inputs, outputs):
+        calls.append((model, len(inputs["question"])))
+        rows = len(inputs["question"])
+        if model == "generator" and any(q[0].decode() == LONG for q in inputs["question"]):
+            raise StageError(model, "the question alone is 1801 tokens; the limit is 1024", "INTERNAL")
+        k = int(inputs["top_k"].reshape(-1)[0]) if "top_k" in inputs else 0
+        return {name: value for name, value in {"EMBEDDING": np.zeros((rows, 4), np.float32),
+                "sources": np.array([[b"s"] * k] * rows, dtype=np.object_),
+                "scores": np.zeros((rows, k), np.float32),
+                "passages": np.array([[b"p"] * k] * rows, dtype=np.object_),
+                "answer": np.array([[b"a"]] * rows, dtype=np.object_),
+                "finish_reason": np.array([[b"stop"]] * rows, dtype=np.object_)}.items() if name in outputs}
+    return call
+
+
+def test_a_stage_refusal_fails_only_its_own_request():
+    from tritonrag.serving.bls import run_requests, stage_error_code
+
+    requests = [request_values(question(q), None, np.array([[1]], np.int32), LIMITS)
+                for q in ("short?", LONG, "also short?")]
+    calls = []
+    results = run_requests(requests, {}, refusing_stages(calls))
+    assert results[0]["answer"].tolist() == [[b"a"]] and results[2]["answer"].tolist() == [[b"a"]]
+    assert results[0]["sources"].shape == (1, 3)
+    assert isinstance(results[1], StageError)
+    # the merged call first, then each request alone
+    assert [c for c in calls if c[0] == "generator"] == [("generator", 3), ("generator", 1), ("generator", 1),
+                                                         ("generator", 1)]
+    # BLS says INTERNAL; the client gets INVALID_ARG for a refusal, INTERNAL for a failure
+    assert stage_error_code(str(results[1]), results[1].code) == "INVALID_ARG"
+    assert stage_error_code("generator: internal error: RuntimeError: boom", "INTERNAL") == "INTERNAL"
+    assert stage_error_code("embedder: Stub process 'embedder_0_0' is not healthy.", "INTERNAL") == "INTERNAL"
+    assert stage_error_code("generator: Exceeds maximum queue size: 8 requests", "INTERNAL") == "UNAVAILABLE"
+    assert stage_error_code("anything", "UNAVAILABLE") == "UNAVAILABLE"
+
+
+def test_requests_that_merge_cleanly_are_one_call():
+    from tritonrag.serving.bls import run_requests
+
+    requests = [request_values(question(q), None, None, LIMITS) for q in ("a?", "b?")]
+    calls = []
+    results = run_requests(requests, {}, refusing_stages(calls))
+    assert [r["answer"].shape for r in results] == [(1, 1), (1, 1)]
+    assert calls == [("embedder", 2), ("retriever", 2), ("generator", 2)]

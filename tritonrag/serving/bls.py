@@ -147,3 +147,54 @@ def split_rows(values: Mapping[str, np.ndarray], names: Sequence[str], rows: Seq
         out.append({name: values[name][start:start + n] for name in names})
         start += n
     return out
+
+
+# Triton 2.51 hands a BLS caller every stage error with code INTERNAL, whatever code the
+# stage answered with. The stages' own failures say "internal error" (tritonrag.triton_glue),
+# a full queue says "Exceeds maximum queue size", and a stage that is down is named by
+# Triton in the words below; any other stage error is that stage refusing the request
+# (e.g. a question too long for the generator's prompt), so it is the client's: INVALID_ARG.
+_INTERNAL_WORDS = ("internal error", "stub process", "not healthy", "failed to", "socket closed", "not ready",
+                   "unknown model")
+
+
+def stage_error_code(message: str, code: str | None) -> str:
+    """The code a client gets for a stage error: "INVALID_ARG", "UNAVAILABLE" or "INTERNAL".
+
+    `code` is the name of the code BLS reported ("INTERNAL", "INVALID_ARG", ... or None)."""
+    if code not in (None, "INTERNAL"):
+        return code
+    lowered = message.lower()
+    if "exceeds maximum queue size" in lowered:
+        return "UNAVAILABLE"
+    if any(word in lowered for word in _INTERNAL_WORDS):
+        return "INTERNAL"
+    return "INVALID_ARG"
+
+
+def run_requests(requests: Sequence[dict[str, np.ndarray]], models: Mapping[str, str], call: StageCall,
+                 stages: tuple[Stage, ...] = STAGES) -> list:
+    """Each request's outputs (OUTPUTS -> array), or the exception that is its own.
+
+    Requests are merged into one call per top_k (group_requests). When a merged call fails,
+    its requests run again one by one, so that a request a stage refuses fails alone and
+    the others of its batch are answered."""
+    results: list = [None] * len(requests)
+    for members, merged in group_requests(requests):
+        try:
+            out = run_pipeline(merged, models, call, stages)
+        except Exception as exc:  # noqa: BLE001 — whose it is is found below
+            if len(members) == 1:
+                results[members[0]] = exc
+                continue
+            for i in members:
+                try:
+                    alone = run_pipeline(requests[i], models, call, stages)
+                    results[i] = {name: alone[name] for name in OUTPUTS}
+                except Exception as own:  # noqa: BLE001 — this request's own error
+                    results[i] = own
+            continue
+        rows = [len(requests[i]["question"]) for i in members]
+        for i, part in zip(members, split_rows(out, OUTPUTS, rows)):
+            results[i] = part
+    return results

@@ -18,7 +18,9 @@ from tritonrag.serving.bls import (
     group_requests,
     request_values,
     run_pipeline,
+    run_requests,
     split_rows,
+    stage_error_code,
 )
 from tritonrag.serving.glue import error_response, from_dlpack, input_array, parse_config, read_limits
 
@@ -39,24 +41,27 @@ class TritonPythonModel:
                     self.limits, **{name: input_array(request, name) for name in ("fusion", "temperature", "top_p")})))
             except RequestError as exc:
                 responses[slot] = error_response(str(exc))
-        # All valid requests of this batch go to each stage in one call (one per top_k).
-        for members, merged in group_requests([values for _, values in valid]):
-            slots = [valid[i][0] for i in members]
-            try:
-                out = run_pipeline(merged, self.models, _call)
-            except StageError as exc:
-                for slot in slots:
-                    responses[slot] = error_response(str(exc), exc.code)
-                continue
-            except Exception as exc:  # noqa: BLE001 — this group's requests only
-                for slot in slots:
-                    responses[slot] = error_response(f"internal error: {type(exc).__name__}: {exc}",
-                                                     pb_utils.TritonError.INTERNAL)
-                continue
-            rows = [len(valid[i][1]["question"]) for i in members]
-            for slot, part in zip(slots, split_rows(out, OUTPUTS, rows)):
-                responses[slot] = pb_utils.InferenceResponse([pb_utils.Tensor(n, part[n]) for n in OUTPUTS])
+        # All valid requests of this batch go to each stage in one call (one per top_k); a call
+        # that fails is retried request by request, so a refusal reaches only its own request.
+        results = run_requests([values for _, values in valid], self.models, _call)
+        for (slot, _), result in zip(valid, results):
+            if isinstance(result, StageError):
+                code = stage_error_code(str(result), _code_name(result.code))
+                responses[slot] = error_response(str(result), getattr(pb_utils.TritonError, code))
+            elif isinstance(result, Exception):
+                responses[slot] = error_response(f"internal error: {type(result).__name__}: {result}",
+                                                 pb_utils.TritonError.INTERNAL)
+            else:
+                responses[slot] = pb_utils.InferenceResponse([pb_utils.Tensor(n, result[n]) for n in OUTPUTS])
         return responses
+
+
+def _code_name(code):
+    """The name of a pb_utils.TritonError code ("INTERNAL", ...), None when unknown."""
+    names = {getattr(pb_utils.TritonError, n): n for n in ("INVALID_ARG", "UNAVAILABLE", "INTERNAL", "NOT_FOUND",
+                                                          "UNSUPPORTED", "CANCELLED", "UNKNOWN", "ALREADY_EXISTS")
+             if hasattr(pb_utils.TritonError, n)}
+    return names.get(code)
 
 
 def _call(model, inputs, outputs):
