@@ -136,3 +136,32 @@ def test_relative_links_resolve():
               if path.exists() for target in LINK.findall(path.read_text())
               if "://" not in target and not (path.parent / target).exists()]
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+RESULT_NAME = re.compile(r"(?:\.\.\.|20\d\d-\d\d-\d\d)_[A-Za-z0-9_.{},*-]*[A-Za-z0-9}*]")
+
+
+def _expand(name: str) -> list[str]:
+    m = re.search(r"\{([^{}]*)\}", name)
+    if not m:
+        return [name]
+    return [x for part in m.group(1).split(",") for x in _expand(name[:m.start()] + part + name[m.end():])]
+
+
+def test_result_files_named_in_docs_exist():
+    """Every result file a doc names (braces expanded, `*` and a leading `...` as wildcards)
+    is still in perf/results, so pruning and renaming cannot leave dangling evidence."""
+    from fnmatch import fnmatch
+
+    from docs_snippets import doc_files
+
+    present = [p.name for p in (ROOT / "perf" / "results").iterdir()]
+    missing = []
+    for path in [*doc_files(), ROOT / "perf" / "README.md", ROOT / "perf" / "results" / "INDEX.md"]:
+        for mention in RESULT_NAME.findall(path.read_text()):
+            for name in _expand(mention):
+                pattern = ("*" + name[3:]) if name.startswith("...") else name
+                pattern = pattern if re.search(r"\.(json|csv|png|md|\*)$", pattern) else pattern + ".*"
+                if not any(fnmatch(p, pattern) for p in present):
+                    missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not missing, "result files named in docs but not in perf/results:\n" + "\n".join(missing)
