@@ -112,9 +112,9 @@ class TritonPythonModel:
         rid = ask.rid
         try:
             # checked by the forwarder against its own limits; these are this model's
-            passages = decode_passages(passages, self.limits.max_passages, self.limits.max_passages_bytes)
+            passages = decode_passages(ask.passages, self.limits.max_passages, self.limits.max_passages_bytes)
             generation = self.generator.prepare(
-                ask.question, ask.passages, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
+                ask.question, passages, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
                                                         self.limits.max_max_tokens),
                 temperature=ask.temperature, top_p=ask.top_p)
         except RequestError as exc:
