@@ -402,7 +402,7 @@ def sweep(args, host: str, http_port: int, grpc_port: int) -> list[dict]:
                 points += [(None, r, d) for d in args.distribution for r in args.request_rate]
                 for concurrency, rate, distribution in points:
                     if distribution == "bursty":
-                        if "max_tokens" not in names or set(names) - {"question", "top_k", "max_tokens"}:
+                        if "max_tokens" not in names or set(names) - {"question", "top_k", "max_tokens", "fusion", "temperature", "top_p"}:
                             continue  # loadgen asks the pipeline's questions for answers only
                         row = run_bursty(model, url, protocol, questions, rate, args)
                     else:

@@ -131,7 +131,7 @@ def test_both_generator_models_read_the_passage_limits_from_their_config():
     the one default (read_limits reads every Limits field by name)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "model_repository"
+    root = Path(__file__).resolve().parent.parent / "tritonrag" / "model_repository"
     for model in ("generator", "generator_stream"):
         text = (root / model / "config.pbtxt").read_text()
         for name in ("max_passages", "max_passages_bytes"):

@@ -6,6 +6,7 @@ import pytest
 
 from tritonrag.index.synthetic import make_facts, write_facts
 from tritonrag.server.launcher import ServerSettings, TritonServer, free_ports
+from tritonrag.server.supervisor import SupervisorPolicy
 
 SQUAD = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data" / "squad-v2.0-dev-part.json"
 
@@ -35,7 +36,9 @@ def server(tmp_path_factory, server_corpus):
     # exercises that default on its own server).
     settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics,
                               corpus=server_corpus, index=work / "index", build_index=True,
-                              max_queue={"generator": 64})
+                              max_queue={"generator": 64},
+                              # the tests count executions in Triton's statistics: no canary requests
+                              supervision=SupervisorPolicy(canary_model=None))
     with TritonServer(settings, run_dir=work / "run") as running:
         yield running
     # a failing test often wants the server's side of the story

@@ -103,7 +103,7 @@ def server(tmp_path_factory):
     write_facts(make_facts(fc.INDEX_ROWS, seed=7), work / "facts.jsonl")
     http, grpc, metrics = free_ports(3)
     settings = ServerSettings(http_port=http, grpc_port=grpc, metrics_port=metrics, corpus=[str(work / "facts.jsonl")],
-                              index=work / "index", max_queue={"generator": 64})
+                              index=work / "index", build_index=True, max_queue={"generator": 64})
     with LeakyRepositoryServer(settings, run_dir=work / "run") as running:
         yield running
     print(running.log_tail(30))
