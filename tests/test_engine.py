@@ -164,6 +164,17 @@ def test_sampling_with_tiny_top_p_is_greedy_and_temperature_spreads_choices():
     assert set(picks.tolist()) <= {1, 2, 3} and len(set(picks.tolist())) >= 2
 
 
+def test_sampling_at_the_smallest_temperatures_is_greedy_not_nan():
+    """A temperature the request check accepts (any value in [0, 100]) may be subnormal: the
+    scaled logits must not overflow to inf - inf = NaN (the fuzz suite's 1e-45)."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, float("-inf"), 4.5], [2.0, 2.0, 1.0, 0.0]] * 4)
+    for temperature in (1e-45, 1e-38, 1e-30, 1e-8):
+        picks = sample(logits, [temperature] * len(logits), [1.0] * len(logits),
+                       generator=torch.Generator().manual_seed(0))
+        assert picks.view(4, 3)[:, :2].eq(torch.tensor([1, 0])).all(), temperature
+        assert set(picks.view(4, 3)[:, 2].tolist()) <= {0, 1}, temperature
+
+
 def test_incremental_text_releases_pieces_and_cuts_at_a_stop_string(tokenizer):
     ids = tokenizer.encode(" The answer is forty two. END of it")
     text = IncrementalText(tokenizer, stop=["END"])

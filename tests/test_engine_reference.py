@@ -64,7 +64,7 @@ def sequences(seed=1):
 def reference_logits(model, seqs):
     """transformers' logits at every position of each sequence, one forward per sequence."""
     with torch.inference_mode():
-        return [model(torch.tensor([s])).logits[0].float() for s in seqs]
+        return [model(torch.tensor([s], device=model.device)).logits[0].float() for s in seqs]
 
 
 def engine_logits(engine, seqs, rows):
@@ -146,6 +146,13 @@ def test_unsupported_config_features_are_refused_at_load(name):
     model = random_model(tiny_config(kind, **extra))
     with pytest.raises(ValueError, match=message):
         DecodeEngine.from_hf(model, slots=2, max_len=MAX_LEN)
+
+
+def test_the_triton_attention_refuses_a_head_it_cannot_tile():
+    """Its kernels take a head as one power-of-two block: a 24-wide head is refused at load
+    (on a GPU, `attention="auto"` then takes SDPA) instead of failing to compile mid-request."""
+    with pytest.raises(ValueError, match="power-of-two head_dim"):
+        DecodeEngine.from_hf(random_model(tiny_config("mistral")), slots=2, max_len=MAX_LEN, attention="triton")
 
 
 def test_a_window_no_sequence_can_reach_is_accepted():

@@ -196,6 +196,8 @@ def fusion_verdict(value: bytes | None, has_text: bool) -> str | None:
     if value is None:
         return None
     name = value.decode("utf-8", "replace")[:32].strip().lower()
+    if not name:  # empty: the retriever's configured fusion
+        return None
     if name not in FUSIONS:
         return f"fusion must be one of {list(FUSIONS)}, got {name!r}"
     if name != "dense" and not has_text:
@@ -214,8 +216,22 @@ def shape_is(name: str, rows: int, width: int | None = None):
 
 def prompt_may_overflow(questions: list[bytes]) -> bool:
     """A long question may alone pass the generator's max_prompt_tokens (1024), refused then with
-    INVALID_ARGUMENT ("the question alone is N tokens"); counting needs the tokenizer, so either will do."""
-    return any(len(q) > 1000 for q in questions)
+    INVALID_ARGUMENT ("the question alone is N tokens"); counting needs the tokenizer, so either will do.
+    Seen: 976 bytes of "\u00e9" 1049 tokens, 732 bytes of emoji 1169 (the template included); under
+    256 bytes no question comes near."""
+    return any(len(q) > 256 for q in questions)
+
+
+def passages_verdict(row_passages: list[bytes] | None) -> str | None:
+    """The generators' passage bounds (tritonrag.common.request_checks.decode_passages), restated."""
+    if row_passages is None:
+        return None
+    if len(row_passages) > LIMITS.max_passages:
+        return f"{len(row_passages)} passages; the limit is {LIMITS.max_passages}"
+    if sum(map(len, row_passages)) > LIMITS.max_passages_bytes:
+        return (f"the passages are over {LIMITS.max_passages_bytes} bytes together; "
+                f"the limit is {LIMITS.max_passages_bytes}")
+    return None
 
 
 def first_verdict(*verdicts: str | None) -> str | None:
@@ -292,8 +308,9 @@ def case_generator(rng):
         inputs.append(Tensor("passages", "BYTES", [rows, width], serialize_bytes((row_passages or [b""]) * rows)))
     inputs.append(int_tensor("max_tokens", [max_tokens] * rows))
     tokens_verdict = range_verdict("max_tokens", max_tokens, LIMITS.default_max_tokens, LIMITS.max_max_tokens)
-    # the forwarder checks row by row: a row's question, then its max_tokens
-    verdict = first_verdict(*(v for q in qs for v in (question_verdict(q), tokens_verdict)))
+    # the forwarder checks row by row: a row's question, its passages, then its max_tokens
+    verdict = first_verdict(*(v for q in qs for v in (question_verdict(q), passages_verdict(row_passages),
+                                                      tokens_verdict)))
     if verdict:
         return Case("generator", "generator", inputs, "invalid", verdict)
     big = len(row_passages) > 8 or sum(map(len, row_passages)) > 16_384 or prompt_may_overflow(qs)
@@ -337,9 +354,10 @@ def case_generator_stream(rng):
     inputs[0] = Tensor("question", "BYTES", [1], inputs[0].raw)
     t32 = None if temperature is None else float(np.float32(temperature))
     p32 = None if top_p is None else float(np.float32(top_p))
-    # generator_stream's order: stop count, question, max_tokens, finite sampling values, the
-    # prompt (too long?), then the sampling ranges
+    # generator_stream's order: passages, stop count, question, max_tokens, finite sampling values,
+    # the prompt (too long?), then the sampling ranges
     verdict = first_verdict(
+        passages_verdict(row_passages),
         f"at most {MAX_STOP} stop strings, got {len(stop)}" if stop is not None and len(stop) > MAX_STOP else None,
         question_verdict(q),
         range_verdict("max_tokens", max_tokens, LIMITS.default_max_tokens, LIMITS.max_max_tokens),

@@ -58,8 +58,14 @@ class DecodeEngine:
         self.dtype = dtype
         self.slots = slots
         self.max_len = max_len
+        # the Triton kernels take a head as one power-of-two block of at least 16 (tl.arange, tl.dot)
+        triton_head = weights.head_dim >= 16 and weights.head_dim & (weights.head_dim - 1) == 0
         if attention == "auto":
-            attention = "triton" if torch.device(device).type == "cuda" and flash_decode.available() else "sdpa"
+            attention = ("triton" if torch.device(device).type == "cuda" and flash_decode.available() and triton_head
+                         else "sdpa")
+        if attention == "triton" and not triton_head:
+            raise ValueError(f"attention='triton' needs a power-of-two head_dim of at least 16, "
+                             f"not {weights.head_dim}; use attention='sdpa'")
         if attention == "triton" and not (flash_decode.available() and (
                 torch.device(device).type == "cuda" or flash_decode.interpreted())):
             raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")

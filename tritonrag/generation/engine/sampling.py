@@ -13,9 +13,14 @@ def sample(logits, temperature: Sequence[float], top_p: Sequence[float], generat
     """One token id per row of `logits` [n, vocab] (each row's temperature > 0)."""
     import torch
 
+    # a tiny (even subnormal, or flushed-to-zero on the GPU) temperature must act as greedy:
+    # shift each row's maximum to 0 before dividing, so the top token scales to 0 rather than
+    # inf, and divide by at least the smallest normal float32
     t = torch.tensor(temperature, device=logits.device, dtype=torch.float32)[:, None]
+    t = t.clamp(min=torch.finfo(torch.float32).tiny)
     p = torch.tensor(top_p, device=logits.device, dtype=torch.float32)[:, None]
-    probs = torch.softmax(logits.float() / t, dim=-1)
+    logits = logits.float()
+    probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / t, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     # keep the smallest prefix whose mass reaches top_p (the top token always stays)
     drop = (sorted_probs.cumsum(-1) - sorted_probs) >= p
