@@ -39,6 +39,12 @@ def _buckets(limit: int, start: int) -> list[int]:
     return out + [limit]
 
 
+def _tileable(head_dim: int) -> bool:
+    """Whether the Triton kernels can take a head as one block: a power of two of at least 16
+    (tl.arange and tl.dot)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
 class DecodeEngine:
     """Weights + KV cache + the forward passes; the scheduler drives it.
 
@@ -58,12 +64,10 @@ class DecodeEngine:
         self.dtype = dtype
         self.slots = slots
         self.max_len = max_len
-        # the Triton kernels take a head as one power-of-two block of at least 16 (tl.arange, tl.dot)
-        triton_head = weights.head_dim >= 16 and weights.head_dim & (weights.head_dim - 1) == 0
         if attention == "auto":
-            attention = ("triton" if torch.device(device).type == "cuda" and flash_decode.available() and triton_head
-                         else "sdpa")
-        if attention == "triton" and not triton_head:
+            attention = ("triton" if torch.device(device).type == "cuda" and flash_decode.available()
+                         and _tileable(weights.head_dim) else "sdpa")
+        if attention == "triton" and not _tileable(weights.head_dim):
             raise ValueError(f"attention='triton' needs a power-of-two head_dim of at least 16, "
                              f"not {weights.head_dim}; use attention='sdpa'")
         if attention == "triton" and not (flash_decode.available() and (
