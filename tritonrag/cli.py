@@ -125,7 +125,10 @@ def _print_answer(server, question: str) -> int:
     except RagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"Q: {question}\nA: {answer.answer}\nSources:")
+    print(f"Q: {question}\nA: {answer.answer}")
+    if answer.finish_reason == "length":
+        print("[cut at the max_tokens limit]")
+    print("Sources:")
     for source in answer.sources:
         print(f"  {source.id}  ({source.score:.3f})")
     print(f"({time.perf_counter() - started:.2f} s)")
