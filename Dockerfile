@@ -23,7 +23,7 @@ RUN mkdir -p tritonrag client/tritonrag_client \
  && rm -rf tritonrag client
 
 COPY . .
-RUN pip install --no-deps -e .
+RUN pip install --no-deps . && rm -rf build
 
 EXPOSE 8000 8001 8002
 VOLUME ["/cache"]
