@@ -106,6 +106,10 @@ def test_clients_raise_invalid_request_errors(protocol):
         assert isinstance(bad.value, RagError) and isinstance(bad.value, ValueError)
         with pytest.raises(InvalidRequestError, match="top_k must be between 1 and 2147483647, got 4294967296"):
             client.search("Q", top_k=2**32)
+        with pytest.raises(InvalidRequestError, match="^question is required$"):   # as the models say it
+            client.ask(None)
+        with pytest.raises(InvalidRequestError, match="question must be text"):
+            client.search(42)
 
     async def refused():
         async with AsyncRagClient(NOWHERE, protocol=protocol) as client:

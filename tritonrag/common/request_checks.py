@@ -90,6 +90,10 @@ def question_bytes(question: str | bytes, max_bytes: int | None = None) -> bytes
     as those of a command-line argument) goes back to the byte it stood for, so that text
     is refused as invalid UTF-8 with the server's message rather than failing to encode.
     """
+    if question is None:
+        raise required("question")
+    if not isinstance(question, (str, bytes, bytearray, memoryview)):
+        raise RequestError(f"question must be text (str or UTF-8 bytes), got {type(question).__name__}")
     raw = question.encode("utf-8", "surrogateescape") if isinstance(question, str) else bytes(question)
     decode_question(raw, max_bytes)
     return raw
