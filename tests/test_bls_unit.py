@@ -86,9 +86,12 @@ def test_the_pipeline_feeds_each_stage_what_it_declares():
     start = request_values(question("a?"), None, None, LIMITS)
     values = run_pipeline(start, {"generator": "gen-x"}, call)
     assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "fusion", "question", "top_k"]),
+                    ("reranker", ["EMBEDDING", "candidate_passages", "candidate_scores", "candidate_sources", "top_k"]),
                     ("gen-x", ["max_tokens", "passages", "question", "temperature", "top_p"])]
-    assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["retriever"]]
-    assert [s.role for s in STAGES] == ["embedder", "retriever", "generator"]
+    # the generator and the client get the reranker's passages and sources, not the retriever's candidates
+    assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["reranker"]]
+    assert values["passages"].tolist() == [["reranker"]]
+    assert [s.role for s in STAGES] == ["embedder", "retriever", "reranker", "generator"]
     with pytest.raises(StageError, match="fail-generator: boom"):
         run_pipeline(start, {"generator": "fail-generator"}, call)
 
@@ -114,8 +117,8 @@ def refusing_stages(calls):
     """Stage calls as BLS makes them; the generator refuses a merged call holding a long question,
     as Triton 2.51 reports it to a BLS caller: code INTERNAL."""
     def call(model, inputs, outputs):
-        calls.append((model, len(inputs["question"])))
-        rows = len(inputs["question"])
+        rows = len(next(iter(inputs.values())))
+        calls.append((model, rows))
         if model == "generator" and any(q[0].decode() == LONG for q in inputs["question"]):
             raise StageError(model, "the question alone is 1801 tokens; the limit is 1024", "INTERNAL")
         k = int(inputs["top_k"].reshape(-1)[0]) if "top_k" in inputs else 0
@@ -123,6 +126,9 @@ def refusing_stages(calls):
                 "sources": np.array([[b"s"] * k] * rows, dtype=np.object_),
                 "scores": np.zeros((rows, k), np.float32),
                 "passages": np.array([[b"p"] * k] * rows, dtype=np.object_),
+                "candidate_sources": np.array([[b"s"] * (k + 7)] * rows, dtype=np.object_),
+                "candidate_scores": np.zeros((rows, k + 7), np.float32),
+                "candidate_passages": np.array([[b"p"] * (k + 7)] * rows, dtype=np.object_),
                 "answer": np.array([[b"a"]] * rows, dtype=np.object_),
                 "finish_reason": np.array([[b"stop"]] * rows, dtype=np.object_)}.items() if name in outputs}
     return call
@@ -156,4 +162,4 @@ def test_requests_that_merge_cleanly_are_one_call():
     calls = []
     results = run_requests(requests, {}, refusing_stages(calls))
     assert [r["answer"].shape for r in results] == [(1, 1), (1, 1)]
-    assert calls == [("embedder", 2), ("retriever", 2), ("generator", 2)]
+    assert calls == [("embedder", 2), ("retriever", 2), ("reranker", 2), ("generator", 2)]

@@ -91,7 +91,8 @@ def test_warm_up_searches_each_k_and_batch_and_changes_nothing(retriever, monkey
     calls = []
     search = retriever.dense.search
     monkeypatch.setattr(retriever.dense, "search", lambda q, k: calls.append((q.shape, k)) or search(q, k))
-    assert retriever.warm_up(3) >= 0   # the fixture's zscore fusion asks for 1000 dense candidates too
+    # the reranker's 10 candidates and the fixture's zscore fusion's 1000 dense candidates too
+    assert retriever.warm_up(3) >= 0
     assert calls == [((1, vectors.shape[1]), 3), ((32, vectors.shape[1]), 3),
                      ((1, vectors.shape[1]), len(PASSAGES)), ((32, vectors.shape[1]), len(PASSAGES))]
     after = retriever.dense.search(vectors[:2], 3)

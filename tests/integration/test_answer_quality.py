@@ -34,9 +34,9 @@ def test_answer_quality_command_writes_sane_figures(tmp_path):
     for mode in ("dense", "bm25", "zscore", "rrf", "rag_retrieve"):
         r = retrieval[mode]
         assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1.0, (mode, r)
-    # the pipeline's default fusion is the retriever's zscore: same rankings either way
-    assert {k: retrieval["rag_retrieve"][k] for k in ("R@1", "R@5", "R@10")} == \
-        {k: retrieval["zscore"][k] for k in ("R@1", "R@5", "R@10")}
+    # the pipeline's default fusion is the retriever's zscore, and its reranker only reorders the
+    # retriever's 10 candidates: the same passages in the top 10
+    assert retrieval["rag_retrieve"]["R@10"] == retrieval["zscore"]["R@10"]
     assert retrieval["zscore"]["R@5"] >= 0.8 and retrieval["dense"]["R@10"] >= 0.7, retrieval
 
     answers = report["answers"]

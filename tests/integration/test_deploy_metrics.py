@@ -19,7 +19,7 @@ from tritonrag_client import RagClient
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("embedder", "retriever", "generator")
+STAGES = ("embedder", "retriever", "reranker", "generator")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 GPU_FAMILIES = ROOT / "deploy" / "grafana" / "triton-2.51-gpu-metric-families.txt"

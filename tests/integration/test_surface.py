@@ -38,12 +38,26 @@ def _infer(client, model, outputs=None, **values):
 
 
 def _retriever_ids(client, fusion, top_k=3):
-    """The retriever model's own ranking for QUESTION with `fusion` (fed the embedder's vector)."""
+    """The ranking for QUESTION with `fusion`, stage by stage: the retriever's candidates (fed the
+    embedder's vector), put in order and cut to top_k by the reranker."""
     vector = _infer(client, "embedder", question=QUESTION.encode()).as_numpy("EMBEDDING")
-    embedding = grpcclient.InferInput("EMBEDDING", list(vector.shape), "FP32")
-    embedding.set_data_from_numpy(vector)
-    result = client.infer("retriever", [embedding, _tensor("question", QUESTION.encode()),
-                                        _tensor("top_k", top_k), _tensor("fusion", fusion.encode())])
+
+    def embedding():
+        tensor = grpcclient.InferInput("EMBEDDING", list(vector.shape), "FP32")
+        tensor.set_data_from_numpy(vector)
+        return tensor
+
+    names = ("candidate_sources", "candidate_scores", "candidate_passages")
+    found = client.infer("retriever", [embedding(), _tensor("question", QUESTION.encode()),
+                                       _tensor("top_k", top_k), _tensor("fusion", fusion.encode())],
+                         outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+    candidates = []
+    for name in names:
+        array = found.as_numpy(name)
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "BYTES")
+        tensor.set_data_from_numpy(array)
+        candidates.append(tensor)
+    result = client.infer("reranker", [embedding(), *candidates, _tensor("top_k", top_k)])
     return [s.decode() for s in result.as_numpy("sources").reshape(-1)]
 
 
@@ -140,6 +154,8 @@ def test_sampling_options_reach_the_generator_through_the_pipelines(server):
     ("generator", {"max_tokens": 2}, "question is required"),
     ("generator_stream", {"max_tokens": 2}, "question is required"),
     ("retriever", {"top_k": 2}, "EMBEDDING is required"),
+    ("reranker", {"top_k": 2, "candidate_sources": b"s", "candidate_scores": 1.0, "candidate_passages": b"p"},
+     "EMBEDDING is required"),
 ])
 def test_a_request_without_its_required_input_is_told_so(server, model, values, message):
     if model == "generator_stream":   # decoupled: gRPC streaming only

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 class RetrieverSettings:
     storage_dtype: str = "float16"
     gpu_memory_budget_mb: int = 0      # 0: 80 % of the GPU's free memory
-    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k or not (`search_path.route`)
+    search_kernel: str = "auto"        # GPU, k <= 64: fused Triton score+top-k or not (`search.routing`)
+    rerank_candidates: int = 10        # rows of the candidate_* outputs (the reranker's input), at least top_k
     hybrid: HybridConfig = HybridConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -43,6 +44,7 @@ class RetrieverSettings:
             storage_dtype=model_param(config, "storage_dtype", d.storage_dtype),
             gpu_memory_budget_mb=model_param(config, "gpu_memory_budget_mb", d.gpu_memory_budget_mb),
             search_kernel=model_param(config, "search_kernel", d.search_kernel),
+            rerank_candidates=model_param(config, "rerank_candidates", d.rerank_candidates),
             hybrid=HybridConfig(
                 fusion=model_param(config, "fusion", h.fusion),
                 weight=model_param(config, "fusion_weight", h.weight),
@@ -55,6 +57,8 @@ class RetrieverSettings:
                                       bigrams=model_param(config, "bm25_bigrams", t.bigrams)))
         if settings.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {settings.storage_dtype!r}")
+        if settings.rerank_candidates < 1:
+            raise ValueError(f"rerank_candidates must be at least 1, got {settings.rerank_candidates}")
         if settings.search_kernel not in KERNELS:
             raise ValueError(f"search_kernel must be one of {KERNELS}, got {settings.search_kernel!r}")
         return settings
@@ -66,6 +70,11 @@ class Row:
     k: int
     text: str | None
     fusion: str
+    candidates: int = 0   # rows searched and kept beyond k for a reranker (0: k only)
+
+    @property
+    def depth(self) -> int:
+        return max(self.k, self.candidates)
 
 
 def stack_vectors(vectors: Sequence) -> "np.ndarray":
@@ -108,8 +117,8 @@ class Retriever:
         return self.settings.hybrid.fusion if text is not None else "dense"
 
     def warm_up(self, top_k: int, batches: Sequence[int] = (1, 32)) -> float:
-        """Search random queries of a few batch sizes with `top_k` and, under hybrid fusion, with
-        the dense candidates it asks for; returns the seconds it took.
+        """Search random queries of a few batch sizes with `top_k`, with the reranker's candidate
+        count and, under hybrid fusion, with the dense candidates it asks for; returns the seconds it took.
 
         On a GPU the first search of each shape compiles kernels (Triton's fused top-k: one per
         query block of 16 or 32 and per list length, seconds each; CuPy's top-k per slot count):
@@ -120,25 +129,25 @@ class Retriever:
         max_batch_size."""
         start = time.perf_counter()
         rng = np.random.default_rng(0)
-        top_ks = {top_k} | ({self.settings.hybrid.candidates} if self.settings.hybrid.fusion != "dense" else set())
-        for k in sorted(top_ks):
+        top_ks = {top_k, max(top_k, self.settings.rerank_candidates)}
+        top_ks |= {self.settings.hybrid.candidates} if self.settings.hybrid.fusion != "dense" else set()
+        for k in sorted({min(k, self.dense.count) for k in top_ks}):   # a k above the corpus size is cut to it
             for batch in batches:
-                self.dense.search(rng.standard_normal((batch, self.dense.dimension), dtype=np.float32),
-                                  min(k, self.dense.count))
+                self.dense.search(rng.standard_normal((batch, self.dense.dimension), dtype=np.float32), k)
         return time.perf_counter() - start
 
     def search(self, rows: Sequence[Row]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(indices, scores) per row, each cut to the row's k."""
+        """(indices, scores) per row, each cut to the row's depth (its k, or its candidates when more)."""
         results: list = [None] * len(rows)
         for fusion in sorted({r.fusion for r in rows}):
             members = [i for i, r in enumerate(rows) if r.fusion == fusion]
             vectors = stack_vectors([rows[i].vector for i in members])
-            k = max(rows[i].k for i in members)
+            k = max(rows[i].depth for i in members)
             if fusion == "dense":
                 indices, scores = self.dense.search(vectors, k)
             else:
                 config = replace(self.settings.hybrid, fusion=fusion)
                 indices, scores = self.hybrid.search(vectors, [rows[i].text for i in members], k, config)
             for j, i in enumerate(members):
-                results[i] = (indices[j, :rows[i].k], scores[j, :rows[i].k])
+                results[i] = (indices[j, :rows[i].depth], scores[j, :rows[i].depth])
         return results

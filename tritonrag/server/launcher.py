@@ -42,6 +42,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the 
 # gRPC unless `ServerSettings.open_apis` names them. health, metadata, inference,
 # model-config and statistics stay open (clients, perf_analyzer and the tests use them).
 ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
+# retriever parameters the reranker reads too: `--param retriever.X` sets both
+SHARED_WITH_RERANKER = ("default_top_k", "max_top_k", "max_embedding_norm")
 # Triton restricts an API behind a header name and value given on its command line, which
 # every local user can read (ps). So the restriction names a header no client can send:
 # a newline is neither allowed in an HTTP header name nor in a gRPC metadata key. No key
@@ -253,6 +255,7 @@ class TritonServer:
         overrides: dict[str, dict[str, str]] = {
             "embedder": {"embedder_model": s.embedder},
             "retriever": {"embedder_model": s.embedder, "index_path": str(self.index_path)},
+            "reranker": {"embedder_model": s.embedder, "index_path": str(self.index_path)},
             "generator_stream": {"generator_model": s.generator},
         }
         if "generator" in s.max_queue:
@@ -261,6 +264,10 @@ class TritonServer:
             overrides["generator_stream"]["max_waiting"] = str(s.max_queue["generator"])
         for model, params in s.extra_parameters.items():
             overrides.setdefault(model, {}).update(params)
+        # the reranker cuts the retriever's candidates to top_k: both read the same top_k bounds
+        for name in SHARED_WITH_RERANKER:
+            if name in s.extra_parameters.get("retriever", {}) and name not in s.extra_parameters.get("reranker", {}):
+                overrides.setdefault("reranker", {})[name] = s.extra_parameters["retriever"][name]
         repository = render_repository(self.run_dir / "model_repository", overrides,
                                        max_queue=s.max_queue, queue_timeout_s=s.queue_timeout_s,
                                        scheduling=s.scheduling)

@@ -16,7 +16,8 @@ reach each stage as separate executions, so the stages lose their batches
 
 The pipeline is data: STAGES lists each stage's inputs (taken from the values known
 so far) and outputs (added to them). The retriever gets the question as well, for
-BM25 hybrid search, and the request's fusion.
+BM25 hybrid search, and the request's fusion; it hands its candidates to the reranker,
+which hands top_k passages to the generator (as in rag_ensemble).
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ class Stage:
 
 STAGES = (
     Stage("embedder", ("question",), ("EMBEDDING",)),
-    Stage("retriever", ("EMBEDDING", "top_k", "question", "fusion"), ("sources", "scores", "passages")),
+    Stage("retriever", ("EMBEDDING", "top_k", "question", "fusion"),
+          ("candidate_sources", "candidate_scores", "candidate_passages")),
+    Stage("reranker", ("EMBEDDING", "candidate_sources", "candidate_scores", "candidate_passages", "top_k"),
+          ("sources", "scores", "passages")),
     Stage("generator", ("question", "passages", "max_tokens", "temperature", "top_p"), ("answer", "finish_reason")),
 )
 OUTPUTS = ("answer", "sources", "scores", "passages", "finish_reason")

@@ -58,6 +58,11 @@ def input_tensor(request, name: str):
     return tensor.as_numpy() if tensor.is_cpu() else from_dlpack(tensor)
 
 
+def wants_output(request, name: str) -> bool:
+    """Whether the request asked for output `name` (Triton lists every output when a client names none)."""
+    return name in request.requested_output_names()
+
+
 def output_tensor(name: str, array):
     """An output from NumPy, or from a torch tensor without leaving its device (DLPack)."""
     if hasattr(array, "detach"):

@@ -1,4 +1,5 @@
-"""Triton glue for retrieval: EMBEDDING (+ question, top_k, fusion) -> sources, scores, passages."""
+"""Triton glue for retrieval: EMBEDDING (+ question, top_k, fusion) -> sources, scores, passages,
+and, when asked for, the reranker's candidates (candidate_sources, candidate_scores, candidate_passages)."""
 
 import os
 import sys
@@ -16,7 +17,9 @@ from tritonrag.index.store import load_index
 from tritonrag.models.sources import DEFAULT_EMBEDDER, model_name
 from tritonrag.retrieval.retriever import Retriever, RetrieverSettings, Row
 from tritonrag.serving.glue import (bytes_tensor, input_array, instance_device, optional_rows, parse_config,
-                                   read_limits, required_array, serve_batch)
+                                   read_limits, required_array, serve_batch, wants_output)
+
+CANDIDATES = ("candidate_sources", "candidate_scores", "candidate_passages")
 
 
 class TritonPythonModel:
@@ -37,7 +40,10 @@ class TritonPythonModel:
             pb_utils.Logger.log_info(f"retriever: warmed up in {seconds:.1f} s")
 
     def execute(self, requests):
-        return serve_batch(requests, self._parse, self.retriever.search, self._respond)
+        return serve_batch(requests, self._parse, self._search, self._respond)
+
+    def _search(self, rows):
+        return [(row.k, indices, scores) for row, (indices, scores) in zip(rows, self.retriever.search(rows))]
 
     def _texts(self, request, name, rows):
         array = input_array(request, name)
@@ -60,12 +66,24 @@ class TritonPythonModel:
             raise RequestError("top_k must be the same for every row of one request")
         texts = self._texts(request, "question", len(vectors))
         fusions = [None if f is None else f.strip().lower() for f in self._texts(request, "fusion", len(vectors))]
-        return [Row(v, k, t, self.retriever.row_fusion(t, f)) for v, k, t, f in zip(vectors, ks, texts, fusions)]
+        # the reranker's candidates are searched only for requests that ask for them
+        candidates = self.retriever.settings.rerank_candidates if any(wants_output(request, n) for n in CANDIDATES) else 0
+        return [Row(v, k, t, self.retriever.row_fusion(t, f), candidates)
+                for v, k, t, f in zip(vectors, ks, texts, fusions)]
 
     def _respond(self, results):
-        passages = [[self.index.passages[i] for i in idx] for idx, _ in results]
+        # a row holds its depth (top_k, or the candidates when more): sources, scores and passages
+        # are cut to its top_k (one per request), the candidate_* outputs hold them all
+        k = results[0][0]
+        passages = [[self.index.passages[i] for i in idx] for _, idx, _ in results]
+        scores = np.stack([s for _, _, s in results]).astype(np.float32)
+        sources = [[p.id for p in row] for row in passages]
+        texts = [[p.embedding_text() for p in row] for row in passages]
         return pb_utils.InferenceResponse([
-            bytes_tensor("sources", [[p.id for p in row] for row in passages]),
-            pb_utils.Tensor("scores", np.stack([s for _, s in results]).astype(np.float32)),
-            bytes_tensor("passages", [[p.embedding_text() for p in row] for row in passages]),
+            bytes_tensor("sources", [row[:k] for row in sources]),
+            pb_utils.Tensor("scores", scores[:, :k]),
+            bytes_tensor("passages", [row[:k] for row in texts]),
+            bytes_tensor("candidate_sources", sources),
+            pb_utils.Tensor("candidate_scores", scores),
+            bytes_tensor("candidate_passages", texts),
         ])
