@@ -32,9 +32,14 @@ def pack(target: Path) -> None:
     for spec, name in ((model_sources.DEFAULT_EMBEDDER, "embedder"), (model_sources.DEFAULT_GENERATOR, "generator")):
         source = Path(model_sources.resolve(spec))
         (target / name).mkdir(parents=True, exist_ok=True)
+        # and as a converted builtin model without weights under cache/models/, where
+        # `dummy:` specs find the tokenizer they borrow (TRITONRAG_CACHE_DIR=<pack>/cache)
+        cached = target / "cache" / "models" / model_sources.model_name(spec)
+        cached.mkdir(parents=True, exist_ok=True)
         for f in source.iterdir():
             if f.is_file() and not f.name.endswith(SKIP):
                 shutil.copy(f, target / name / f.name)
+                shutil.copy(f, cached / f.name)
     print(f"packed into {target}")
 
 

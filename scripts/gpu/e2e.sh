@@ -27,7 +27,7 @@ $PY -m tritonrag serve --embedder $EMB --generator $GEN --index /tmp/idx1m \
   --max-queue embedder=4096 --max-queue retriever=4096 --max-queue generator=4096 \
   --no-supervise --http-port 8000 --grpc-port 8001 --metrics-port 8002 > /tmp/serve.log 2>&1 &
 SERVE=$!
-for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; sleep 1; done
+for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; kill -0 $SERVE 2>/dev/null || break; sleep 1; done
 echo "ready at +$(( $(date +%s) - t0 )) s"; curl -sf localhost:8000/v2/health/ready || { tail -50 /tmp/serve.log; exit 1; }
 grep -E "GPU device|CPU device|warm|graph|CuPy|torch" /tmp/serve.log | cut -c1-300 | head -20
 $PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models ${MODELS:-rag_ensemble generator rag_bls embedder retriever} \
