@@ -22,6 +22,19 @@ def test_prompt_uses_the_chat_template_and_drops_low_ranked_passages_to_fit(gene
         render_prompt(tok, "What is it?", [], max_tokens=5)
 
 
+def test_prompt_passages_keeps_the_best_ranked_passages_only(generator):
+    passages = ["Alpha passage.", "Beta passage.", "Gamma passage."]
+    every = generator.prepare("What is it?", passages, 4).prompt_ids
+    try:
+        generator.prompt_passages = 1
+        first = generator.prepare("What is it?", passages, 4).prompt_ids
+    finally:
+        generator.prompt_passages = 0
+    assert first == render_prompt(generator.tokenizer, "What is it?", passages[:1], generator.max_prompt_tokens)
+    text = generator.tokenizer.decode(first)
+    assert "Alpha passage" in text and "Beta" not in text and "Gamma" in generator.tokenizer.decode(every)
+
+
 def test_greedy_output_is_the_same_alone_or_in_a_mixed_batch(generator):
     facts = make_facts(4, seed=11)
     requests = [generator.prepare(f.question, [f.passage] + [g.passage for g in facts[:i]], 12)

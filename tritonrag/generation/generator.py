@@ -100,7 +100,8 @@ def cpu_dtype(setting: str, cpuinfo: str | None = None) -> str:
 
 class Generator:
     def __init__(self, model: str, device: str = "cpu", max_prompt_tokens: int = 1024,
-                 system_prompt: str = SYSTEM_PROMPT, settings: EngineSettings | None = None):
+                 system_prompt: str = SYSTEM_PROMPT, settings: EngineSettings | None = None,
+                 prompt_passages: int = 0):
         import torch
         from transformers import AutoTokenizer
 
@@ -114,6 +115,9 @@ class Generator:
         hf_model = model_sources.load_model(model, self.device, self.dtype, causal=True)
         self.eos_ids = _eos_ids(hf_model, self.tokenizer)
         self.max_prompt_tokens = max_prompt_tokens
+        if prompt_passages < 0:
+            raise ValueError(f"prompt_passages must be >= 0, got {prompt_passages}")
+        self.prompt_passages = prompt_passages   # the best passages the prompt holds (0: all that fit)
         self.system_prompt = system_prompt
         self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
@@ -132,7 +136,10 @@ class Generator:
 
     def prepare(self, question: str, passages: Sequence[str], max_tokens: int, temperature: float = 0.0,
                 top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
-        """Tokenise one request's prompt (raises PromptTooLongError if it cannot fit)."""
+        """Tokenise one request's prompt (raises PromptTooLongError if it cannot fit); it holds the
+        first `prompt_passages` passages (the best ranked) when that is set, else all that fit."""
+        if self.prompt_passages:
+            passages = list(passages)[:self.prompt_passages]
         ids = render_prompt(self.tokenizer, question, passages, self.max_prompt_tokens, self.system_prompt)
         return self.request(ids, max_tokens, temperature, top_p, stop)
 

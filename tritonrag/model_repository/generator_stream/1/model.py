@@ -28,6 +28,7 @@ class TritonPythonModel:
         device = instance_device(args)
         self.generator = Generator(model_param(config, "generator_model", DEFAULT_GENERATOR), device=device,
                                    max_prompt_tokens=model_param(config, "max_prompt_tokens", 1024),
+                                   prompt_passages=model_param(config, "prompt_passages", 0),
                                    settings=EngineSettings.from_config(config, device))
         pb_utils.Logger.log_info(f"generator_stream: engine on {device} ({self.generator.dtype}), {self.generator.settings}, "
                                  f"CUDA graphs captured in {self.generator.engine.warmup_s:.1f} s")
