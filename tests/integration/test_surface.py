@@ -173,3 +173,34 @@ def test_a_request_without_its_required_input_is_told_so(server, model, values, 
         with pytest.raises(InferenceServerException) as refused:
             _infer(client, model, **values)
     assert refused.value.message() == message and refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_the_reranker_refuses_bad_candidates_per_request_and_reorders_good_ones(server, grpc_client):
+    vector = _infer(grpc_client, "embedder", question=QUESTION.encode()).as_numpy("EMBEDDING")
+
+    def request(scores, sources=(b"a", b"b"), passages=(b"T\nOne.", b"T\nTwo."), dims=None, top_k=1):
+        arrays = {"EMBEDDING": (vector if dims is None else np.ones((1, dims), np.float32), "FP32"),
+                  "candidate_sources": (np.array([list(sources)], np.object_), "BYTES"),
+                  "candidate_scores": (np.array([list(scores)], np.float32), "FP32"),
+                  "candidate_passages": (np.array([list(passages)], np.object_), "BYTES"),
+                  "top_k": (np.array([[top_k]], np.int32), "INT32")}
+        inputs = []
+        for name, (array, datatype) in arrays.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    bad = {"candidate_sources, candidate_scores and candidate_passages must have one shape": request([1.0]),
+           "candidate scores must be finite": request([1.0, float("nan")]),
+           "EMBEDDING must be": request([1.0, 0.5], dims=7),
+           "top_k must be between 1": request([1.0, 0.5], top_k=0)}
+    for message, inputs in bad.items():
+        with pytest.raises(InferenceServerException, match=message) as refused:
+            grpc_client.infer("reranker", inputs)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # invalid UTF-8 in a passage is read with replacement characters, not refused
+    result = grpc_client.infer("reranker", request([2.0, 1.0], passages=(b"T\n\xff\xfe.", b"T\nTwo."), top_k=2))
+    assert sorted(s.decode() for s in result.as_numpy("sources")[0]) == ["a", "b"]
+    assert result.as_numpy("passages")[0, 0] in (b"T\n\xff\xfe.", b"T\nTwo.")   # passed on as they came
+    assert grpc_client.is_server_ready()
