@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,9 @@ def measure_retrieval(url: str, questions: list, top_k: int = max(KS)) -> dict:
 def ask_pipeline(url: str, model: str, questions: list) -> list[dict]:
     """The pipeline's answer and sources for each question, with its defaults (question only)."""
     def read(result):
-        return {"answer": result.as_numpy("answer").reshape(-1)[0].decode(), "sources": _sources(result)}
+        return {"answer": result.as_numpy("answer").reshape(-1)[0].decode(), "sources": _sources(result),
+                "passages": [p.decode("utf-8", "replace") for p in result.as_numpy("passages").reshape(-1)],
+                "finish_reason": result.as_numpy("finish_reason").reshape(-1)[0].decode()}
 
     return ask_all(url, model, lambda i: [_bytes("question", questions[i].text)], len(questions), read,
                    ANSWERS_IN_FLIGHT)
@@ -133,6 +136,8 @@ def measure_answers(url: str, model: str, answerable: list, unanswerable: list) 
     seconds = time.perf_counter() - started
     ans, una = replies[:len(answerable)], replies[len(answerable):]
     scores = answer_scores([r["answer"] for r in ans], [q.answers for q in answerable])
+    scores["quoted_from_passages"] = sum(quoted(r["answer"], r["passages"]) for r in ans) / max(1, len(ans))
+    scores["cut_at_max_tokens"] = sum(r["finish_reason"] == "length" for r in ans) / max(1, len(ans))
     scores["gold_passage_first"] = sum(r["sources"][:1] == [q.gold_id] for r, q in zip(ans, answerable)) / max(
         1, len(ans))
     first = [(r, q) for r, q in zip(ans, answerable) if r["sources"][:1] == [q.gold_id]]
@@ -142,6 +147,16 @@ def measure_answers(url: str, model: str, answerable: list, unanswerable: list) 
             "examples": [{"question": q.text, "gold": list(q.answers), "answer": r["answer"],
                           "gold_passage_first": r["sources"][:1] == [q.gold_id]} for r, q in zip(ans, answerable)]
             + [{"question": q.text, "gold": [], "answer": r["answer"]} for r, q in zip(una, unanswerable)]}
+
+
+def quoted(answer: str, passages: list[str]) -> bool:
+    """Whether the answer appears word for word in one of the passages (compared in NFKC with
+    whitespace runs as one space, as the prompt normalises untrusted text)."""
+    def norm(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split())
+
+    answer = norm(answer)
+    return bool(answer) and any(answer in norm(p) for p in passages)
 
 
 def measure_speed(url: str, model: str, questions: list[str], requests_c1: int, requests_c32: int) -> dict:

@@ -87,10 +87,10 @@ def test_the_pipeline_feeds_each_stage_what_it_declares():
     values = run_pipeline(start, {"generator": "gen-x"}, call)
     assert seen == [("embedder", ["question"]), ("retriever", ["EMBEDDING", "fusion", "question", "top_k"]),
                     ("reranker", ["EMBEDDING", "candidate_passages", "candidate_scores", "candidate_sources", "top_k"]),
-                    ("gen-x", ["max_tokens", "passages", "question", "temperature", "top_p"])]
+                    ("gen-x", ["evidence", "max_tokens", "passages", "question", "temperature", "top_p"])]
     # the generator and the client get the reranker's passages and sources, not the retriever's candidates
     assert values["answer"].tolist() == [["gen-x"]] and values["sources"].tolist() == [["reranker"]]
-    assert values["passages"].tolist() == [["reranker"]]
+    assert values["passages"].tolist() == [["reranker"]] and values["evidence"].tolist() == [["reranker"]]
     assert [s.role for s in STAGES] == ["embedder", "retriever", "reranker", "generator"]
     with pytest.raises(StageError, match="fail-generator: boom"):
         run_pipeline(start, {"generator": "fail-generator"}, call)
@@ -126,6 +126,7 @@ def refusing_stages(calls):
                 "sources": np.array([[b"s"] * k] * rows, dtype=np.object_),
                 "scores": np.zeros((rows, k), np.float32),
                 "passages": np.array([[b"p"] * k] * rows, dtype=np.object_),
+                "evidence": np.array([[b"e"] * k] * rows, dtype=np.object_),
                 "candidate_sources": np.array([[b"s"] * (k + 7)] * rows, dtype=np.object_),
                 "candidate_scores": np.zeros((rows, k + 7), np.float32),
                 "candidate_passages": np.array([[b"p"] * (k + 7)] * rows, dtype=np.object_),

@@ -1,5 +1,8 @@
+import dataclasses
+
 import pytest
 
+from tritonrag.common.request_checks import RequestError
 from tritonrag.generation.prompting import PromptTooLongError, build_messages, render_prompt
 from tritonrag.index.synthetic import answer_is_correct, make_facts
 
@@ -25,14 +28,21 @@ def test_prompt_uses_the_chat_template_and_drops_low_ranked_passages_to_fit(gene
 def test_prompt_passages_keeps_the_best_ranked_passages_only(generator):
     passages = ["Alpha passage.", "Beta passage.", "Gamma passage."]
     every = generator.prepare("What is it?", passages, 4).prompt_ids
-    try:
-        generator.prompt_passages = 1
-        first = generator.prepare("What is it?", passages, 4).prompt_ids
-    finally:
-        generator.prompt_passages = 0
+    first = dataclasses.replace(generator.prompter, prompt_passages=1).render("What is it?", passages)
     assert first == render_prompt(generator.tokenizer, "What is it?", passages[:1], generator.max_prompt_tokens)
     text = generator.tokenizer.decode(first)
     assert "Alpha passage" in text and "Beta" not in text and "Gamma" in generator.tokenizer.decode(every)
+
+
+def test_prompt_ids_made_elsewhere_are_checked_before_they_reach_the_engine(generator):
+    """The forwarder sends token ids: the engine refuses too many, or ids outside its vocabulary."""
+    assert generator.request([1, 2, 3], 4).prompt_ids == [1, 2, 3]
+    with pytest.raises(PromptTooLongError, match="the prompt is 1025 tokens; the limit is 1024"):
+        generator.request([1] * (generator.max_prompt_tokens + 1), 4)
+    vocab = generator.engine.w.vocab_size
+    for ids in ([1, vocab], [-1, 2], []):
+        with pytest.raises(RequestError, match="prompt token ids must lie in|empty prompt"):
+            generator.submit(generator.request(ids, 4))
 
 
 def test_greedy_output_is_the_same_alone_or_in_a_mixed_batch(generator):

@@ -45,25 +45,44 @@ def test_a_passage_with_the_answering_sentence_moves_up():
                 "France\nCheese again. Paris is the capital of France.",   # one sentence answers
                 "Rivers\nThe Seine is a river."]
     rows = [Candidates(query("paris", "capital"), np.array([3.0, 2.9, 1.0], np.float32), passages, 2)]
-    (order, scores), = SentenceReranker(embed, RerankSettings(weight=1.0)).rerank(rows)
+    (order, scores, _), = SentenceReranker(embed, RerankSettings(weight=1.0)).rerank(rows)
     assert order.tolist() == [1, 0]
     assert scores[0] > scores[1] and scores.dtype == np.float32
     # weight 0: the first stage's order, ties none
-    (order, _), = SentenceReranker(embed, RerankSettings(weight=0.0)).rerank(rows)
+    (order, _, _), = SentenceReranker(embed, RerankSettings(weight=0.0)).rerank(rows)
     assert order.tolist() == [0, 1]
+
+
+def test_the_evidence_is_the_first_passages_closest_sentence_unless_another_is_clearly_closer():
+    embed, _ = bag_embed(VOCAB)
+    passages = ["France\nWine and cheese are made here. Paris is the capital of France.",
+                "Rivers\nThe Seine is a river. It has wine on its banks."]
+    rows = [Candidates(query("paris", "capital"), np.array([1.0, 2.0], np.float32), passages, 2)]
+    (order, _, evidence), = SentenceReranker(embed, RerankSettings(weight=1.0)).rerank(rows)
+    assert order.tolist() == [0, 1] and evidence == "Paris is the capital of France."   # no title line
+    # the first passage answers less well than the second by more than the margin: the second's is quoted
+    passages = ["Cheese\nCheese and wine are good here.", "France\nParis is the capital city of France."]
+    rows = [Candidates(query("paris", "capital"), np.array([9.0, 1.0], np.float32), passages, 2)]
+    assert SentenceReranker(embed).rerank(rows)[0].order.tolist() == [0, 1]
+    assert SentenceReranker(embed).rerank(rows)[0].evidence == "Paris is the capital city of France."
+    wide = RerankSettings(evidence_margin=1.0)
+    assert SentenceReranker(embed, wide).rerank(rows)[0].evidence == "Cheese and wine are good here."
+    # fragments of fewer than 4 words (list numbers) are not quoted; no title line: the sentence as it stands
+    rows = [Candidates(query("seine"), np.array([1.0], np.float32), ["Seine. The Seine flows here."], 1)]
+    assert SentenceReranker(embed).rerank(rows)[0].evidence == "The Seine flows here."
 
 
 def test_method_none_passes_the_first_stage_through_without_embedding():
     rows = [Candidates(query("paris"), np.array([5.0, 4.0, 3.0], np.float32), ["a", "b", "c"], 2)]
-    (order, scores), = SentenceReranker(None, RerankSettings(method="none")).rerank(rows)
-    assert order.tolist() == [0, 1] and scores.tolist() == [5.0, 4.0]
+    (order, scores, evidence), = SentenceReranker(None, RerankSettings(method="none")).rerank(rows)
+    assert order.tolist() == [0, 1] and scores.tolist() == [5.0, 4.0] and evidence == ""
 
 
 def test_equal_candidates_keep_the_first_stage_order():
     embed, _ = bag_embed(VOCAB)
     same = "France\nParis is the capital."
     rows = [Candidates(query("paris"), np.array([1.0, 1.0, 1.0], np.float32), [same, same, same], 3)]
-    (order, _), = SentenceReranker(embed).rerank(rows)
+    (order, _, _), = SentenceReranker(embed).rerank(rows)
     assert order.tolist() == [0, 1, 2]
 
 

@@ -73,6 +73,17 @@ def decode_passages(raw, max_count: int, max_bytes: int) -> list[str]:
     return [p.decode("utf-8", "replace") if isinstance(p, bytes) else p for p in raw]
 
 
+def decode_evidence(raw, max_bytes: int) -> str:
+    """A request's evidence sentence (bytes, text or None) as text, if at most `max_bytes` UTF-8
+    bytes; invalid UTF-8 is replaced, as in passages."""
+    if raw is None:
+        return ""
+    size = len(raw) if isinstance(raw, bytes) else len(str(raw).encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise RequestError(f"the evidence is over {max_bytes} bytes; the limit is {max_bytes}")
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
 def check_range(name: str, value: int | None, default: int, maximum: int) -> int:
     """`value` (or the default when it is absent) if it lies in 1..maximum."""
     if value is None:

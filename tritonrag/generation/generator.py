@@ -21,8 +21,9 @@ from tritonrag.models import sources as model_sources
 from .engine import ContinuousBatcher, DecodeEngine
 from .engine import Sequence as EngineSequence
 from .engine.scheduler import SequenceError
+from .engine.spans import SpanConstraint
 from .engine.text import IncrementalText
-from .prompting import SYSTEM_PROMPT, render_prompt
+from .prompting import SYSTEM_PROMPT, Prompter, PromptTooLongError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class GenerationRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    quotes: tuple[tuple[int, ...], ...] = ()   # the answer copies one of these from its first token on
 
 
 @dataclass
@@ -101,24 +103,21 @@ def cpu_dtype(setting: str, cpuinfo: str | None = None) -> str:
 class Generator:
     def __init__(self, model: str, device: str = "cpu", max_prompt_tokens: int = 1024,
                  system_prompt: str = SYSTEM_PROMPT, settings: EngineSettings | None = None,
-                 prompt_passages: int = 0):
+                 prompt_passages: int = 0, answer_mode: str = "generate"):
         import torch
-        from transformers import AutoTokenizer
 
         self.settings = settings = settings or EngineSettings()
         self.model_id = model_sources.model_name(model)
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_sources.tokenizer_source(model, causal=True),
-                                                       trust_remote_code=False)
+        # how prompts are made, here and (sent over the engine link) in the `generator` forwarder
+        self.prompter = Prompter.load(model_sources.tokenizer_source(model, causal=True), max_prompt_tokens,
+                                      system_prompt, prompt_passages, answer_mode)
+        self.tokenizer = self.prompter.tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
         on_cpu = getattr(torch, cpu_dtype(settings.cpu_dtype))     # checked on any device
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else on_cpu
         hf_model = model_sources.load_model(model, self.device, self.dtype, causal=True)
         self.eos_ids = _eos_ids(hf_model, self.tokenizer)
-        self.max_prompt_tokens = max_prompt_tokens
-        if prompt_passages < 0:
-            raise ValueError(f"prompt_passages must be >= 0, got {prompt_passages}")
-        self.prompt_passages = prompt_passages   # the best passages the prompt holds (0: all that fit)
-        self.system_prompt = system_prompt
         self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
                                            cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile,
@@ -135,20 +134,24 @@ class Generator:
         self.batcher.stop()
 
     def prepare(self, question: str, passages: Sequence[str], max_tokens: int, temperature: float = 0.0,
-                top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
-        """Tokenise one request's prompt (raises PromptTooLongError if it cannot fit); it holds the
-        first `prompt_passages` passages (the best ranked) when that is set, else all that fit."""
-        if self.prompt_passages:
-            passages = list(passages)[:self.prompt_passages]
-        ids = render_prompt(self.tokenizer, question, passages, self.max_prompt_tokens, self.system_prompt)
-        return self.request(ids, max_tokens, temperature, top_p, stop)
+                top_p: float = 1.0, stop: Sequence[str] = (), evidence: str = "") -> GenerationRequest:
+        """Tokenise one request's prompt (`Prompter.render`: raises PromptTooLongError if it cannot fit).
+        `evidence`: the passages' sentence that best answers the question (the reranker's): what
+        the answer quotes with answer_mode "quote" (`Prompter.quote_spans`)."""
+        return self.request(self.prompter.render(question, passages), max_tokens, temperature, top_p, stop,
+                            self.prompter.quote_spans(evidence))
 
     def request(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
-                top_p: float = 1.0, stop: Sequence[str] = ()) -> GenerationRequest:
+                top_p: float = 1.0, stop: Sequence[str] = (), quotes: Sequence[Sequence[int]] = ()) -> GenerationRequest:
+        """A request from prompt ids made elsewhere (the `generator` forwarder's) or by `prepare`."""
+        prompt_ids = list(prompt_ids)
+        if len(prompt_ids) > self.max_prompt_tokens:
+            raise PromptTooLongError(f"the prompt is {len(prompt_ids)} tokens; the limit is {self.max_prompt_tokens}")
         temperature, top_p = check_sampling(temperature, top_p)
         if max_tokens > self.settings.max_new_tokens:
             raise RequestError(f"max_tokens must be at most {self.settings.max_new_tokens}, got {max_tokens}")
-        return GenerationRequest(list(prompt_ids), max_tokens, float(temperature), float(top_p), tuple(stop))
+        return GenerationRequest(prompt_ids, max_tokens, float(temperature), float(top_p), tuple(stop),
+                                 tuple(tuple(int(t) for t in q) for q in quotes if len(q)))
 
     def submit(self, request: GenerationRequest,
                on_text: Callable[[str, bool, EngineSequence], None] | None = None,
@@ -178,6 +181,8 @@ class Generator:
                              stop_ids=frozenset() if self.settings.ignore_eos else frozenset(self.eos_ids),
                              on_token=on_token)
         seq.text = text
+        if request.quotes and seq.stop_ids:   # a quote needs an end token to stop at (ignore_eos has none)
+            seq.constraint = SpanConstraint(request.quotes, seq.stop_ids, anchored=True)
         limit = self.settings.max_waiting or self.settings.max_running
         if bounded and len(self.batcher.waiting) >= limit:
             # worded as Triton's own full-queue rejection, which clients and load tests look for

@@ -8,13 +8,18 @@ Passages and questions are untrusted text: before they enter the prompt, anythin
 them that could close or open a passage delimiter (``</passage 1>``) is escaped, and
 the tokenizer's special tokens (``<|im_end|>``, ``<|im_start|>``…) are broken up so
 that they tokenize as plain text and cannot end the user turn or forge a system one.
+
+A `Prompter` holds what one generator makes its prompts with (its tokenizer and prompt
+settings); the decode engine's process has one, and the `generator` forwarder builds its own
+from the settings the engine sends it, so that rows reach the engine as token ids.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from tritonrag.common.request_checks import RequestError
 
@@ -124,10 +129,65 @@ def render_prompt(tokenizer, question: str, passages: Sequence[str], max_tokens:
     return ids + tail_ids
 
 
+def span_sources(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids an extractive answer may copy from, one list per text, escaped as passages are
+    in the prompt (so a quote cannot spell a special token either)."""
+    special = special_token_strings(tokenizer)
+    return [_encode(tokenizer, escape_untrusted(t.strip(), special)) for t in texts]
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     """Ids of a piece of rendered prompt; special tokens the template wrote are parsed as such
     (as apply_chat_template does), escaped passage text holds none."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+ANSWER_MODES = ("generate", "quote")
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """A generator's prompts: `tokenizer` loaded from `source` (a folder or Hub id, as
+    `tritonrag.models.sources.tokenizer_source` resolves a model spec), at most
+    `max_prompt_tokens` tokens, the first `prompt_passages` passages (the best ranked) when
+    that is set, else all that fit. `answer_mode` "quote": the answer copies the request's
+    evidence sentence from its start, as far as the model goes on (`quote_spans`);
+    "generate", or a request without evidence: the model writes the answer."""
+    source: str
+    tokenizer: Any = field(compare=False, repr=False)
+    max_prompt_tokens: int = 1024
+    system_prompt: str = SYSTEM_PROMPT
+    prompt_passages: int = 0
+    answer_mode: str = "generate"
+
+    def __post_init__(self):
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.prompt_passages < 0:
+            raise ValueError(f"prompt_passages must be >= 0, got {self.prompt_passages}")
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
+
+    @classmethod
+    def load(cls, source: str, max_prompt_tokens: int = 1024, system_prompt: str = SYSTEM_PROMPT,
+             prompt_passages: int = 0, answer_mode: str = "generate") -> "Prompter":
+        """The tokenizer alone is loaded (no model weights)."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        return cls(source, tokenizer, max_prompt_tokens, system_prompt, prompt_passages, answer_mode)
+
+    def render(self, question: str, passages: Sequence[str]) -> list[int]:
+        """Token ids of one request's prompt (raises PromptTooLongError if it cannot fit)."""
+        if self.prompt_passages:
+            passages = list(passages)[:self.prompt_passages]
+        return render_prompt(self.tokenizer, question, passages, self.max_prompt_tokens, self.system_prompt)
+
+    def quote_spans(self, evidence: str) -> list[list[int]]:
+        """What the answer may quote, from its first token on: with answer_mode "quote", the
+        evidence sentence (the reranker's); else, or without one, nothing."""
+        quoted = evidence.strip() if self.answer_mode == "quote" else ""
+        return span_sources(self.tokenizer, [quoted]) if quoted else []
 
 
 class PromptTooLongError(RequestError):

@@ -10,7 +10,11 @@ question), and orders the candidates by
 
 with z-scores taken within one request's candidates, so neither scale dominates by its
 units. The top_k best go on, each with that combined score. Ties keep the first stage's
-order. `method` "none" passes the first stage's top_k through unchanged (the switch).
+order. With them goes one "evidence" sentence, what an extractive answer quotes: the first
+passage's sentence closest to the question, unless another kept passage has one closer by more
+than `evidence_margin` (sentences of fewer than 4 words, such as list numbers, are not
+quoted; the title line is left out). `method` "none" passes the first stage's top_k through
+unchanged (the switch), with no evidence.
 
 Sentence vectors of the index's passages are embedded once (`preload`, at load) and kept
 in a file beside the other caches, so a restart reads them instead; a passage that is not
@@ -32,7 +36,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -54,6 +58,7 @@ class RerankSettings:
     max_sentences: int = 32            # sentences of one passage scored (the first ones)
     cache_passages: int = 10000        # passages outside the preloaded index whose sentence vectors are kept
     preload_max_passages: int = 100000  # indexes up to this size get every sentence vector at load (0: never)
+    evidence_margin: float = 0.1       # cosine by which a lower passage's sentence must beat the first's to be quoted
 
     @classmethod
     def from_config(cls, config: Mapping) -> "RerankSettings":
@@ -63,6 +68,8 @@ class RerankSettings:
             raise ValueError(f"method must be one of {METHODS}, got {settings.method!r}")
         if not (np.isfinite(settings.weight) and settings.weight >= 0):
             raise ValueError(f"weight must be a finite number >= 0, got {settings.weight}")
+        if not np.isfinite(settings.evidence_margin):
+            raise ValueError(f"evidence_margin must be a finite number, got {settings.evidence_margin}")
         if settings.max_sentences < 1 or settings.cache_passages < 0:
             raise ValueError("max_sentences must be >= 1 and cache_passages >= 0")
         return settings
@@ -75,6 +82,14 @@ class Candidates:
     scores: np.ndarray          # [n] first-stage scores, best first
     passages: Sequence[str]     # [n] passage texts as the retriever hands them ("title\\ntext")
     k: int
+
+
+class Ranked(NamedTuple):
+    """One row's result: indices into its candidates (best first, cut to k), their scores, and
+    the sentence an extractive answer quotes ("" when the method scores no sentences)."""
+    order: np.ndarray
+    scores: np.ndarray
+    evidence: str
 
 
 def split_sentences(passage: str, limit: int) -> list[str]:
@@ -134,33 +149,52 @@ class SentenceReranker:
         out[order] = embedded
         return out
 
-    def rerank(self, rows: Sequence[Candidates]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(order, scores) per row: indices into the row's candidates, best first, cut to its k,
-        and the scores the order was taken by."""
+    def rerank(self, rows: Sequence[Candidates]) -> list[Ranked]:
+        """Per row: indices into the row's candidates, best first, cut to its k, the scores the
+        order was taken by, and the evidence sentence."""
         for row in rows:
             if len(row.scores) != len(row.passages):
                 raise RequestError(f"{len(row.scores)} candidate scores for {len(row.passages)} passages")
             if not np.all(np.isfinite(row.scores)):
                 raise RequestError("candidate scores must be finite")
         if self.settings.method == "none":
-            return [(np.arange(min(row.k, len(row.scores))), np.asarray(row.scores[:row.k], np.float32))
-                    for row in rows]
+            return [Ranked(np.arange(min(row.k, len(row.scores))), np.asarray(row.scores[:row.k], np.float32),
+                           "") for row in rows]
         vectors = self._sentence_vectors({p for row in rows for p in row.passages})
         results = []
         for row in rows:
             n = len(row.scores)
             if n == 0:
-                results.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
+                results.append(Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), ""))
                 continue
             query = np.asarray(row.vector, dtype=np.float32).reshape(-1)
             if any(vectors[p].shape[1] != query.shape[0] for p in row.passages):
                 raise RequestError(f"the question vector has {query.shape[0]} values, the reranker's "
                                    f"embedder {vectors[row.passages[0]].shape[1]}")
-            best = np.array([float((vectors[p] @ query).max()) for p in row.passages])
+            similarity = [vectors[p] @ query for p in row.passages]
+            best = np.array([float(s.max()) for s in similarity])
             combined = zscores(row.scores) + self.settings.weight * zscores(best)
             order = np.argsort(-combined, kind="stable")[:row.k]
-            results.append((order, combined[order].astype(np.float32)))
+            results.append(Ranked(order, combined[order].astype(np.float32),
+                                  self._evidence([row.passages[i] for i in order], [similarity[i] for i in order])))
         return results
+
+    def _evidence(self, passages: Sequence[str], similarity: Sequence[np.ndarray]) -> str:
+        """The sentence to quote among the kept passages' (best first), without its title line."""
+        best = []
+        for passage, sims in zip(passages, similarity):
+            sentences = split_sentences(passage, self.settings.max_sentences)
+            title = passage.partition("\n")[0] + "\n" if "\n" in passage else ""
+            bodies = [s[len(title):] if title and s.startswith(title) else s for s in sentences]
+            quotable = [i for i, b in enumerate(bodies) if len(b.split()) >= 4] or list(range(len(bodies)))
+            i = max(quotable, key=lambda j: (sims[j], -j))
+            best.append((float(sims[i]), bodies[i]))
+        if not best:
+            return ""
+        closer = max(best[1:], key=lambda b: b[0], default=None)
+        if closer is not None and closer[0] > best[0][0] + self.settings.evidence_margin:
+            return closer[1]
+        return best[0][1]
 
     def _sentence_vectors(self, passages: set[str]) -> dict[str, np.ndarray]:
         """Every passage's sentence vectors ([sentences, d]); new ones in one embed call."""

@@ -43,8 +43,9 @@ STAGES = (
     Stage("retriever", ("EMBEDDING", "top_k", "question", "fusion"),
           ("candidate_sources", "candidate_scores", "candidate_passages")),
     Stage("reranker", ("EMBEDDING", "candidate_sources", "candidate_scores", "candidate_passages", "top_k"),
-          ("sources", "scores", "passages")),
-    Stage("generator", ("question", "passages", "max_tokens", "temperature", "top_p"), ("answer", "finish_reason")),
+          ("sources", "scores", "passages", "evidence")),
+    Stage("generator", ("question", "passages", "evidence", "max_tokens", "temperature", "top_p"),
+          ("answer", "finish_reason")),
 )
 OUTPUTS = ("answer", "sources", "scores", "passages", "finish_reason")
 

@@ -7,11 +7,21 @@ streams (docs/decisions/0055-serving-glue-choices.md). So the engine's model als
 on a Unix socket in a private folder and answers whole questions there; the forwarder
 sends each row over it. Errors come back per row, and a dead engine fails its rows at once instead of leaving them hanging.
 
+The forwarder renders and tokenises each row's prompt itself, so that the engine's process
+spends its interpreter on decoding: on connecting it learns from the engine how that engine
+makes prompts (`PromptRecipe`: the settings of its `tritonrag.generation.prompting.Prompter`),
+loads the same tokenizer (no model weights) and sends token ids. A prompt that cannot fit
+fails its own row in the forwarder, with the engine's words.
+
 Wire format: pickled messages over `multiprocessing.connection` (length-prefixed), each a
 NamedTuple whose first field names its kind:
-  forwarder -> engine  Ask(rid, question, passages, max_tokens, temperature, top_p)
+  engine -> forwarder  PromptRecipe(tokenizer, max_prompt_tokens, system_prompt, prompt_passages,
+                       answer_mode), once, first on each connection
+  forwarder -> engine  Ask(rid, prompt_ids, max_tokens, temperature, top_p, quotes)
   engine -> forwarder  Done(rid, answer, finish_reason) | Failed(rid, code, message)
 `code` is "INVALID_ARG", "UNAVAILABLE" or "INTERNAL"; `finish_reason` "stop" or "length".
+The engine still checks what it is sent (ids in its vocabulary, at most max_prompt_tokens of
+them, max_tokens within its limits).
 """
 
 from __future__ import annotations
@@ -23,20 +33,36 @@ import queue
 import socket
 import tempfile
 import threading
+import time
 from multiprocessing.connection import Client, Listener
 from typing import Callable, NamedTuple, Union
 
+from tritonrag.common.request_checks import RequestError
+from tritonrag.generation.prompting import Prompter
+
 log = logging.getLogger(__name__)
+
+# the engine sends its PromptRecipe as soon as it accepts; a link that gets none by then is not made
+RECIPE_TIMEOUT_S = 10.0
+
+
+class _PromptRecipe(NamedTuple):
+    kind: str
+    tokenizer: str
+    max_prompt_tokens: int
+    system_prompt: str
+    prompt_passages: int
+    answer_mode: str
 
 
 class _Ask(NamedTuple):
     kind: str
     rid: int
-    question: str
-    passages: list
+    prompt_ids: list
     max_tokens: int
     temperature: float
     top_p: float
+    quotes: list
 
 
 class _Done(NamedTuple):
@@ -53,13 +79,37 @@ class _Failed(NamedTuple):
     message: str
 
 
-class Ask(_Ask):
-    """forwarder -> engine: one question row to answer whole."""
+class PromptRecipe(_PromptRecipe):
+    """engine -> forwarder, first on each connection: how the engine makes prompts (its
+    `Prompter`'s settings; `tokenizer` is where its tokenizer loaded from)."""
     __slots__ = ()
 
-    def __new__(cls, rid: int, question: str, passages: list, max_tokens: int, temperature: float = 0.0,
-                top_p: float = 1.0):
-        return super().__new__(cls, "ask", rid, question, passages, max_tokens, temperature, top_p)
+    def __new__(cls, tokenizer: str, max_prompt_tokens: int, system_prompt: str, prompt_passages: int,
+                answer_mode: str = "generate"):
+        return super().__new__(cls, "recipe", tokenizer, max_prompt_tokens, system_prompt, prompt_passages,
+                               answer_mode)
+
+    def __getnewargs__(self):
+        return tuple(self)[1:]
+
+    @classmethod
+    def of(cls, prompter: Prompter) -> "PromptRecipe":
+        return cls(prompter.source, prompter.max_prompt_tokens, prompter.system_prompt, prompter.prompt_passages,
+                   prompter.answer_mode)
+
+    def prompter(self) -> Prompter:
+        """The same prompts in this process: loads the tokenizer alone."""
+        return Prompter.load(self.tokenizer, self.max_prompt_tokens, self.system_prompt, self.prompt_passages,
+                             self.answer_mode)
+
+
+class Ask(_Ask):
+    """forwarder -> engine: one row's prompt, as token ids, to answer whole."""
+    __slots__ = ()
+
+    def __new__(cls, rid: int, prompt_ids: list, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                quotes: list = ()):
+        return super().__new__(cls, "ask", rid, prompt_ids, max_tokens, temperature, top_p, list(quotes))
 
     def __getnewargs__(self):
         return tuple(self)[1:]
@@ -121,16 +171,18 @@ def find_engines(server_id: str, model: str) -> list[str]:
 
 
 class EngineServer:
-    """Accepts forwarder connections. `start(ask, reply, handle)` runs one `Ask` and must
-    call `reply(Done(rid, answer, finish_reason))` or `reply(Failed(rid, code, message))` exactly
-    once, from any thread; it may put into the list `handle` what `cancel(handle)` needs to
-    stop the row, which happens when its forwarder's connection closes first."""
+    """Accepts forwarder connections and sends each the engine's `recipe` first.
+    `start(ask, reply, handle)` runs one `Ask` and must call `reply(Done(rid, answer,
+    finish_reason))` or `reply(Failed(rid, code, message))` exactly once, from any thread; it
+    may put into the list `handle` what `cancel(handle)` needs to stop the row, which happens
+    when its forwarder's connection closes first."""
 
-    def __init__(self, address: str, start: Callable[[Ask, Reply, list], None],
+    def __init__(self, address: str, recipe: PromptRecipe, start: Callable[[Ask, Reply, list], None],
                  cancel: Callable[[object], None] | None = None):
         if os.path.exists(address):
             os.unlink(address)            # left by a crashed server with the same pid
         self.address = address
+        self.recipe = recipe
         self._listener = Listener(address, family="AF_UNIX")
         self._start, self._cancel = start, cancel
         self._closed = False
@@ -161,6 +213,7 @@ class EngineServer:
                 except OSError:
                     return
 
+        outbox.put(self.recipe)           # first: the forwarder renders prompts with it
         threading.Thread(target=writer, name="engine-link-send", daemon=True).start()
         try:
             while True:
@@ -213,21 +266,24 @@ class EngineServer:
 
 
 class EngineClient:
-    """The forwarder's side: `ask(question, passages, max_tokens, on_done, temperature, top_p)`;
-    `on_done` gets `Done` or `Failed`, once, on the reader thread.
+    """The forwarder's side: `ask(question, passages, max_tokens, on_done, temperature, top_p, evidence)`;
+    `on_done` gets `Done` or `Failed`, once: on the caller's thread when the row fails before
+    it is sent (its prompt cannot fit, no engine), else on the reader thread.
 
     Connects lazily to every engine the server runs (`find()` lists their sockets) and
     spreads rows over them by the fewest rows in flight; a broken connection fails its
-    rows with UNAVAILABLE and is dialled again on the next row."""
+    rows with UNAVAILABLE and is dialled again on the next row. Each row's prompt is made
+    here, by the `Prompter` of the recipe its engine sent (one per distinct recipe)."""
 
     def __init__(self, find: Callable[[], list[str]]):
         self._find = find
         self._lock = threading.Lock()
         self._links: dict[str, _Link] = {}
+        self._prompters: dict[PromptRecipe, Prompter] = {}
         self._next_rid = 0
 
     def ask(self, question: str, passages: list[str], max_tokens: int, on_done: Reply,
-            temperature: float = 0.0, top_p: float = 1.0) -> None:
+            temperature: float = 0.0, top_p: float = 1.0, evidence: str = "") -> None:
         with self._lock:
             self._next_rid += 1
             rid = self._next_rid
@@ -235,7 +291,40 @@ class EngineClient:
         if link is None:
             on_done(Failed(rid, "UNAVAILABLE", "the decode engine is not running"))
             return
-        link.send(Ask(rid, question, passages, max_tokens, temperature, top_p), on_done)
+        try:
+            prompter = self._prompter(link.recipe)
+            prompt_ids, quotes = prompter.render(question, passages), prompter.quote_spans(evidence)
+        except RequestError as exc:          # the prompt cannot fit: this row only
+            on_done(Failed(rid, "INVALID_ARG", str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 — this row only
+            on_done(Failed(rid, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        link.send(Ask(rid, prompt_ids, max_tokens, temperature, top_p, quotes), on_done)
+
+    def warm_up(self, timeout_s: float = 600.0, poll_s: float = 0.2) -> bool:
+        """Connect to an engine and load its recipe's tokenizer before the first row needs them
+        (a forwarder's first rows would otherwise wait seconds for it); whether that happened
+        within `timeout_s` (the engine may still be loading)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                link = self._pick()
+            if link is not None:
+                try:
+                    self._prompter(link.recipe)
+                    return True
+                except Exception:  # noqa: BLE001 — the first row will say what is wrong
+                    log.exception("engine link: the prompt recipe's tokenizer did not load")
+                    return False
+            time.sleep(poll_s)
+        return False
+
+    def _prompter(self, recipe: PromptRecipe) -> Prompter:
+        with self._lock:                     # loaded once, on the first row for its engine
+            if recipe not in self._prompters:
+                self._prompters[recipe] = recipe.prompter()
+            return self._prompters[recipe]
 
     def _pick(self) -> "_Link | None":
         for address in self._find():
@@ -259,6 +348,15 @@ class _Link:
 
     def __init__(self, address: str):
         self._conn = Client(address, family="AF_UNIX")
+        try:
+            if not self._conn.poll(RECIPE_TIMEOUT_S):
+                raise OSError(f"no prompt recipe from the engine in {RECIPE_TIMEOUT_S:.0f} s")
+            self.recipe: PromptRecipe = self._conn.recv()
+            if getattr(self.recipe, "kind", None) != "recipe":
+                raise OSError(f"the engine's first message is not a prompt recipe: {self.recipe!r:.100}")
+        except (OSError, EOFError) as exc:
+            self._conn.close()
+            raise OSError(str(exc)) from exc
         self._pending: dict[int, Reply] = {}
         self._lock = threading.Lock()
         self.broken = False

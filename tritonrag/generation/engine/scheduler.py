@@ -14,7 +14,8 @@ device, before the host reads step n's ids and runs the callbacks, so the GPU do
 not wait for the Python side between steps. A prefill is likewise queued behind the
 step in flight before the host reads that step. A sequence that ended at step n (an end
 token) has had one step n+1 computed for it, which is dropped. Any running sequence
-that samples (temperature > 0) makes the steps synchronous again.
+that samples (temperature > 0) or is constrained to spans of its sources (`spans`) makes
+the steps synchronous again: its next token is chosen on the host from the step's logits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .sampling import sample
+from .spans import SpanConstraint
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class Sequence:
     error: str | None = None
     slot: int | None = None
     text: object = None                # the caller's decoded-text state (generation.IncrementalText)
+    constraint: SpanConstraint | None = None   # the answer copies a span of these sources
     _stop_request: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -85,6 +88,11 @@ class ContinuousBatcher:
     def submit(self, seq: Sequence) -> Sequence:
         if not seq.prompt_ids:
             raise SequenceError("empty prompt")
+        vocab = self.engine.w.vocab_size
+        if min(seq.prompt_ids) < 0 or max(seq.prompt_ids) >= vocab:   # an id past the embedding fails the step
+            raise SequenceError(f"prompt token ids must lie in [0, {vocab})")
+        if seq.constraint is not None and any(t < 0 or t >= vocab for s in seq.constraint.sources for t in s):
+            raise SequenceError(f"quoted token ids must lie in [0, {vocab})")   # they index the logits
         if seq.max_tokens < 1:
             raise SequenceError("max_tokens must be at least 1")
         need = len(seq.prompt_ids) + seq.max_tokens - 1
@@ -139,7 +147,7 @@ class ContinuousBatcher:
                 prefilled = self._launch_prefill(admitted)
                 self._flush()           # read step n while the GPU runs the prefill queued behind it
                 self._emit(*prefilled)
-            if self.running and self.overlap and not any(s.temperature > 0 for s in self.running.values()):
+            if self.running and self.overlap and not any(_on_host(s) for s in self.running.values()):
                 launched = self._launch()
                 self._flush()                   # read step n while the GPU runs step n+1
                 self._pending = launched
@@ -238,18 +246,23 @@ class ContinuousBatcher:
         """Append each sequence's next token (row `rows[i]` of the step's outputs)."""
         all_greedy = greedy.tolist()
         chosen = [all_greedy[r] for r in rows]
-        sampled = [i for i, s in enumerate(seqs) if s.temperature > 0]
+        sampled = [i for i, s in enumerate(seqs) if s.temperature > 0 and s.constraint is None]
         if sampled:
             picks = sample(logits[_index(logits.device, [rows[i] for i in sampled])],
                            [seqs[i].temperature for i in sampled],
                            [seqs[i].top_p for i in sampled]).tolist()
             for i, token in zip(sampled, picks):
                 chosen[i] = token
+        for i, seq in enumerate(seqs):
+            if seq.constraint is not None:
+                chosen[i] = _constrained_pick(seq, logits[rows[i]])
         self._append(seqs, chosen)
 
     def _append(self, seqs: list[Sequence], chosen: list[int]) -> None:
         for seq, token in zip(seqs, chosen):
             seq.tokens.append(token)
+            if seq.constraint is not None:
+                seq.constraint.advance(token)
             if token in seq.stop_ids:
                 self._finish(seq, token, "stop")
             elif len(seq.tokens) >= seq.max_tokens:
@@ -274,6 +287,21 @@ class ContinuousBatcher:
             log.exception("token callback failed")
             if not finished:
                 seq.cancel("error")
+
+
+def _on_host(seq: Sequence) -> bool:
+    """Whether the sequence's next token is chosen on the host from the step's logits."""
+    return seq.temperature > 0 or seq.constraint is not None
+
+
+def _constrained_pick(seq: Sequence, row_logits) -> int:
+    """The next token among those the sequence's constraint allows: the most likely, or one
+    sampled among them when the sequence samples."""
+    allowed = seq.constraint.allowed()
+    scores = row_logits[_index(row_logits.device, allowed)]
+    if seq.temperature > 0:
+        return allowed[int(sample(scores[None, :], [seq.temperature], [seq.top_p])[0])]
+    return allowed[int(scores.float().argmax())]
 
 
 def _index(device, positions: list[int]):

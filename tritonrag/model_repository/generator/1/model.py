@@ -1,9 +1,12 @@
-"""Triton glue for answer generation: question + passages (+ max_tokens, sampling) -> answer, finish_reason.
+"""Triton glue for answer generation: question + passages (+ evidence, max_tokens, sampling) -> answer, finish_reason.
 
 A light forwarder for `rag_ensemble` and plain infer calls: each row goes to the decode
 engine that `generator_stream` owns, so the rows of every batch of this model join one
-continuous batch with the streamed requests. (Triton 2.51 refuses plain ModelInfer for
-a decoupled model and for an ensemble holding one, so this model is not decoupled.)
+continuous batch with the streamed requests. Each row's prompt is rendered and tokenised
+here, as the engine makes prompts (it tells how when the link connects), and travels as
+token ids: the engine's process keeps its interpreter for decoding. (Triton 2.51 refuses
+plain ModelInfer for a decoupled model and for an ensemble holding one, so this model is
+not decoupled.)
 `execute` returns at once and answers later through each request's response sender
 (allowed for non-decoupled models since Triton 24.06: exactly one response, flagged
 final), so the instance never waits for the engine. The rows travel over a local socket
@@ -23,8 +26,8 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import (RequestError, check_range, check_sampling, decode_passages,
-                                             decode_question)
+from tritonrag.common.request_checks import (RequestError, check_range, check_sampling, decode_evidence,
+                                             decode_passages, decode_question)
 from tritonrag.serving.engine_link import EngineClient, Failed, find_engines
 from tritonrag.serving.fanout import gather_rows
 from tritonrag.serving.glue import (bytes_tensor, error_response, input_array, optional_rows, parse_config,
@@ -44,6 +47,9 @@ class TritonPythonModel:
         engine_model = model_param(config, "engine_model", "generator_stream")
         server = str(os.getppid())   # every stub of one server is a child of the tritonserver process
         self.engine = EngineClient(lambda: find_engines(server, engine_model))
+        # connect and load the engine's tokenizer now, not on the first rows (the engine may
+        # still be loading: it waits for it)
+        threading.Thread(target=self.engine.warm_up, name="generator-warm-up", daemon=True).start()
         # responses leave from one thread, as in generator_stream's pump
         self.outbox = queue.Queue()
         threading.Thread(target=self._send_loop, name="generator-send", daemon=True).start()
@@ -56,8 +62,8 @@ class TritonPythonModel:
                 texts = [row[1] for row in rows]
                 callbacks = gather_rows(len(rows), lambda answers, sender=sender, texts=texts:
                                         self._respond(sender, answers, texts))
-                for (question, passages, max_tokens, temperature, top_p), callback in zip(rows, callbacks):
-                    self.engine.ask(question, passages, max_tokens, callback, temperature, top_p)
+                for (question, passages, max_tokens, temperature, top_p, evidence), callback in zip(rows, callbacks):
+                    self.engine.ask(question, passages, max_tokens, callback, temperature, top_p, evidence)
             except RequestError as exc:
                 sender.send(error_response(str(exc)), flags=FINAL)
             except Exception as exc:  # noqa: BLE001 — this request only, not its batch-mates
@@ -71,15 +77,18 @@ class TritonPythonModel:
             raise RequestError("the request holds no rows")
         passages = input_array(request, "passages")
         passages = passages.reshape(len(questions), -1) if passages is not None else [[]] * len(questions)
+        evidence = optional_rows(request, "evidence", len(questions), lambda v: v)
         max_tokens = optional_rows(request, "max_tokens", len(questions))
         temperatures = optional_rows(request, "temperature", len(questions), float)
         top_ps = optional_rows(request, "top_p", len(questions), float)
         rows = []
-        for q, row, m, temperature, top_p in zip(questions, passages, max_tokens, temperatures, top_ps):
+        for q, row, m, temperature, top_p, quotes in zip(questions, passages, max_tokens, temperatures, top_ps,
+                                                          evidence):
             rows.append((decode_question(q, self.limits.max_question_bytes),   # refused here, before the engine
                          decode_passages(row, self.limits.max_passages, self.limits.max_passages_bytes),
                          check_range("max_tokens", m, self.limits.default_max_tokens, self.limits.max_max_tokens),
-                         *check_sampling(temperature, top_p)))
+                         *check_sampling(temperature, top_p),
+                         decode_evidence(quotes, self.limits.max_passages_bytes)))
         return rows
 
     def _respond(self, sender, answers, passages) -> None:

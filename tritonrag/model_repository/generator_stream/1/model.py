@@ -11,11 +11,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.common.params import model_param
-from tritonrag.common.request_checks import RequestError, check_range, decode_passages, decode_question
+from tritonrag.common.request_checks import (RequestError, check_range, decode_evidence, decode_passages,
+                                             decode_question)
 from tritonrag.generation.generator import EngineSettings, Generator, OverloadedError
 from tritonrag.models.sources import DEFAULT_GENERATOR
-from tritonrag.serving.engine_link import Done, EngineServer, Failed, engine_address
-from tritonrag.serving.glue import (error_response, input_array, instance_device, parse_config,
+from tritonrag.serving.engine_link import Done, EngineServer, Failed, PromptRecipe, engine_address
+from tritonrag.serving.glue import (error_response, input_array, instance_device, optional_rows, parse_config,
                                    read_limits, required_array)
 from tritonrag.serving.response_pump import ResponsePump
 
@@ -29,6 +30,7 @@ class TritonPythonModel:
         self.generator = Generator(model_param(config, "generator_model", DEFAULT_GENERATOR), device=device,
                                    max_prompt_tokens=model_param(config, "max_prompt_tokens", 1024),
                                    prompt_passages=model_param(config, "prompt_passages", 0),
+                                   answer_mode=model_param(config, "answer_mode", "quote"),
                                    settings=EngineSettings.from_config(config, device))
         pb_utils.Logger.log_info(f"generator_stream: engine on {device} ({self.generator.dtype}), {self.generator.settings}, "
                                  f"CUDA graphs captured in {self.generator.engine.warmup_s:.1f} s")
@@ -42,8 +44,10 @@ class TritonPythonModel:
                                  on_idle=self._update_metrics, text_response=_answer,
                                  final_flag=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         # the `generator` forwarder's rows (rag_ensemble) arrive on a local socket, not by BLS
-        # (tritonrag/serving/engine_link.py says why); the parent pid names this server's sockets
-        self.link = EngineServer(engine_address(str(os.getppid()), args["model_instance_name"]), self._answer_row,
+        # (tritonrag/serving/engine_link.py says why), as prompt token ids made by this generator's
+        # recipe; the parent pid names this server's sockets
+        self.link = EngineServer(engine_address(str(os.getppid()), args["model_instance_name"]),
+                                 PromptRecipe.of(self.generator.prompter), self._answer_row,
                                  cancel=lambda handle: handle and handle[0].cancel())
 
     def _update_metrics(self):
@@ -71,6 +75,8 @@ class TritonPythonModel:
         passages = input_array(request, "passages")
         passages = [] if passages is None else decode_passages(passages.reshape(-1), self.limits.max_passages,
                                                                  self.limits.max_passages_bytes)
+        evidence = decode_evidence(optional_rows(request, "evidence", 1, lambda v: v)[0],
+                                   self.limits.max_passages_bytes)
         stop = input_array(request, "stop")
         stop = [] if stop is None else [s.decode("utf-8", "replace") for s in stop.reshape(-1)]
         if len(stop) > self.max_stop:
@@ -81,7 +87,7 @@ class TritonPythonModel:
             decode_question(questions[0], self.limits.max_question_bytes), passages,
             check_range("max_tokens", max_tokens, self.limits.default_max_tokens, self.limits.max_max_tokens),
             temperature=float(_scalar(request, "temperature", 0.0)), top_p=float(_scalar(request, "top_p", 1.0)),
-            stop=stop)
+            stop=stop, evidence=evidence)
         return stream, generation
 
     def _start(self, sender, generation, stream: bool):
@@ -109,15 +115,15 @@ class TritonPythonModel:
             pump.send(sender, handle, error_response(str(exc)), True)
 
     def _answer_row(self, ask, reply, handle):
-        """One forwarded row, answered whole (link thread; the engine thread replies)."""
+        """One forwarded row, its prompt already tokenised, answered whole (link thread; the
+        engine thread replies)."""
         rid = ask.rid
         try:
             # checked by the forwarder against its own limits; these are this model's
-            passages = decode_passages(ask.passages, self.limits.max_passages, self.limits.max_passages_bytes)
-            generation = self.generator.prepare(
-                ask.question, passages, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
-                                                        self.limits.max_max_tokens),
-                temperature=ask.temperature, top_p=ask.top_p)
+            generation = self.generator.request(
+                ask.prompt_ids, check_range("max_tokens", ask.max_tokens, self.limits.default_max_tokens,
+                                            self.limits.max_max_tokens),
+                temperature=ask.temperature, top_p=ask.top_p, quotes=ask.quotes)
         except RequestError as exc:
             reply(Failed(rid, "INVALID_ARG", str(exc)))
             return

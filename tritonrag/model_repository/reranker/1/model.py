@@ -1,4 +1,5 @@
-"""Triton glue for reranking: EMBEDDING + the retriever's candidates (+ top_k) -> sources, scores, passages."""
+"""Triton glue for reranking: EMBEDDING + the retriever's candidates (+ top_k) -> sources, scores, passages,
+evidence (the sentence an extractive answer quotes)."""
 
 import os
 import sys
@@ -15,7 +16,7 @@ from tritonrag.common.request_checks import RequestError, check_embeddings, chec
 from tritonrag.index.store import load_index
 from tritonrag.models.sources import DEFAULT_EMBEDDER, cache_dir, model_name
 from tritonrag.retrieval.rerank import Candidates, RerankSettings, SentenceReranker, preload_file
-from tritonrag.serving.glue import (instance_device, optional_rows, parse_config, read_limits, required_array,
+from tritonrag.serving.glue import (bytes_tensor, instance_device, optional_rows, parse_config, read_limits, required_array,
                                    serve_batch)
 
 
@@ -68,14 +69,15 @@ class TritonPythonModel:
 
     def _rerank(self, rows):
         ranked = self.reranker.rerank([candidates for candidates, _, _ in rows])
-        return [(order, scores, sources[order], passages[order]) for (order, scores), (_, sources, passages)
-                in zip(ranked, rows)]
+        return [(order, scores, sources[order], passages[order], evidence)
+                for (order, scores, evidence), (_, sources, passages) in zip(ranked, rows)]
 
     def _respond(self, results):
         return pb_utils.InferenceResponse([
-            pb_utils.Tensor("sources", np.stack([sources for _, _, sources, _ in results]).astype(np.object_)),
-            pb_utils.Tensor("scores", np.stack([scores for _, scores, _, _ in results]).astype(np.float32)),
-            pb_utils.Tensor("passages", np.stack([passages for _, _, _, passages in results]).astype(np.object_)),
+            pb_utils.Tensor("sources", np.stack([sources for _, _, sources, _, _ in results]).astype(np.object_)),
+            pb_utils.Tensor("scores", np.stack([scores for _, scores, _, _, _ in results]).astype(np.float32)),
+            pb_utils.Tensor("passages", np.stack([passages for _, _, _, passages, _ in results]).astype(np.object_)),
+            bytes_tensor("evidence", [[evidence] for *_, evidence in results]),
         ])
 
 
