@@ -6,29 +6,15 @@
 # the dummy models borrow them on a host without the model packages.
 set -uo pipefail
 CONC=${*:-32 64 128}
-df -h /dev/shm | tail -1
 # The Python backend keeps every request's tensors in /dev/shm; a small one (a VM's
-# default) kills stubs with SIGBUS under load, silently ("Stub process ... is not healthy").
-[ "${GROW_SHM:-1}" = 1 ] && mount -o remount,size=16G /dev/shm 2>/dev/null && df -h /dev/shm | tail -1
-source .carry/setup-gpu.sh
-source scripts/gpu/stub_env.sh
-rm -f /tmp/stubsite/cupy* /tmp/stubsite/fastrlock*   # CuPy 14 there needs NumPy 2: the retriever uses torch
-PY=$(command -v python3)
-export PATH=$(echo "$PATH" | tr ':' '\n' | grep -v -e '\.venv' | paste -sd:)
-export TRITONRAG_CACHE_DIR=$PWD/.gpu-pack/cache PYTHONPATH=$PWD:$PWD/client:$PYTHONPATH PYTHONUNBUFFERED=1
+# default) kills stubs with SIGBUS under load, silently ("Stub process ... is not healthy"):
+# serve.sh grows it (GROW_SHM=0 leaves it).
+source scripts/gpu/serve.sh
+df -h /dev/shm | tail -1
 OUT=${OUT:-perf/results}
-EMB=dummy:multilingual-e5-large-instruct
-GEN=dummy:qwen2.5-1.5b-instruct
-t0=$(date +%s)
 $PY perf/synthetic_index.py --out /tmp/idx1m --count ${COUNT:-1000000} --dim 1024 --embedder $EMB || exit 1
 echo "index built at +$(( $(date +%s) - t0 )) s"
-$PY -m tritonrag serve --embedder $EMB --generator $GEN --index /tmp/idx1m \
-  --param retriever.fusion=dense --param generator_stream.ignore_eos=true ${EXTRA_PARAMS:-} \
-  --max-queue embedder=4096 --max-queue retriever=4096 --max-queue generator=4096 \
-  --no-supervise --http-port 8000 --grpc-port 8001 --metrics-port 8002 > /tmp/serve.log 2>&1 &
-SERVE=$!
-for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; kill -0 $SERVE 2>/dev/null || break; sleep 1; done
-echo "ready at +$(( $(date +%s) - t0 )) s"; curl -sf localhost:8000/v2/health/ready || { tail -50 /tmp/serve.log; exit 1; }
+start_server /tmp/idx1m || exit 1
 grep -E "GPU device|CPU device|warm|graph|CuPy|torch" /tmp/serve.log | cut -c1-300 | head -20
 $PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models ${MODELS:-rag_ensemble generator rag_bls embedder retriever} \
   --concurrency $CONC --top-k 3 --max-tokens 128 --max-trials 3 --timeout 120 \

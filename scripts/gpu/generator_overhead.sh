@@ -5,19 +5,10 @@
 #   bash scripts/gpu/generator_overhead.sh      (carry .carry, .gpu-pack, .whl with numpy 1.26 + py-spy)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-mount -o remount,size=16G /dev/shm 2>/dev/null
-source .carry/setup-gpu.sh
-source scripts/gpu/stub_env.sh
-rm -f /tmp/stubsite/cupy* /tmp/stubsite/fastrlock*
+source scripts/gpu/serve.sh
 python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .whl/py_spy*.whl 2>&1 | tail -1
 PYSPY=$(ls /tmp/pyspy/bin/py-spy 2>/dev/null || find /tmp/pyspy -name py-spy -type f | head -1)
 echo "pyspy=$PYSPY"
-PY=$(command -v python3)
-export PATH=$(echo "$PATH" | tr ':' '\n' | grep -v -e '\.venv' | paste -sd:)
-export TRITONRAG_CACHE_DIR=$PWD/.gpu-pack/cache PYTHONPATH=$PWD:$PWD/client:$PYTHONPATH PYTHONUNBUFFERED=1
-EMB=dummy:multilingual-e5-large-instruct
-GEN=dummy:qwen2.5-1.5b-instruct
-t0=$(date +%s)
 if [ "${INPROC:-1}" = 1 ]; then
 timeout 240 $PY perf/generation_bench.py --concurrency 128 --variants auto --hf-batches --steps 20 --tag probe --out $OUT 2>&1 | grep -vE "^\s*$" | tail -4
 echo "inproc done +$(( $(date +%s) - t0 ))"
@@ -28,13 +19,7 @@ timeout 150 $PY scripts/gpu/generator_inproc.py 2>&1 | grep -E "^\{|Error" | tai
 echo "generator inproc done +$(( $(date +%s) - t0 ))"
 fi
 $PY perf/synthetic_index.py --out /tmp/idx --count 20000 --dim 1024 --embedder $EMB > /dev/null 2>&1 || echo index failed
-$PY -m tritonrag serve --embedder $EMB --generator $GEN --index /tmp/idx \
-  --param retriever.fusion=dense --param generator_stream.ignore_eos=true ${EXTRA_PARAMS:-} \
-  --max-queue embedder=4096 --max-queue retriever=4096 --max-queue generator=4096 \
-  --no-supervise --http-port 8000 --grpc-port 8001 --metrics-port 8002 > /tmp/serve.log 2>&1 &
-SERVE=$!
-for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; kill -0 $SERVE 2>/dev/null || break; sleep 1; done
-echo "ready at +$(( $(date +%s) - t0 )) s"; curl -sf localhost:8000/v2/health/ready || { tail -50 /tmp/serve.log; exit 1; }
+start_server /tmp/idx || exit 1
 STUB=$(pgrep -f "triton_python_backend_stub.*generator_stream" | head -1); FWD=$(pgrep -f "triton_python_backend_stub.*generator_0" | head -1)
 echo "stub=$STUB fwd=$FWD"
 for M in generator; do

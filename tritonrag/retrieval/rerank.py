@@ -183,9 +183,9 @@ class SentenceReranker:
         """The sentence to quote among the kept passages' (best first), without its title line."""
         best = []
         for passage, sims in zip(passages, similarity):
-            sentences = split_sentences(passage, self.settings.max_sentences)
+            # split_sentences puts the passage's title line (if any) before every sentence
             title = passage.partition("\n")[0] + "\n" if "\n" in passage else ""
-            bodies = [s[len(title):] if title and s.startswith(title) else s for s in sentences]
+            bodies = [s[len(title):] for s in split_sentences(passage, self.settings.max_sentences)]
             quotable = [i for i, b in enumerate(bodies) if len(b.split()) >= 4] or list(range(len(bodies)))
             i = max(quotable, key=lambda j: (sims[j], -j))
             best.append((float(sims[i]), bodies[i]))

@@ -1,8 +1,8 @@
 """Span-constrained decoding: an answer made only of a contiguous run of a source's tokens.
 
-A `SpanConstraint` holds the token ids of its sources (the passages in the prompt, and
-optionally a fixed reply such as "The passages do not say."). Its first token may be any
-token of any source; each later token must continue, in at least one place, the run of
+A `SpanConstraint` holds the token ids of its sources (for answer_mode "quote", the
+reranker's evidence sentence). Its first token may be any token of any source (with
+`anchored`, a source's first token); each later token must continue, in at least one place, the run of
 tokens already chosen, so the whole answer is a copy of one stretch of one source. An end
 token may follow the first token; once the run cannot be continued anywhere, only an end
 token is allowed. The model still chooses: among the allowed ids the engine takes the most
