@@ -9,7 +9,10 @@ In one process, on one device:
      (every client sends its next request when the last one ends; prompts of
      random ids, outputs forced to their length): requests/s, output tokens/s,
      TTFT and time per output token (p50/p99);
-  4. transformers' `model.generate` (same weights, eager, dynamic cache) at the
+  4. with `--rates`: open-loop Poisson arrivals at each rate (prompts of +-10 % the
+     length, as a served workload's), for each `--prefill-wait-ms`: achieved requests/s,
+     TTFT and latency (p50/p99), prefill calls;
+  5. transformers' `model.generate` (same weights, eager, dynamic cache) at the
      baseline batch sizes.
 This measures the engine in-process (no Triton, no tokenizer): the generator's
 ceiling. Writes `perf/results/<date>_<device>_generation_<tag>.{json,png}`.
@@ -162,6 +165,91 @@ def serve(batcher, concurrency: int, requests: int, prompt: int, output: int, vo
             "decode_steps_total": steps_before}
 
 
+def serve_open(batcher, rate: float, requests: int, prompt: int, output: int, vocab: int, seed: int) -> dict:
+    """Open loop: `requests` submitted at Poisson arrivals of `rate` per second (prompt lengths
+    within +-10 % of `prompt`), whatever the engine's progress; per-request timings."""
+    import random
+
+    from tritonrag.generation.engine import Sequence
+
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(int(prompt * 0.9), int(prompt * 1.1)))]
+               for _ in range(requests)]
+    gaps = [rng.expovariate(rate) for _ in range(requests)]
+    records, lock, done = [], threading.Lock(), threading.Event()
+
+    def on_token(seq, token, finished):
+        now = time.perf_counter()
+        if seq.t_first is None:
+            seq.t_first = now
+        if finished:
+            with lock:
+                records.append((seq.t_submit, seq.t_first, now))
+                if len(records) == requests:
+                    done.set()
+
+    steps_before, prefills_before = batcher.steps, batcher.prefills
+    began = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    start = due = time.perf_counter()
+    for p, gap in zip(prompts, gaps):
+        due += gap
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        seq = Sequence(p, output, on_token=on_token)
+        seq.t_submit, seq.t_first = time.perf_counter(), None
+        batcher.submit(seq)
+    sent_s = time.perf_counter() - start
+    done.wait()
+    elapsed = time.perf_counter() - start
+    ttft = [(f - s) * 1000 for s, f, e in records]
+    latency = [(e - s) * 1000 for s, f, e in records]
+    return {"rate_asked": rate, "requests": len(records), "sent_in_s": round(sent_s, 3), "seconds": round(elapsed, 3),
+            "requests_per_s": round(len(records) / elapsed, 2),
+            "ttft_ms_p50": round(percentile(ttft, 50), 2), "ttft_ms_p99": round(percentile(ttft, 99), 2),
+            "latency_ms_p50": round(percentile(latency, 50), 1), "latency_ms_p99": round(percentile(latency, 99), 1),
+            "decode_steps": batcher.steps - steps_before, "prefill_calls": batcher.prefills - prefills_before,
+            "began_utc": began, "ended_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
+
+
+def prefill_novel(engine, prompt: int, vocab: int, device, calls: int = 12, seed: int = 7) -> dict:
+    """ms per prefill call whose shape (prompts, width) the engine has not run before, as served
+    prefills are: 1-16 prompts of +-10 % `prompt` tokens, each call timed alone."""
+    import random
+
+    rng = random.Random(seed)
+    shapes, times = set(), []
+    while len(shapes) < calls:
+        shapes.add((rng.randint(1, 16), rng.randint(int(prompt * 0.9), int(prompt * 1.1))))
+    for n, width in sorted(shapes):
+        prompts = [[rng.randrange(vocab) for _ in range(width)] for _ in range(n)]
+        sync(device)
+        start = time.perf_counter()
+        engine.prefill(list(range(n)), prompts)
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"calls": calls, "ms_p50": round(percentile(times, 50), 2), "ms_mean": round(sum(times) / len(times), 2),
+            "ms_max": round(max(times), 2)}
+
+
+def prefill_times(engine, prompt: int, counts, vocab: int, device) -> list[dict]:
+    """ms per prefill call of `n` prompts of `prompt` tokens, for each n (inputs to the end)."""
+    import random
+
+    rng = random.Random(5)
+    rows = []
+    for n in counts:
+        prompts = [[rng.randrange(vocab) for _ in range(prompt)] for _ in range(n)]
+        engine.prefill(list(range(n)), prompts)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(3):
+            engine.prefill(list(range(n)), prompts)
+        sync(device)
+        rows.append({"prompts": n, "tokens": n * prompt, "ms": round((time.perf_counter() - start) / 3 * 1000, 2)})
+    return rows
+
+
 def hf_generate(model, batch: int, prompt: int, output: int, device) -> dict:
     import torch
 
@@ -261,6 +349,14 @@ def main(argv=None) -> dict:
                              "+compile for torch.compile before capture, "
                              "+skinny / +auto for the decode step's GEMMs (Triton; the faster per bucket; default cuBLAS)")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=[32, 128])
+    parser.add_argument("--rates", type=float, nargs="*", default=[], help="open-loop Poisson arrival rates (req/s)")
+    parser.add_argument("--open-requests", type=int, default=2000, help="requests per open-loop rate")
+    parser.add_argument("--prefill-wait-ms", type=float, nargs="+", default=[0.0],
+                        help="the batcher's prefill_wait_ms for each open-loop run")
+    parser.add_argument("--ab-prefill-default", action="store_true",
+                        help="also time prefills and the first open-loop run with torch's default attention backends")
+    parser.add_argument("--slots", type=int, default=0,
+                        help="KV-cache slots (0: the largest concurrency or HF batch; open loop: at least 256)")
     parser.add_argument("--cpu-quick", action="store_true", help="builtin SmolLM2 on the CPU, small sizes")
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -287,7 +383,8 @@ def main(argv=None) -> dict:
     model = model_sources.load_model(args.model, device, dtype, causal=True)
     load_s = time.perf_counter() - start
     bandwidth = peak_bandwidth(device)
-    slots, max_len = max(args.concurrency + args.hf_batches), args.prompt + args.output
+    slots = args.slots or max(args.concurrency + args.hf_batches + ([256] if args.rates else []))
+    max_len = int(args.prompt * 1.1) + args.output
     batches = sorted(set(args.concurrency))
     result = {"command": " ".join([sys.executable] + sys.argv), "date": dt.datetime.now(dt.timezone.utc).isoformat(),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device_tag(device),
@@ -320,6 +417,29 @@ def main(argv=None) -> dict:
                 result.setdefault(key, []).append(row)
                 save(result, args, device, partial=True)
                 print(variant, json.dumps(row), flush=True)
+        if n == 0:
+            for wait in args.prefill_wait_ms:
+                for rate in args.rates:
+                    batcher = ContinuousBatcher(engine, prefill_wait_ms=wait)
+                    batcher.start()
+                    serve_open(batcher, rate, min(200, args.open_requests), args.prompt, args.output, vocab, seed=3)
+                    row = serve_open(batcher, rate, args.open_requests, args.prompt, args.output, vocab, seed=4)
+                    batcher.stop()
+                    row["prefill_wait_ms"] = wait
+                    result.setdefault("open_loop", []).append(row)
+                    save(result, args, device, partial=True)
+                    print(variant, "open", json.dumps(row), flush=True)
+            if args.ab_prefill_default and args.rates and engine.prefill_backends:
+                chosen, engine.prefill_backends = engine.prefill_backends, None
+                batcher = ContinuousBatcher(engine, prefill_wait_ms=args.prefill_wait_ms[0])
+                batcher.start()
+                row = serve_open(batcher, args.rates[0], args.open_requests, args.prompt, args.output, vocab, seed=4)
+                batcher.stop()
+                engine.prefill_backends = chosen
+                row.update(prefill_wait_ms=args.prefill_wait_ms[0], prefill_attention="torch default")
+                result.setdefault("open_loop", []).append(row)
+                save(result, args, device, partial=True)
+                print(variant, "open", json.dumps(row), flush=True)
         del engine, batcher
         if n == 0:
             torch.cuda.empty_cache() if device.type == "cuda" else None
@@ -355,6 +475,18 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
     for row in rows:
         row["roofline_ms"] = round(row["bytes_per_step"] / bandwidth * 1000, 3) if bandwidth else None
     result["decode_step"][variant] = rows
+    if args.rates:
+        result.setdefault("prefill_ms", {})[variant] = prefill_times(engine, args.prompt, (1, 4, 16),
+                                                                     min(model.config.vocab_size, 32000), device)
+        print(variant, "prefill", json.dumps(result["prefill_ms"][variant]), flush=True)
+        vocab = min(model.config.vocab_size, 32000)
+        novel = {"engine": prefill_novel(engine, args.prompt, vocab, device, seed=7)}
+        if args.ab_prefill_default and engine.prefill_backends:
+            chosen, engine.prefill_backends = engine.prefill_backends, None
+            novel["torch default"] = prefill_novel(engine, args.prompt, vocab, device, seed=8)
+            engine.prefill_backends = chosen
+        result.setdefault("prefill_novel_shapes", {})[variant] = novel
+        print(variant, "prefill novel", json.dumps(novel), flush=True)
     save(result, args, device, partial=True)
     print(variant, json.dumps(rows), flush=True)
     return engine

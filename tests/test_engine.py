@@ -272,3 +272,48 @@ def test_engine_settings_take_the_attention_path_and_step_overlap_from_parameter
     assert (settings.attention, settings.overlap_steps) == ("sdpa", False)
     default = EngineSettings.from_config({"parameters": {}}, "cpu")
     assert (default.attention, default.overlap_steps) == ("auto", True)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_prefill_wait_holds_arrivals_while_others_decode_then_prefills_them_together(engine, prompts, tokenizer,
+                                                                                   monkeypatch):
+    """prefill_wait_ms: arrivals during decoding wait (up to the wait) to share one prefill; an
+    idle engine, or waiting prompts that fill prefill_tokens, admit at once."""
+    from tritonrag.generation.engine import scheduler
+
+    clock = _Clock()
+    monkeypatch.setattr(scheduler.time, "monotonic", clock)
+    batcher = ContinuousBatcher(engine, prefill_wait_ms=50)
+    first = batcher.submit(Sequence(prompts[0], 20))
+    batcher.step()                                   # idle engine: admitted at once
+    assert first.slot is not None and batcher.prefills == 1
+    late = [batcher.submit(Sequence(p, 4)) for p in prompts[1:3]]
+    clock.now += 0.030
+    batcher.step()
+    batcher.step()
+    assert all(s.slot is None for s in late) and batcher.prefills == 1   # held: 30 ms < 50 ms
+    clock.now += 0.025
+    batcher.step()                                   # the oldest waited 55 ms: both in one prefill
+    assert all(s.slot is not None for s in late) and batcher.prefills == 2
+    full = ContinuousBatcher(engine, prefill_wait_ms=50, prefill_tokens=len(prompts[1]) + len(prompts[2]))
+    full.submit(Sequence(prompts[0], 20))
+    full.step()
+    held = full.submit(Sequence(prompts[1], 4))
+    full.step()
+    assert held.slot is None
+    full.submit(Sequence(prompts[2], 4))
+    full.step()                                      # the waiting prompts fill a prefill: no waiting
+    assert held.slot is not None and full.prefills == 2
+    batcher.run_until_idle()
+    full.run_until_idle()
+    # the wait changes when a prompt is prefilled, not its tokens
+    alone = Sequence(prompts[1], 4)
+    run(engine, [alone])
+    assert late[0].tokens == alone.tokens

@@ -136,7 +136,8 @@ def test_a_link_to_an_engine_that_sends_no_recipe_is_not_made(short_tmp, monkeyp
 
 
 def test_forwarded_rows_reach_the_engine_as_the_generators_own_prompt_ids(short_tmp, generator):
-    """The forwarder renders with the recipe its engine sent; a prompt that cannot fit fails its row alone."""
+    """The forwarder renders a batch's rows together with the recipe its engine sent; a prompt that
+    cannot fit fails its row alone."""
     received, quotes = {}, {}
 
     def start(ask, reply, handle):          # the engine's side of generator_stream, on a real Generator
@@ -154,8 +155,9 @@ def test_forwarded_rows_reach_the_engine_as_the_generators_own_prompt_ids(short_
     rows = [(f.question, [f.passage, hostile], 12) for f in facts]
     rows.insert(1, ("word " * 800, [facts[0].passage], 12))    # a question beyond max_prompt_tokens
     got = {}
-    for n, (question, passages, max_tokens) in enumerate(rows):
-        client.ask(question, passages, max_tokens, lambda m, n=n: got.__setitem__(n, m))
+    # one batch, as the forwarder sends it: rendered together by the link's thread
+    client.ask_many([(question, passages, max_tokens, 0.0, 1.0, "") for question, passages, max_tokens in rows],
+                    [lambda m, n=n: got.__setitem__(n, m) for n in range(len(rows))])
     _wait(lambda: len(got) == len(rows), timeout=60)
 
     with pytest.raises(PromptTooLongError) as too_long:

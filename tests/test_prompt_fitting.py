@@ -30,7 +30,7 @@ class CountingTokenizer:
         return self._tok.apply_chat_template(messages, **kwargs)
 
     def __call__(self, text, **kwargs):
-        self.texts.append(text)
+        self.texts.extend([text] if isinstance(text, str) else text)
         return self._tok(text, **kwargs)
 
     def encode(self, text, **kwargs):
@@ -81,3 +81,32 @@ def test_with_no_passage_that_fits_the_prompt_is_the_question_alone(tokenizer):
 def test_a_question_too_long_alone_is_refused(tokenizer):
     with pytest.raises(PromptTooLongError, match="the limit is 5"):
         render_prompt(tokenizer, "What is it?", passages(3, 100), max_tokens=5)
+
+
+def test_many_rows_at_once_give_each_row_its_own_prompt_or_error(tokenizer):
+    """render_prompts (the forwarder's batches): the ids each row gets alone, a too-long row
+    failing alone, in a few tokenizer calls for the whole batch."""
+    from tritonrag.generation.prompting import render_prompts
+
+    rows = [("What is lorem ipsum?", passages(3, 300)),
+            ("Why? " * 200, passages(2, 50)),                     # the question alone does not fit
+            ("No passages here?", []),
+            ("Which fits?", passages(6, 400)),                     # only some passages fit
+            ("Short", passages(1, 20))]
+    counting = CountingTokenizer(tokenizer)
+    calls = []
+    original = counting.__class__.__call__
+    counting.__class__.__call__ = lambda self, text, **kw: (calls.append(text), original(self, text, **kw))[1]
+    try:
+        together = render_prompts(counting, rows, max_tokens=300)
+    finally:
+        counting.__class__.__call__ = original
+    for (question, given), result in zip(rows, together):
+        try:
+            alone = render_prompt(tokenizer, question, given, max_tokens=300)
+        except PromptTooLongError as exc:
+            assert isinstance(result, PromptTooLongError) and str(result) == str(exc)
+        else:
+            assert result == alone
+    assert isinstance(together[1], PromptTooLongError) and len(together[3]) <= 300
+    assert len(calls) <= 2 + max(len(p) for _, p in rows)    # heads and tails, one call per rank, the bare rows

@@ -47,6 +47,7 @@ class EngineSettings:
     max_new_tokens: int = Limits.max_max_tokens
     max_tokens_in_flight: int = 0   # reserved prompt + max_tokens over the running batch (0: no bound)
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
+    prefill_wait_ms: float = 0.0    # how long an arrival may wait for others to share its prefill
     cuda_graphs: bool = True
     torch_compile: bool = False     # fuse each layer's small ops with torch.compile before capture (GPU)
     attention: str = "auto"         # decode step: "triton" kernels on CUDA (auto), "sdpa" (the CPU's)
@@ -126,6 +127,7 @@ class Generator:
             log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)
         self.batcher = ContinuousBatcher(self.engine, max_tokens_in_flight=settings.max_tokens_in_flight or None,
                                          prefill_tokens=settings.prefill_tokens,
+                                         prefill_wait_ms=settings.prefill_wait_ms,
                                          overlap=settings.overlap_steps and self.device.type == "cuda")
         self.batcher.start()
 

@@ -96,50 +96,92 @@ _PASSAGES_MARK = "<passages go here>"
 
 def render_prompt(tokenizer, question: str, passages: Sequence[str], max_tokens: int,
                   system_prompt: str = SYSTEM_PROMPT) -> list[int]:
-    """Token ids of the chat prompt, dropping the lowest-ranked passages to fit `max_tokens`.
+    """Token ids of the chat prompt, dropping the lowest-ranked passages to fit `max_tokens`
+    (raises PromptTooLongError when even the question does not fit): `render_prompts` of one row."""
+    result = render_prompts(tokenizer, [(question, passages)], max_tokens, system_prompt)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
-    Linear in the passages: the template renders once, around a mark where the passages go;
-    the text before and after the mark and each passage's block are tokenised separately, each
-    once, and passages are taken in rank order while their tokens fit (those after the first
-    that does not fit are never tokenised). The ids are the pieces' ids concatenated, so no
-    token spans a passage's boundary (a passage cannot merge with the tag after it); the pieces
-    meet at a newline before "<", where a tokenizer splits anyway, so they are the ids of the
-    whole text (the tests check it for the builtin model).
+
+def render_prompts(tokenizer, rows: Sequence[tuple[str, Sequence[str]]], max_tokens: int,
+                   system_prompt: str = SYSTEM_PROMPT) -> list:
+    """`render_prompt` of many (question, passages) rows: per row its ids, or the
+    PromptTooLongError that row gets; one row's failure does not touch the others.
+
+    Linear in the passages: each row's template renders once, around a mark where the
+    passages go; the text before and after the mark and each passage's block are tokenised
+    separately, each once, and passages are taken in rank order while their tokens fit
+    (those after the first that does not fit are never tokenised). The ids are the pieces'
+    ids concatenated, so no token spans a passage's boundary (a passage cannot merge with the
+    tag after it); the pieces meet at a newline before "<", where a tokenizer splits anyway,
+    so they are the ids of the whole text (the tests check it for the builtin model).
+    The rows go through the tokenizer together: the heads and tails in one call, then each
+    rank's passages of the rows still open in one call (a fast tokenizer encodes a list in
+    parallel, outside the GIL), so a batch of rows costs a few calls, not a few per row.
     """
     special = special_token_strings(tokenizer)
-    q = escape_untrusted(question.strip(), special)
-    messages = [{"role": "system", "content": system_prompt},
-                {"role": "user", "content": _user_turn(q, _PASSAGES_MARK)}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if text.count(_PASSAGES_MARK) != 1:
-        raise ValueError("the chat template does not keep the user turn's text as it is")
-    head, tail = text.split(_PASSAGES_MARK)
-    head_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
-    ids, budget = list(head_ids), max_tokens - len(head_ids) - len(tail_ids)
-    if budget < 0:
-        raise PromptTooLongError(f"the question alone is {max_tokens - budget} tokens; the limit is {max_tokens}")
-    for n, passage in enumerate(passages, 1):
-        block = _encode(tokenizer, ("\n" if n > 1 else "") + _passage_block(n, passage, special))
-        if len(block) > budget:
-            break
-        ids.extend(block)
-        budget -= len(block)
-    if len(ids) == len(head_ids):   # no passage: the two sides meet ("\n" + "\n\n" is one token)
-        return _encode(tokenizer, head + tail)
-    return ids + tail_ids
+    pieces = []
+    for question, _ in rows:
+        q = escape_untrusted(question.strip(), special)
+        messages = [{"role": "system", "content": system_prompt},
+                    {"role": "user", "content": _user_turn(q, _PASSAGES_MARK)}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if text.count(_PASSAGES_MARK) != 1:
+            raise ValueError("the chat template does not keep the user turn's text as it is")
+        pieces.extend(text.split(_PASSAGES_MARK))
+    encoded = _encode_many(tokenizer, pieces)
+    results: list = [None] * len(rows)
+    heads, tails, budgets, open_rows = {}, {}, {}, []
+    for i in range(len(rows)):
+        head_ids, tail_ids = encoded[2 * i], encoded[2 * i + 1]
+        budget = max_tokens - len(head_ids) - len(tail_ids)
+        if budget < 0:
+            results[i] = PromptTooLongError(f"the question alone is {max_tokens - budget} tokens; "
+                                            f"the limit is {max_tokens}")
+            continue
+        heads[i], tails[i], budgets[i] = head_ids, tail_ids, budget
+        results[i] = list(head_ids)
+        open_rows.append(i)
+    n = 1
+    while open_rows:
+        open_rows = [i for i in open_rows if len(rows[i][1]) >= n]
+        blocks = _encode_many(tokenizer, [("\n" if n > 1 else "") + _passage_block(n, rows[i][1][n - 1], special)
+                                          for i in open_rows])
+        still = []
+        for i, block in zip(open_rows, blocks):
+            if len(block) <= budgets[i]:
+                results[i].extend(block)
+                budgets[i] -= len(block)
+                still.append(i)
+        open_rows, n = still, n + 1
+    bare = [i for i in heads if len(results[i]) == len(heads[i])]   # no passage: the two sides meet
+    for i, ids in zip(bare, _encode_many(tokenizer, [pieces[2 * i] + pieces[2 * i + 1] for i in bare])):
+        results[i] = ids                                            # ("\n" + "\n\n" is one token)
+    for i in heads:
+        if i not in bare:
+            results[i] += tails[i]
+    return results
 
 
 def span_sources(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids an extractive answer may copy from, one list per text, escaped as passages are
     in the prompt (so a quote cannot spell a special token either)."""
     special = special_token_strings(tokenizer)
-    return [_encode(tokenizer, escape_untrusted(t.strip(), special)) for t in texts]
+    return _encode_many(tokenizer, [escape_untrusted(t.strip(), special) for t in texts])
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     """Ids of a piece of rendered prompt; special tokens the template wrote are parsed as such
     (as apply_chat_template does), escaped passage text holds none."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _encode_many(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """`_encode` of each text, in one tokenizer call."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 ANSWER_MODES = ("generate", "quote")
@@ -183,11 +225,23 @@ class Prompter:
             passages = list(passages)[:self.prompt_passages]
         return render_prompt(self.tokenizer, question, passages, self.max_prompt_tokens, self.system_prompt)
 
+    def render_many(self, rows: Sequence[tuple[str, Sequence[str]]]) -> list:
+        """`render` of many (question, passages) rows in a few tokenizer calls: per row its ids,
+        or the PromptTooLongError it gets."""
+        if self.prompt_passages:
+            rows = [(q, list(p)[:self.prompt_passages]) for q, p in rows]
+        return render_prompts(self.tokenizer, rows, self.max_prompt_tokens, self.system_prompt)
+
     def quote_spans(self, evidence: str) -> list[list[int]]:
         """What the answer may quote, from its first token on: with answer_mode "quote", the
         evidence sentence (the reranker's); else, or without one, nothing."""
-        quoted = evidence.strip() if self.answer_mode == "quote" else ""
-        return span_sources(self.tokenizer, [quoted]) if quoted else []
+        return self.quote_spans_many([evidence])[0]
+
+    def quote_spans_many(self, evidences: Sequence[str]) -> list[list[list[int]]]:
+        """`quote_spans` of each evidence sentence, in one tokenizer call."""
+        quoted = [e.strip() if self.answer_mode == "quote" else "" for e in evidences]
+        spans = iter(span_sources(self.tokenizer, [q for q in quoted if q]))
+        return [[next(spans)] if q else [] for q in quoted]
 
 
 class PromptTooLongError(RequestError):

@@ -266,9 +266,12 @@ class EngineServer:
 
 
 class EngineClient:
-    """The forwarder's side: `ask(question, passages, max_tokens, on_done, temperature, top_p, evidence)`;
-    `on_done` gets `Done` or `Failed`, once: on the caller's thread when the row fails before
-    it is sent (its prompt cannot fit, no engine), else on the reader thread.
+    """The forwarder's side. `ask(question, passages, max_tokens, on_done, temperature, top_p,
+    evidence)` renders and sends one row on the caller's thread; `ask_many(rows, on_dones)`
+    queues many (tuples of those arguments) and returns at once: a render thread makes their
+    prompts together (a few tokenizer calls for all of them) and sends them. `on_done` gets
+    `Done` or `Failed`, once: from the rendering thread when the row fails before it is sent
+    (its prompt cannot fit, no engine), else from the reader thread.
 
     Connects lazily to every engine the server runs (`find()` lists their sockets) and
     spreads rows over them by the fewest rows in flight; a broken connection fails its
@@ -278,29 +281,78 @@ class EngineClient:
     def __init__(self, find: Callable[[], list[str]]):
         self._find = find
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()     # one thread at a time uses the tokenizers
         self._links: dict[str, _Link] = {}
         self._prompters: dict[PromptRecipe, Prompter] = {}
         self._next_rid = 0
+        self._work: "queue.Queue" = queue.Queue()
+        self._renderer: threading.Thread | None = None
 
     def ask(self, question: str, passages: list[str], max_tokens: int, on_done: Reply,
             temperature: float = 0.0, top_p: float = 1.0, evidence: str = "") -> None:
+        self._send_rows([(question, passages, max_tokens, temperature, top_p, evidence)], [on_done])
+
+    def ask_many(self, rows: list[tuple], on_dones: list[Reply]) -> None:
+        """Queue rows (question, passages, max_tokens, temperature, top_p, evidence) for the
+        render thread; rows queued while it is busy are rendered together."""
         with self._lock:
-            self._next_rid += 1
-            rid = self._next_rid
-            link = self._pick()
-        if link is None:
-            on_done(Failed(rid, "UNAVAILABLE", "the decode engine is not running"))
-            return
-        try:
-            prompter = self._prompter(link.recipe)
-            prompt_ids, quotes = prompter.render(question, passages), prompter.quote_spans(evidence)
-        except RequestError as exc:          # the prompt cannot fit: this row only
-            on_done(Failed(rid, "INVALID_ARG", str(exc)))
-            return
-        except Exception as exc:  # noqa: BLE001 — this row only
-            on_done(Failed(rid, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
-            return
-        link.send(Ask(rid, prompt_ids, max_tokens, temperature, top_p, quotes), on_done)
+            if self._renderer is None:
+                self._renderer = threading.Thread(target=self._render_loop, name="engine-link-render", daemon=True)
+                self._renderer.start()
+        self._work.put((list(rows), list(on_dones)))
+
+    def _render_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            rows, dones, stop = [], [], item is None
+            while item is not None:
+                rows += item[0]
+                dones += item[1]
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                stop = stop or item is None
+            if rows:
+                try:
+                    self._send_rows(rows, dones)
+                except Exception:  # noqa: BLE001 — _send_rows answers its rows; never stop this thread
+                    log.exception("engine link: rows not sent")
+            if stop:
+                return
+
+    def _send_rows(self, rows: list[tuple], on_dones: list[Reply]) -> None:
+        with self._lock:
+            live, picked, added = self._live(), [], {}
+            for _ in rows:                 # the fewest rows in flight, counting this batch's
+                self._next_rid += 1
+                link = min(live, key=lambda k: k.in_flight + added.get(k, 0), default=None)
+                picked.append((self._next_rid, link))
+                if link is not None:
+                    added[link] = added.get(link, 0) + 1
+        by_recipe: dict = {}
+        for index, (rid, link) in enumerate(picked):
+            if link is None:
+                on_dones[index](Failed(rid, "UNAVAILABLE", "the decode engine is not running"))
+            else:
+                by_recipe.setdefault(link.recipe, []).append(index)
+        for recipe, indices in by_recipe.items():
+            try:
+                with self._render_lock:
+                    prompter = self._prompter(recipe)
+                    prompts = prompter.render_many([(rows[i][0], rows[i][1]) for i in indices])
+                    quotes = prompter.quote_spans_many([rows[i][5] for i in indices])
+            except Exception as exc:  # noqa: BLE001 — these rows only
+                for i in indices:
+                    on_dones[i](Failed(picked[i][0], "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
+                continue
+            for i, prompt_ids, quoted in zip(indices, prompts, quotes):
+                rid, link = picked[i]
+                _, _, max_tokens, temperature, top_p, _ = rows[i]
+                if isinstance(prompt_ids, RequestError):   # the prompt cannot fit: this row only
+                    on_dones[i](Failed(rid, "INVALID_ARG", str(prompt_ids)))
+                else:
+                    link.send(Ask(rid, prompt_ids, max_tokens, temperature, top_p, quoted), on_dones[i])
 
     def warm_up(self, timeout_s: float = 600.0, poll_s: float = 0.2) -> bool:
         """Connect to an engine and load its recipe's tokenizer before the first row needs them
@@ -312,7 +364,8 @@ class EngineClient:
                 link = self._pick()
             if link is not None:
                 try:
-                    self._prompter(link.recipe)
+                    with self._render_lock:
+                        self._prompter(link.recipe)
                     return True
                 except Exception:  # noqa: BLE001 — the first row will say what is wrong
                     log.exception("engine link: the prompt recipe's tokenizer did not load")
@@ -321,22 +374,25 @@ class EngineClient:
         return False
 
     def _prompter(self, recipe: PromptRecipe) -> Prompter:
-        with self._lock:                     # loaded once, on the first row for its engine
-            if recipe not in self._prompters:
-                self._prompters[recipe] = recipe.prompter()
-            return self._prompters[recipe]
+        if recipe not in self._prompters:    # loaded once, on the first row for its engine
+            self._prompters[recipe] = recipe.prompter()
+        return self._prompters[recipe]
 
-    def _pick(self) -> "_Link | None":
+    def _live(self) -> "list[_Link]":
+        """The links to every engine the server runs, dialling those not (or no longer) connected."""
         for address in self._find():
             if address not in self._links or self._links[address].broken:
                 try:
                     self._links[address] = _Link(address)
                 except OSError:
                     self._links.pop(address, None)
-        live = [link for link in self._links.values() if not link.broken]
-        return min(live, key=lambda link: link.in_flight, default=None)
+        return [link for link in self._links.values() if not link.broken]
+
+    def _pick(self) -> "_Link | None":
+        return min(self._live(), key=lambda link: link.in_flight, default=None)
 
     def close(self) -> None:
+        self._work.put(None)
         with self._lock:
             for link in self._links.values():
                 link.close()

@@ -20,6 +20,7 @@ CPU's (and CUDA's without triton).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Sequence
@@ -37,6 +38,12 @@ def _buckets(limit: int, start: int) -> list[int]:
         out.append(size)
         size *= 2
     return out + [limit]
+
+
+def _prefill_backends() -> list:
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
 def _tileable(head_dim: int) -> bool:
@@ -107,6 +114,11 @@ class DecodeEngine:
         self.batch_buckets = _buckets(slots, 1)
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
+        self._staging, self._staged = None, None    # prefill's pinned input buffer and its copy's event (CUDA)
+        # prefill attention on CUDA: FlashAttention (math where it cannot run), never cuDNN, which
+        # builds an execution plan for each new (prompts, width) shape on the host, and served
+        # prefills bring new shapes all the time (docs/decisions/0108-prefill-under-arrivals.md)
+        self.prefill_backends = _prefill_backends() if self.device.type == "cuda" else None
         self.warmup_s = 0.0
         self.prefill_warmup_s = 0.0
         self._sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
@@ -165,6 +177,25 @@ class DecodeEngine:
         self.prefill_warmup_s = time.perf_counter() - start
         log.info("prefill warmed up in %.1f s", self.prefill_warmup_s)
 
+    def _prefill_staging(self, numel: int):
+        """The host buffer a prefill's inputs are copied from. On CUDA it is pinned and kept (a
+        pinned allocation per call cost the engine thread more than the rest of the call's setup),
+        and the copy is non-blocking: it queues behind a decode step still running instead of
+        making the host wait for it (the scheduler launches a prefill before reading the step in
+        flight); the next prefill waits for that copy before writing the buffer again."""
+        import torch
+
+        if self.device.type != "cuda":
+            return torch.empty(numel, dtype=torch.long)
+        if self._staging is None or self._staging.numel() < numel:
+            if self._staged is not None:
+                self._staged.synchronize()
+            self._staging = torch.empty(max(numel, 1 << 16), dtype=torch.long).pin_memory()
+            self._staged = torch.cuda.Event()
+            self._staged.record()
+        self._staged.synchronize()
+        return self._staging[:numel]
+
     def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
         """Run prompts (one per cache row) through the model, fill their cache rows,
         return the logits of each prompt's last position `[n, vocab]`."""
@@ -174,17 +205,16 @@ class DecodeEngine:
         w = self.w
         n, width = len(prompts), max(len(p) for p in prompts)
         # one host buffer, one copy: the prompts (right-padded), their cache rows, their last positions
-        host = torch.zeros((n + 2, max(width, n)), dtype=torch.long)
+        host = self._prefill_staging((n + 2) * max(width, n)).view(n + 2, max(width, n))
+        values = host.numpy()
+        values[:] = 0
         for i, p in enumerate(prompts):
-            host[i, :len(p)] = torch.tensor(p)    # right-padded: causal attention never sees the pads
-        host[n, :n] = torch.tensor(list(rows))
-        host[n + 1, :n] = torch.tensor([len(p) - 1 for p in prompts])
-        if self.device.type == "cuda":
-            # pinned + non-blocking: the copy queues behind a decode step still running instead
-            # of making the host wait for it (the scheduler launches a prefill before reading
-            # the step in flight)
-            host = host.pin_memory()
+            values[i, :len(p)] = p                # right-padded: causal attention never sees the pads
+        values[n, :n] = rows
+        values[n + 1, :n] = [len(p) - 1 for p in prompts]
         host = host.to(self.device, non_blocking=True)
+        if self._staged is not None:
+            self._staged.record()                 # the staging buffer is free again once this copy ran
         tokens, row_index, last = host[:n, :width], host[n, :n], host[n + 1, :n]
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         fused = self.attention == "triton"     # the decode step's Triton norm and silu*up kernels
@@ -193,7 +223,11 @@ class DecodeEngine:
             sin = self.sin_heads[:width].repeat(n, 1, 1)
         if fused:
             from .triton_lang_ops import add_rms_norm, rope_store, silu_mul
-        with torch.inference_mode():
+        backends = contextlib.nullcontext()
+        if self.prefill_backends:
+            from torch.nn.attention import sdpa_kernel
+            backends = sdpa_kernel(self.prefill_backends)
+        with torch.inference_mode(), backends:
             x = F.embedding(tokens, w.embed).view(n * width, -1)
             y = None
             final = len(w.layers) - 1

@@ -8,6 +8,13 @@ never waits for a long one. Admission is bounded by `max_batch` running sequence
 running) and `prefill_tokens` prompt tokens prefilled between two steps (so that a
 burst of arrivals delays the running batch by a bounded amount).
 
+With `prefill_wait_ms` > 0 (off by default), a request that arrives while others decode waits
+up to that long for later arrivals, so that their prompts are prefilled in one call: a prefill
+costs the host a fixed time to launch (one eager forward pass, hundreds of kernels) whatever it
+holds, so under steady arrivals many small prefills bound the step rate by the host, not the
+GPU. It is admitted at once when nothing runs or when the waiting prompts fill a prefill
+(`prefill_tokens`).
+
 With `overlap` (the default when the engine runs on CUDA) greedy decode steps are
 pipelined: step n+1 is launched, its tokens taken from step n's ids still on the
 device, before the host reads step n's ids and runs the callbacks, so the GPU does
@@ -23,6 +30,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -53,6 +61,7 @@ class Sequence:
     slot: int | None = None
     text: object = None                # the caller's decoded-text state (generation.IncrementalText)
     constraint: SpanConstraint | None = None   # the answer copies a span of these sources
+    submitted: float = 0.0             # time.monotonic() when it was submitted
     _stop_request: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -67,11 +76,13 @@ class Sequence:
 
 class ContinuousBatcher:
     def __init__(self, engine, max_batch: int | None = None, max_tokens_in_flight: int | None = None,
-                 prefill_tokens: int = 8192, overlap: bool | None = None):
+                 prefill_tokens: int = 8192, overlap: bool | None = None, prefill_wait_ms: float = 0.0):
         self.engine = engine
         self.max_batch = min(max_batch or engine.slots, engine.slots)
         self.max_tokens_in_flight = max_tokens_in_flight or engine.slots * engine.max_len
         self.prefill_tokens = prefill_tokens
+        self.prefill_wait_s = max(0.0, prefill_wait_ms) / 1000
+        self.prefills = 0              # prefill calls made (each admits one or more prompts)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: dict[int, Sequence] = {}
         self._reserved = 0
@@ -99,6 +110,7 @@ class ContinuousBatcher:
         if need > self.engine.max_len:
             raise SequenceError(f"prompt ({len(seq.prompt_ids)} tokens) + max_tokens ({seq.max_tokens}) "
                                 f"exceed the engine's {self.engine.max_len + 1} positions")
+        seq.submitted = time.monotonic()
         with self._cond:
             self.waiting.append(seq)
             self._cond.notify()
@@ -172,9 +184,25 @@ class ContinuousBatcher:
         for seq in cancelled:
             self._finish(seq, None, seq._stop_request)
 
+    def _prefill_due(self) -> bool:
+        """Whether the waiting requests are prefilled now rather than held for later arrivals
+        (`prefill_wait_ms`; caller holds the lock)."""
+        if not self.waiting or not self.running or self.prefill_wait_s <= 0:
+            return True
+        if time.monotonic() - self.waiting[0].submitted >= self.prefill_wait_s:
+            return True
+        tokens = 0
+        for seq in self.waiting:
+            tokens += len(seq.prompt_ids)
+            if tokens >= self.prefill_tokens:
+                return True
+        return False
+
     def _admit(self) -> list[Sequence]:
         admitted, prompt_tokens = [], 0
         with self._cond:
+            if not self._prefill_due():
+                return admitted
             while self.waiting and self.engine.cache.free_slots and len(self.running) < self.max_batch:
                 seq = self.waiting[0]
                 need = len(seq.prompt_ids) + seq.max_tokens
@@ -194,6 +222,7 @@ class ContinuousBatcher:
         """Enqueue the prefill of the admitted prompts; `_emit(*result)` reads their first tokens."""
         # similar lengths together: less padding in each prefill call
         admitted = sorted(admitted, key=lambda s: len(s.prompt_ids))
+        self.prefills += 1
         logits = self.engine.prefill([s.slot for s in admitted], [s.prompt_ids for s in admitted])
         return admitted, list(range(len(admitted))), logits, logits.argmax(-1)
 

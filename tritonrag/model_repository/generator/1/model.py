@@ -7,10 +7,11 @@ here, as the engine makes prompts (it tells how when the link connects), and tra
 token ids: the engine's process keeps its interpreter for decoding. (Triton 2.51 refuses
 plain ModelInfer for a decoupled model and for an ensemble holding one, so this model is
 not decoupled.)
-`execute` returns at once and answers later through each request's response sender
+`execute` checks the rows and returns at once (the link's render thread makes the batch's
+prompts together and sends them) and answers later through each request's response sender
 (allowed for non-decoupled models since Triton 24.06: exactly one response, flagged
-final), so the instance never waits for the engine. The rows travel over a local socket
-rather than BLS: tritonrag/serving/engine_link.py says why.
+final), so the instance never waits for the tokenizer or the engine. The rows travel over a
+local socket rather than BLS: tritonrag/serving/engine_link.py says why.
 """
 
 import faulthandler
@@ -55,20 +56,22 @@ class TritonPythonModel:
         threading.Thread(target=self._send_loop, name="generator-send", daemon=True).start()
 
     def execute(self, requests):
+        rows, callbacks = [], []
         for request in requests:
             sender = request.get_response_sender()
             try:
-                rows = self._parse(request)   # copies the inputs: they are freed when execute returns
-                texts = [row[1] for row in rows]
-                callbacks = gather_rows(len(rows), lambda answers, sender=sender, texts=texts:
-                                        self._respond(sender, answers, texts))
-                for (question, passages, max_tokens, temperature, top_p, evidence), callback in zip(rows, callbacks):
-                    self.engine.ask(question, passages, max_tokens, callback, temperature, top_p, evidence)
+                parsed = self._parse(request)   # copies the inputs: they are freed when execute returns
+                texts = [row[1] for row in parsed]
+                rows += parsed
+                callbacks += gather_rows(len(parsed), lambda answers, sender=sender, texts=texts:
+                                         self._respond(sender, answers, texts))
             except RequestError as exc:
                 sender.send(error_response(str(exc)), flags=FINAL)
             except Exception as exc:  # noqa: BLE001 — this request only, not its batch-mates
                 sender.send(error_response(f"internal error: {type(exc).__name__}: {exc}",
                                            pb_utils.TritonError.INTERNAL), flags=FINAL)
+        if rows:   # rendered and sent by the link's thread, together: this instance takes the next batch
+            self.engine.ask_many(rows, callbacks)
         return None
 
     def _parse(self, request):
@@ -81,7 +84,7 @@ class TritonPythonModel:
         max_tokens = optional_rows(request, "max_tokens", len(questions))
         temperatures = optional_rows(request, "temperature", len(questions), float)
         top_ps = optional_rows(request, "top_p", len(questions), float)
-        rows = []
+        rows = []   # (question, passages, max_tokens, temperature, top_p, evidence): EngineClient's rows
         for q, row, m, temperature, top_p, quotes in zip(questions, passages, max_tokens, temperatures, top_ps,
                                                           evidence):
             rows.append((decode_question(q, self.limits.max_question_bytes),   # refused here, before the engine
