@@ -384,7 +384,8 @@ def main(argv=None) -> dict:
     load_s = time.perf_counter() - start
     bandwidth = peak_bandwidth(device)
     slots = args.slots or max(args.concurrency + args.hf_batches + ([256] if args.rates else []))
-    max_len = int(args.prompt * 1.1) + args.output
+    # open-loop prompts run to +10 % of --prompt
+    max_len = (int(args.prompt * 1.1) if args.rates else args.prompt) + args.output
     batches = sorted(set(args.concurrency))
     result = {"command": " ".join([sys.executable] + sys.argv), "date": dt.datetime.now(dt.timezone.utc).isoformat(),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device_tag(device),
