@@ -44,24 +44,27 @@ sweep() { $PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --
   --max-trials 3 --timeout 120 --results $OUT --no-plots "$@" 2>&1 | grep -vE "^\s*$" | grep -v "model proto" | tail -4; }
 if has arrivals; then
   sweep --models rag_ensemble --request-rate $RATE --distribution ${FIRST_DISTS:-poisson constant} --request-count 1024 --tag $TAG-first
-  ( sleep 8; $PY perf/stream_ttft.py --url 127.0.0.1:8001 --index /tmp/idx --rate 10 --duration 15 \
-      --label "beside rag_ensemble Poisson $RATE req/s" --out $OUT/stream_ttft_$TAG.json ) &
+  ( sleep 8; timeout 120 $PY perf/stream_ttft.py --url 127.0.0.1:8001 --index /tmp/idx --rate 10 --duration 15 \
+      --label "beside rag_ensemble Poisson $RATE req/s" --out $OUT/stream_ttft_$TAG.json ) & TTFT=$!
   sweep --models rag_ensemble --request-rate $RATE --distribution poisson --request-count 2048 --tag $TAG-steady
-  wait
+  wait $TTFT   # by pid: a bare `wait` would also wait for the server and nvidia-smi, which never end
   echo "arrivals done +$(( $(date +%s) - t0 )) s"
 fi
 if has c128; then
   STUB=$(pgrep -f "triton_python_backend_stub.*generator_stream" | head -1)
   FWD=$(pgrep -f "triton_python_backend_stub.*generator_0" | head -1)
   for M in ${C128_MODELS:-generator generator_stream}; do
+    PROF=()
     if [ "${PROFILE:-0}" = 1 ]; then
-      ( sleep 12; $PYSPY record -p $STUB -d 6 -r 200 --nonblocking --threads -f raw -o $OUT/pyspy_${M}_threads.txt > /dev/null 2>&1
-        $PYSPY record -p $STUB -d 5 -r 200 --nonblocking --gil -f raw -o $OUT/pyspy_${M}_gil.txt > /dev/null 2>&1 ) &
-      [ $M = generator ] && ( sleep 12; $PYSPY record -p $FWD -d 6 -r 200 --nonblocking --threads -f raw \
-        -o $OUT/pyspy_forwarder_threads.txt > /dev/null 2>&1 ) &
+      ( sleep 12; timeout 20 $PYSPY record -p $STUB -d 6 -r 200 --nonblocking --threads -f raw -o $OUT/pyspy_${M}_threads.txt > /dev/null 2>&1
+        timeout 20 $PYSPY record -p $STUB -d 5 -r 200 --nonblocking --gil -f raw -o $OUT/pyspy_${M}_gil.txt > /dev/null 2>&1 ) & PROF+=($!)
+      if [ $M = generator ]; then
+        ( sleep 12; timeout 20 $PYSPY record -p $FWD -d 6 -r 200 --nonblocking --threads -f raw \
+          -o $OUT/pyspy_forwarder_threads.txt > /dev/null 2>&1 ) & PROF+=($!)
+      fi
     fi
     sweep --models $M --concurrency 128 --request-count ${C128_COUNT:-1536} --tag $TAG-c128-$M
-    wait
+    [ ${#PROF[@]} -gt 0 ] && wait "${PROF[@]}"
     echo "$M done +$(( $(date +%s) - t0 )) s"
   done
 fi

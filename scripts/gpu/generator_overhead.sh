@@ -25,10 +25,10 @@ echo "stub=$STUB fwd=$FWD"
 for M in generator; do
   ( sleep 15; $PYSPY record -p $STUB -d 12 -r 200 --nonblocking --threads -f raw -o $OUT/pyspy_${M}_engine.txt > /dev/null 2>&1;
     $PYSPY record -p $STUB -d 8 -r 200 --nonblocking --gil -f raw -o $OUT/pyspy_${M}_engine_gil.txt > /dev/null 2>&1;
-    $PYSPY dump -p $STUB > $OUT/pyspy_${M}_dump.txt 2>&1 ) &
+    timeout 20 $PYSPY dump -p $STUB > $OUT/pyspy_${M}_dump.txt 2>&1 ) & PROF=$!
   $PY perf/sweep.py --url 127.0.0.1 --grpc-port 8001 --http-port 8000 --models $M --concurrency 128 --top-k 3 \
     --max-tokens 128 --max-trials 3 --request-count 2048 --timeout 150 --results $OUT --tag probe --no-plots 2>&1 | grep -vE "^\s*$" | tail -6
-  wait
+  wait $PROF   # by pid: a bare `wait` would also wait for the server, which never ends
   echo "$M done +$(( $(date +%s) - t0 ))"
 done
 curl -s localhost:8002/metrics | grep -E "^tritonrag_generator|nv_inference_(request_success|queue_duration_us|compute_infer_duration_us|exec_count)" | head -30
