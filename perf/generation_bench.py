@@ -113,6 +113,20 @@ def step_times(engine, batches, prompt: int, output: int, steps: int, device) ->
     return rows
 
 
+def _timing(records: list, lock, on_finished):
+    """A sequence's token callback that stamps its first token and, when it ends, appends
+    (submitted, first token, end, tokens) to `records` and calls `on_finished()`, under `lock`."""
+    def on_token(seq, token, finished):
+        now = time.perf_counter()
+        if seq.t_first is None:
+            seq.t_first = now
+        if finished:
+            with lock:
+                records.append((seq.t_submit, seq.t_first, now, len(seq.tokens)))
+                on_finished()
+    return on_token
+
+
 def serve(batcher, concurrency: int, requests: int, prompt: int, output: int, vocab: int, seed: int) -> dict:
     """Closed loop: `concurrency` clients, `requests` in all; per-request timings."""
     import random
@@ -132,18 +146,14 @@ def serve(batcher, concurrency: int, requests: int, prompt: int, output: int, vo
         seq.t_submit, seq.t_first = time.perf_counter(), None
         batcher.submit(seq)
 
-    def on_token(seq, token, finished):
-        now = time.perf_counter()
-        if seq.t_first is None:
-            seq.t_first = now
-        if finished:
-            with lock:
-                records.append((seq.t_submit, seq.t_first, now, len(seq.tokens)))
-                if sent[0] < requests:
-                    sent[0] += 1
-                    launch()
-                elif len(records) == requests:
-                    done.set()
+    def finished():   # the next client request, or the end
+        if sent[0] < requests:
+            sent[0] += 1
+            launch()
+        elif len(records) == requests:
+            done.set()
+
+    on_token = _timing(records, lock, finished)
 
     start = time.perf_counter()
     with lock:
@@ -177,16 +187,7 @@ def serve_open(batcher, rate: float, requests: int, prompt: int, output: int, vo
                for _ in range(requests)]
     gaps = [rng.expovariate(rate) for _ in range(requests)]
     records, lock, done = [], threading.Lock(), threading.Event()
-
-    def on_token(seq, token, finished):
-        now = time.perf_counter()
-        if seq.t_first is None:
-            seq.t_first = now
-        if finished:
-            with lock:
-                records.append((seq.t_submit, seq.t_first, now))
-                if len(records) == requests:
-                    done.set()
+    on_token = _timing(records, lock, lambda: len(records) == requests and done.set())
 
     steps_before, prefills_before = batcher.steps, batcher.prefills
     began = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -202,8 +203,8 @@ def serve_open(batcher, rate: float, requests: int, prompt: int, output: int, vo
     sent_s = time.perf_counter() - start
     done.wait()
     elapsed = time.perf_counter() - start
-    ttft = [(f - s) * 1000 for s, f, e in records]
-    latency = [(e - s) * 1000 for s, f, e in records]
+    ttft = [(f - s) * 1000 for s, f, e, n in records]
+    latency = [(e - s) * 1000 for s, f, e, n in records]
     return {"rate_asked": rate, "requests": len(records), "sent_in_s": round(sent_s, 3), "seconds": round(elapsed, 3),
             "requests_per_s": round(len(records) / elapsed, 2),
             "ttft_ms_p50": round(percentile(ttft, 50), 2), "ttft_ms_p99": round(percentile(ttft, 99), 2),

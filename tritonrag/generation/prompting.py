@@ -130,20 +130,18 @@ def render_prompts(tokenizer, rows: Sequence[tuple[str, Sequence[str]]], max_tok
         if text.count(_PASSAGES_MARK) != 1:
             raise ValueError("the chat template does not keep the user turn's text as it is")
         pieces.extend(text.split(_PASSAGES_MARK))
-    encoded = _encode_many(tokenizer, pieces)
+    encoded = _encode_many(tokenizer, pieces)           # head and tail of row i: 2i and 2i + 1
     results: list = [None] * len(rows)
-    heads, tails, budgets, open_rows = {}, {}, {}, []
+    budgets, open_rows = {}, []
     for i in range(len(rows)):
-        head_ids, tail_ids = encoded[2 * i], encoded[2 * i + 1]
-        budget = max_tokens - len(head_ids) - len(tail_ids)
+        budget = max_tokens - len(encoded[2 * i]) - len(encoded[2 * i + 1])
         if budget < 0:
             results[i] = PromptTooLongError(f"the question alone is {max_tokens - budget} tokens; "
                                             f"the limit is {max_tokens}")
             continue
-        heads[i], tails[i], budgets[i] = head_ids, tail_ids, budget
-        results[i] = list(head_ids)
+        results[i], budgets[i] = list(encoded[2 * i]), budget
         open_rows.append(i)
-    n = 1
+    with_passages, n = set(), 1
     while open_rows:
         open_rows = [i for i in open_rows if len(rows[i][1]) >= n]
         blocks = _encode_many(tokenizer, [("\n" if n > 1 else "") + _passage_block(n, rows[i][1][n - 1], special)
@@ -154,13 +152,13 @@ def render_prompts(tokenizer, rows: Sequence[tuple[str, Sequence[str]]], max_tok
                 results[i].extend(block)
                 budgets[i] -= len(block)
                 still.append(i)
+        with_passages.update(still)
         open_rows, n = still, n + 1
-    bare = [i for i in heads if len(results[i]) == len(heads[i])]   # no passage: the two sides meet
+    bare = [i for i in budgets if i not in with_passages]   # no passage: the two sides meet
     for i, ids in zip(bare, _encode_many(tokenizer, [pieces[2 * i] + pieces[2 * i + 1] for i in bare])):
-        results[i] = ids                                            # ("\n" + "\n\n" is one token)
-    for i in heads:
-        if i not in bare:
-            results[i] += tails[i]
+        results[i] = ids                                    # ("\n" + "\n\n" is one token)
+    for i in with_passages:
+        results[i] += encoded[2 * i + 1]
     return results
 
 
@@ -171,14 +169,9 @@ def span_sources(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return _encode_many(tokenizer, [escape_untrusted(t.strip(), special) for t in texts])
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    """Ids of a piece of rendered prompt; special tokens the template wrote are parsed as such
-    (as apply_chat_template does), escaped passage text holds none."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _encode_many(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """`_encode` of each text, in one tokenizer call."""
+    """Ids of each piece of rendered prompt, in one tokenizer call; special tokens the template
+    wrote are parsed as such (as apply_chat_template does), escaped passage text holds none."""
     if not texts:
         return []
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]

@@ -187,13 +187,11 @@ class DecodeEngine:
 
         if self.device.type != "cuda":
             return torch.empty(numel, dtype=torch.long)
+        if self._staged is not None:
+            self._staged.synchronize()           # the last copy has left the buffer
         if self._staging is None or self._staging.numel() < numel:
-            if self._staged is not None:
-                self._staged.synchronize()
             self._staging = torch.empty(max(numel, 1 << 16), dtype=torch.long).pin_memory()
             self._staged = torch.cuda.Event()
-            self._staged.record()
-        self._staged.synchronize()
         return self._staging[:numel]
 
     def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
