@@ -205,7 +205,12 @@ def serve_open(batcher, rate: float, requests: int, prompt: int, output: int, vo
     elapsed = time.perf_counter() - start
     ttft = [(f - s) * 1000 for s, f, e, n in records]
     latency = [(e - s) * 1000 for s, f, e, n in records]
+    # the rate answers left while arrivals ran, after the first 2 s (the batch filling up): the
+    # steady state's throughput, which `requests_per_s` understates by the drain after the last send
+    window = (start + 2.0, start + sent_s)
+    steady = sum(window[0] <= e < window[1] for s, f, e, n in records) / max(sent_s - 2.0, 1e-9)
     return {"rate_asked": rate, "requests": len(records), "sent_in_s": round(sent_s, 3), "seconds": round(elapsed, 3),
+            "offered_per_s": round(len(records) / sent_s, 2), "answered_per_s_while_sending": round(steady, 2),
             "requests_per_s": round(len(records) / elapsed, 2),
             "ttft_ms_p50": round(percentile(ttft, 50), 2), "ttft_ms_p99": round(percentile(ttft, 99), 2),
             "latency_ms_p50": round(percentile(latency, 50), 1), "latency_ms_p99": round(percentile(latency, 99), 1),
@@ -354,6 +359,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--open-requests", type=int, default=2000, help="requests per open-loop rate")
     parser.add_argument("--prefill-wait-ms", type=float, nargs="+", default=[0.0],
                         help="the batcher's prefill_wait_ms for each open-loop run")
+    parser.add_argument("--ab-prefill-graphs", action="store_true",
+                        help="also run each open-loop rate with eager prefills (no prefill graphs)")
     parser.add_argument("--ab-prefill-default", action="store_true",
                         help="also time prefills and the first open-loop run with torch's default attention backends")
     parser.add_argument("--slots", type=int, default=0,
@@ -427,18 +434,31 @@ def main(argv=None) -> dict:
                     serve_open(batcher, rate, min(200, args.open_requests), args.prompt, args.output, vocab, seed=3)
                     row = serve_open(batcher, rate, args.open_requests, args.prompt, args.output, vocab, seed=4)
                     batcher.stop()
-                    row["prefill_wait_ms"] = wait
+                    row.update(prefill_wait_ms=wait, prefill="graphs" if engine._prefill_graphs else "eager")
                     result.setdefault("open_loop", []).append(row)
                     save(result, args, device, partial=True)
                     print(variant, "open", json.dumps(row), flush=True)
+            if args.ab_prefill_graphs and args.rates and engine._prefill_graphs:
+                chosen, engine.prefill_graph_prompts = engine.prefill_graph_prompts, 0
+                for rate in args.rates:
+                    batcher = ContinuousBatcher(engine, prefill_wait_ms=args.prefill_wait_ms[0])
+                    batcher.start()
+                    row = serve_open(batcher, rate, args.open_requests, args.prompt, args.output, vocab, seed=4)
+                    batcher.stop()
+                    row.update(prefill_wait_ms=args.prefill_wait_ms[0], prefill="eager")
+                    result.setdefault("open_loop", []).append(row)
+                    save(result, args, device, partial=True)
+                    print(variant, "open", json.dumps(row), flush=True)
+                engine.prefill_graph_prompts = chosen
             if args.ab_prefill_default and args.rates and engine.prefill_backends:
                 chosen, engine.prefill_backends = engine.prefill_backends, None
+                graphs, engine.prefill_graph_prompts = engine.prefill_graph_prompts, 0   # graphs hold their backend
                 batcher = ContinuousBatcher(engine, prefill_wait_ms=args.prefill_wait_ms[0])
                 batcher.start()
                 row = serve_open(batcher, args.rates[0], args.open_requests, args.prompt, args.output, vocab, seed=4)
                 batcher.stop()
-                engine.prefill_backends = chosen
-                row.update(prefill_wait_ms=args.prefill_wait_ms[0], prefill_attention="torch default")
+                engine.prefill_backends, engine.prefill_graph_prompts = chosen, graphs
+                row.update(prefill_wait_ms=args.prefill_wait_ms[0], prefill="eager", prefill_attention="torch default")
                 result.setdefault("open_loop", []).append(row)
                 save(result, args, device, partial=True)
                 print(variant, "open", json.dumps(row), flush=True)
@@ -478,10 +498,16 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
         row["roofline_ms"] = round(row["bytes_per_step"] / bandwidth * 1000, 3) if bandwidth else None
     result["decode_step"][variant] = rows
     if args.rates:
-        result.setdefault("prefill_ms", {})[variant] = prefill_times(engine, args.prompt, (1, 4, 16),
-                                                                     min(model.config.vocab_size, 32000), device)
-        print(variant, "prefill", json.dumps(result["prefill_ms"][variant]), flush=True)
         vocab = min(model.config.vocab_size, 32000)
+        result.setdefault("prefill_ms", {})[variant] = prefill_times(engine, args.prompt, (1, 2, 4, 16), vocab, device)
+        result.setdefault("prefill_capture_s", {})[variant] = round(engine.prefill_capture_s, 2)
+        if engine.prefill_graph_prompts and engine._prefill_graphs:    # the same calls eagerly
+            chosen, engine.prefill_graph_prompts = engine.prefill_graph_prompts, 0
+            result.setdefault("prefill_ms_eager", {})[variant] = prefill_times(engine, args.prompt, (1, 2, 4), vocab,
+                                                                               device)
+            engine.prefill_graph_prompts = chosen
+        print(variant, "prefill", json.dumps(result["prefill_ms"][variant]),
+              json.dumps(result.get("prefill_ms_eager", {}).get(variant)), flush=True)
         novel = {"engine": prefill_novel(engine, args.prompt, vocab, device, seed=7)}
         if args.ab_prefill_default and engine.prefill_backends:
             chosen, engine.prefill_backends = engine.prefill_backends, None

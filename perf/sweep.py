@@ -73,12 +73,14 @@ def perf_analyzer_env() -> dict[str, str]:
 
 def perf_command(binary: str, model: str, url: str, protocol: str, concurrency: int | None, input_data: Path,
                  csv_path: Path, request_count: int, max_trials: int, rate: float | None = None,
-                 distribution: str = "constant", max_threads: int = 16, streaming: bool = False) -> list[str]:
-    """One bounded perf_analyzer run at one concurrency, or at one request rate."""
+                 distribution: str = "constant", max_threads: int = 16, streaming: bool = False,
+                 asynchronous: bool = False) -> list[str]:
+    """One bounded perf_analyzer run at one concurrency, or at one request rate (`asynchronous`:
+    perf_analyzer's --async, each thread keeping any number of requests in flight)."""
     command = [binary, "-m", model, "-u", url, "-i", protocol, "--input-data", str(input_data)]
     if rate is not None:
         command += ["--request-rate-range", f"{rate:g}:{rate:g}", "--request-distribution", distribution,
-                    "--max-threads", str(max_threads)]
+                    "--max-threads", str(max_threads)] + (["--async"] if asynchronous else [])
     else:
         command += ["--concurrency-range", f"{concurrency}:{concurrency}"]
     if streaming:
@@ -236,7 +238,7 @@ def run_point(binary: str, env: dict, model: str, url: str, protocol: str, data_
     # rag_ensemble at 73 requests/s for asked rates of 120 and 180 at ~0.9 s latency)
     threads = args.max_threads if rate is None else max(args.max_threads, math.ceil(rate * args.rate_latency_s))
     command = perf_command(binary, model, url, protocol, concurrency, data_path, csv_path, count, args.max_trials,
-                           rate, distribution, threads, streaming)
+                           rate, distribution, threads, streaming, asynchronous=args.rate_async)
     row = {"model": model, "protocol": protocol, "distribution": "closed" if rate is None else distribution,
            "command": " ".join(command)}
     before = stats.snapshot(url, protocol)
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-threads", type=int, default=64, help="perf_analyzer's threads in rate mode (at least)")
     parser.add_argument("--rate-latency-s", type=float, default=2.0,
                         help="latency to provision threads for in rate mode: threads >= rate x this")
+    parser.add_argument("--async", dest="rate_async", action="store_true",
+                        help="rate mode: asynchronous calls (perf_analyzer --async), so that no send waits for "
+                             "a thread whose last request is still in flight")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per point")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="extra words for the result file names")

@@ -187,3 +187,37 @@ def test_bf16_cuda_graph_logits_agree_with_transformers(kind):
             report.append((kind, len(batch), i, round(err, 4), round(hf_err, 4)))
             assert err <= 2 * hf_err + 0.01 * want.abs().max().item(), report[-1]
     print("kind, batch, sequence, engine error, transformers bf16 error:", *report, sep="\n")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_captured_prefill_equals_the_eager_prefill(kind):
+    """Prefills of 1-4 prompts replay a graph captured at the next width bucket (prompts padded):
+    the logits and the prompts' cache rows equal the eager prefill's within bf16 rounding, and no
+    other cache row changes. Replays run back to back, so a replay that read stale inputs or left
+    its output to be overwritten would show here."""
+    model = random_model(tiny_config(kind)).to("cuda", torch.bfloat16)
+    engine = DecodeEngine.from_hf(model, slots=8, max_len=200, cuda_graphs=True)
+    assert engine._prefill_graphs and engine.prefill_widths[:3] == [64, 128, 192]
+    g = torch.Generator().manual_seed(3)
+    calls = [[torch.randint(0, VOCAB, (int(length),), generator=g).tolist() for length in lengths]
+             for lengths in ([7], [64, 3], [65, 120, 1], [130, 5, 190, 64], [2, 199])]
+    engine.cache.kv.zero_()                       # the load-time warm-up prefilled rows 0-7
+    replayed = [engine.prefill(list(range(4, 4 + len(c))), c) for c in calls]    # rows 4..7, back to back
+    assert engine.prefill_replays == len(calls)
+    captured_cache = engine.cache.kv.clone()
+    engine.prefill_graph_prompts = 0                                              # the eager path
+    engine.cache.kv.zero_()
+    for prompts, got in zip(calls, replayed):
+        want = engine.prefill(list(range(4, 4 + len(prompts))), prompts)
+        assert got.shape == want.shape
+        assert (got.float() - want.float()).abs().max().item() <= 0.02 * want.float().abs().max().item(), prompts
+    assert engine.prefill_replays == len(calls)
+    written = {}                                  # cache row -> the length of the last prompt written there
+    for prompts in calls:
+        written.update({4 + i: len(p) for i, p in enumerate(prompts)})
+    for row, length in written.items():
+        got, want = captured_cache[:, row, :, :length].float(), engine.cache.kv[:, row, :, :length].float()
+        assert (got - want).abs().max().item() <= 0.02 * want.abs().max().item(), row
+    assert not captured_cache[:, :4].any()        # no replay wrote outside its prompts' rows

@@ -12,7 +12,7 @@
 #            GIL holders on a `generator` forwarder's stub during generator's;
 #  arrivals  rag_ensemble under open-loop Poisson arrivals at RATE right after the start (the first
 #            point), at a constant RATE, and Poisson again (steady), with perf/stream_ttft.py
-#            streaming beside the last.
+#            streaming beside the last; STEADY_ASYNC=1 repeats the steady point with perf_analyzer --async.
 # nvidia-smi samples the GPU's utilisation every 200 ms throughout (gpu_util.csv, in the archive).
 #   OUT=... PARTS="engine c128" bash scripts/gpu/arrivals.sh   (carry .carry, .gpu-pack/cache, .whl)
 set -uo pipefail
@@ -48,6 +48,10 @@ if has arrivals; then
       --label "beside rag_ensemble Poisson $RATE req/s" --out $OUT/stream_ttft_$TAG.json ) & TTFT=$!
   sweep --models rag_ensemble --request-rate $RATE --distribution poisson --request-count 2048 --tag $TAG-steady
   wait $TTFT   # by pid: a bare `wait` would also wait for the server and nvidia-smi, which never end
+  if [ "${STEADY_ASYNC:-0}" = 1 ]; then   # the same point with perf_analyzer --async (no thread per request)
+    sweep --models rag_ensemble --request-rate $RATE --distribution poisson --request-count 2048 --async \
+      --tag $TAG-steady-async
+  fi
   echo "arrivals done +$(( $(date +%s) - t0 )) s"
 fi
 if has c128; then

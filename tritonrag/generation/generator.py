@@ -122,7 +122,8 @@ class Generator:
         self.engine = DecodeEngine.from_hf(hf_model, slots=settings.max_running,
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
                                            cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile,
-                                           attention=settings.attention, gemm=settings.gemm)
+                                           attention=settings.attention, gemm=settings.gemm,
+                                           prefill_graph_width=max_prompt_tokens)
         if self.engine.warmup_s:
             log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)
         self.batcher = ContinuousBatcher(self.engine, max_tokens_in_flight=settings.max_tokens_in_flight or None,

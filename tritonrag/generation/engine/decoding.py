@@ -3,10 +3,13 @@
 One code path for CPU and CUDA. On CUDA the decode step is captured as a CUDA graph
 per (batch bucket, cache-length bucket) at load time, so a step is one graph launch
 instead of hundreds of kernel launches from Python; on the CPU it runs eagerly over
-exactly the rows and positions in use. Inside a graph the step's cost beyond the
-matmuls is the number of small kernels, so the step is written with few of them
-(rotary embedding of q, k and v in three, one K/V store, residual adds fused into the
-output matmuls); `compile=True` also lets torch.compile fuse the rest before capture.
+exactly the rows and positions in use. Small prefills (1..PREFILL_GRAPH_PROMPTS prompts) are
+captured too, per prompt count and width bucket (PREFILL_WIDTH_STEP tokens apart): under
+arrivals most prefills are that small, and eagerly their launches, not the GPU, set their time.
+Inside a graph the step's cost beyond the matmuls is the number of small kernels, so the step
+is written with few of them (rotary embedding of q, k and v in three, one K/V store, residual
+adds fused into the output matmuls); `compile=True` also lets torch.compile fuse the rest
+before capture.
 
 Attention is grouped-query-aware without copying: a decode step's query heads are
 viewed as `[B, kv_heads, group, head_dim]`, i.e. the `group` query heads that share a
@@ -29,6 +32,12 @@ from .kv_cache import KVCache
 from .weights import DecoderWeights, check_supported, from_hf
 
 log = logging.getLogger(__name__)
+
+
+# the prefill graphs' sizes: prompts per call (more run eagerly, where the GPU's time covers the
+# host's launches) and the step between captured widths (padding costs at most this many tokens a prompt)
+PREFILL_GRAPH_PROMPTS = 4
+PREFILL_WIDTH_STEP = 64
 
 
 def _buckets(limit: int, start: int) -> list[int]:
@@ -61,7 +70,8 @@ class DecodeEngine:
 
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "auto",
-                 min_length_bucket: int = 256, compile: bool = False, gemm: str = "cublas"):
+                 min_length_bucket: int = 256, compile: bool = False, gemm: str = "cublas",
+                 prefill_graph_prompts: int = PREFILL_GRAPH_PROMPTS, prefill_graph_width: int | None = None):
         import torch
 
         from . import flash_decode
@@ -114,6 +124,15 @@ class DecodeEngine:
         self.batch_buckets = _buckets(slots, 1)
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
+        # prefills of 1..prefill_graph_prompts prompts up to prefill_graph_width tokens replay a
+        # captured graph (CUDA, Triton path); larger ones run eagerly
+        self.prefill_graph_prompts = prefill_graph_prompts
+        self.prefill_graph_width = min(prefill_graph_width or max_len, max_len)
+        self.prefill_widths = [w for w in range(PREFILL_WIDTH_STEP, self.prefill_graph_width, PREFILL_WIDTH_STEP)] \
+            + [self.prefill_graph_width]
+        self._prefill_graphs: dict[tuple[int, int], tuple] = {}
+        self.prefill_replays = 0        # prefill calls served by a captured graph
+        self.prefill_capture_s = 0.0
         self._staging, self._staged = None, None    # prefill's pinned input buffer and its copy's event (CUDA)
         # prefill attention on CUDA: FlashAttention (math where it cannot run), never cuDNN, which
         # builds an execution plan for each new (prompts, width) shape on the host, and served
@@ -132,6 +151,12 @@ class DecodeEngine:
         self._step = self._decode_forward
         if cuda_graphs and self.device.type == "cuda":
             self.capture_graphs()
+            if self.attention == "triton" and prefill_graph_prompts > 0:
+                try:
+                    self.capture_prefill_graphs()
+                except Exception:  # noqa: BLE001 — an optimisation: serve with eager prefills rather than fail to load
+                    log.exception("prefill CUDA graphs could not be captured; prefills run eagerly")
+                    self._prefill_graphs.clear()
         if self.device.type == "cuda":
             self.warm_prefill()
 
@@ -197,11 +222,9 @@ class DecodeEngine:
     def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
         """Run prompts (one per cache row) through the model, fill their cache rows,
         return the logits of each prompt's last position `[n, vocab]`."""
-        import torch
-        import torch.nn.functional as F
-
-        w = self.w
         n, width = len(prompts), max(len(p) for p in prompts)
+        if self._prefill_graphs and n <= self.prefill_graph_prompts and width <= self.prefill_graph_width:
+            return self._prefill_replay(rows, prompts)
         # one host buffer, one copy: the prompts (right-padded), their cache rows, their last positions
         host = self._prefill_staging((n + 2) * max(width, n)).view(n + 2, max(width, n))
         values = host.numpy()
@@ -213,7 +236,67 @@ class DecodeEngine:
         host = host.to(self.device, non_blocking=True)
         if self._staged is not None:
             self._staged.record()                 # the staging buffer is free again once this copy ran
-        tokens, row_index, last = host[:n, :width], host[n, :n], host[n + 1, :n]
+        return self._prefill_forward(host[:n, :width], host[n, :n], host[n + 1, :n], n, width)
+
+    def _prefill_replay(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
+        """`prefill` by replaying the graph captured for this many prompts at the next width
+        bucket: the prompts are right-padded to the bucket (pads write K/V past each prompt's end
+        in its own row, where decode steps overwrite them before reading)."""
+        n, width = len(prompts), max(len(p) for p in prompts)
+        width = next(w for w in self.prefill_widths if w >= width)
+        graph, inputs, logits = self._prefill_graphs[(n, width)]
+        host = self._prefill_staging(inputs.numel())
+        values = host.numpy()
+        values[:] = 0
+        tokens = values[:n * width].reshape(n, width)
+        for i, p in enumerate(prompts):
+            tokens[i, :len(p)] = p
+        values[n * width:n * width + n] = rows
+        values[n * width + n:] = [len(p) - 1 for p in prompts]
+        inputs.copy_(host, non_blocking=True)
+        self._staged.record()
+        graph.replay()
+        self.prefill_replays += 1
+        return logits.clone()       # the graph's output buffer is overwritten by its next replay
+
+    def capture_prefill_graphs(self) -> None:
+        """Capture the prefill of 1..prefill_graph_prompts prompts for every width bucket: an eager
+        prefill of a few prompts costs the host ~the same launch time whatever it holds, several
+        times its GPU time (docs/decisions/0110-prefill-graphs.md). Uses the decode graphs' memory
+        pool: prefills and steps never run at once."""
+        import torch
+
+        start = time.perf_counter()
+        pool = self._pool
+        stream = torch.cuda.Stream(self.device)
+        with torch.inference_mode():
+            for width in reversed(self.prefill_widths):
+                for n in range(min(self.prefill_graph_prompts, self.slots), 0, -1):
+                    inputs = torch.zeros(n * width + 2 * n, dtype=torch.long, device=self.device)
+                    inputs[n * width:n * width + n] = torch.arange(n)     # cache rows 0..n-1: all free at load
+                    args = (inputs[:n * width].view(n, width), inputs[n * width:n * width + n],
+                            inputs[n * width + n:], n, width)
+                    stream.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(stream):
+                        self._prefill_forward(*args)     # warm-up: Triton kernels compiled, workspaces allocated
+                    torch.cuda.current_stream(self.device).wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        logits = self._prefill_forward(*args)
+                    self._prefill_graphs[(n, width)] = (graph, inputs, logits)
+        torch.cuda.synchronize(self.device)
+        self.prefill_capture_s = time.perf_counter() - start
+        log.info("captured %d prefill CUDA graphs (1-%d prompts x %d widths up to %d) in %.1f s",
+                 len(self._prefill_graphs), self.prefill_graph_prompts, len(self.prefill_widths),
+                 self.prefill_graph_width, self.prefill_capture_s)
+
+    def _prefill_forward(self, tokens, row_index, last, n: int, width: int):
+        """The prefill's forward pass over device tensors: `tokens` `[n, width]` (right-padded),
+        each prompt's cache row and last position `[n]`; its logits `[n, vocab]`."""
+        import torch
+        import torch.nn.functional as F
+
+        w = self.w
         heads, kv_heads, dim = w.n_heads, w.n_kv_heads, w.head_dim
         fused = self.attention == "triton"     # the decode step's Triton norm and silu*up kernels
         if not fused:   # the decode step's per-layer parts over all n * width tokens as rows
@@ -501,7 +584,7 @@ class DecodeEngine:
         self._host_np = self._host.numpy()
         self._copied = torch.cuda.Event()
         self._copied.record()
-        pool = torch.cuda.graph_pool_handle()
+        pool = self._pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
             if self.attention == "triton" and self.gemm != "cublas":

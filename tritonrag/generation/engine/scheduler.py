@@ -9,11 +9,10 @@ running) and `prefill_tokens` prompt tokens prefilled between two steps (so that
 burst of arrivals delays the running batch by a bounded amount).
 
 With `prefill_wait_ms` > 0 (off by default), a request that arrives while others decode waits
-up to that long for later arrivals, so that their prompts are prefilled in one call: a prefill
-costs the host a fixed time to launch (one eager forward pass, hundreds of kernels) whatever it
-holds, so under steady arrivals many small prefills bound the step rate by the host, not the
-GPU. It is admitted at once when nothing runs or when the waiting prompts fill a prefill
-(`prefill_tokens`).
+up to that long for later arrivals, so that their prompts are prefilled in one call: each
+prefill call pauses every running sequence for its whole length, and an eager one costs the
+host a fixed launch time whatever it holds. It is admitted at once when nothing runs or when the
+waiting prompts fill a prefill (`prefill_tokens`).
 
 With `overlap` (the default when the engine runs on CUDA) greedy decode steps are
 pipelined: step n+1 is launched, its tokens taken from step n's ids still on the
