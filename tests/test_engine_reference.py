@@ -122,6 +122,51 @@ def test_fp32_logits_equal_transformers_alone_and_batched(kind, attention):
         assert relative < 1e-5 and same_greedy, (absolute, relative)
 
 
+class _EagerReplay:
+    """Stands in for a captured prefill graph on the CPU: `replay()` runs the eager forward over
+    the same input buffer and writes the same output buffer, as the graph does on a GPU (where
+    `test_captured_prefill_equals_the_eager_prefill` checks the real graphs)."""
+
+    def __init__(self, engine, inputs, logits, n, width):
+        self.engine, self.inputs, self.logits, self.n, self.width = engine, inputs, logits, n, width
+
+    def replay(self):
+        n, width, inputs = self.n, self.width, self.inputs
+        self.logits.copy_(self.engine._prefill_forward(inputs[:n * width].view(n, width),
+                                                       inputs[n * width:n * width + n], inputs[n * width + n:], n,
+                                                       width))
+
+
+def test_bucketed_prefill_layout_equals_the_plain_prefill():
+    """The graph path's host layout (prompts right-padded to the width bucket, then the cache rows
+    and last positions) gives the plain prefill's logits and cache rows (fp32, CPU)."""
+    model = random_model(tiny_config("llama"))
+    engine = DecodeEngine.from_hf(model, slots=8, max_len=200)
+    for width in engine.prefill_widths:
+        for n in range(1, engine.prefill_graph_prompts + 1):
+            inputs = torch.zeros(n * width + 2 * n, dtype=torch.long)
+            logits = torch.zeros(n, VOCAB)
+            engine._prefill_graphs[(n, width)] = (_EagerReplay(engine, inputs, logits, n, width), inputs, logits)
+    g = torch.Generator().manual_seed(3)
+    calls = [[torch.randint(0, VOCAB, (length,), generator=g).tolist() for length in lengths]
+             for lengths in ([7], [64, 3], [65, 120, 1], [130, 5, 190, 64], [2, 199])]
+    for prompts in calls:
+        rows = list(range(4, 4 + len(prompts)))[::-1]
+        engine.cache.kv.zero_()
+        bucketed = engine.prefill(rows, prompts)
+        bucketed_cache = engine.cache.kv.clone()
+        graphs, engine._prefill_graphs = engine._prefill_graphs, {}
+        engine.cache.kv.zero_()
+        plain = engine.prefill(rows, prompts)
+        engine._prefill_graphs = graphs
+        assert torch.allclose(bucketed, plain, rtol=1e-4, atol=1e-4), prompts
+        for row, prompt in zip(rows, prompts):
+            assert torch.allclose(bucketed_cache[:, row, :, :len(prompt)], engine.cache.kv[:, row, :, :len(prompt)],
+                                  rtol=1e-4, atol=1e-4)
+        assert not bucketed_cache[:, :4].any()
+    assert engine.prefill_replays == len(calls)
+
+
 # -- refused at load -------------------------------------------------------------------------------
 
 REFUSED = {

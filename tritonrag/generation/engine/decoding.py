@@ -254,7 +254,8 @@ class DecodeEngine:
         values[n * width:n * width + n] = rows
         values[n * width + n:] = [len(p) - 1 for p in prompts]
         inputs.copy_(host, non_blocking=True)
-        self._staged.record()
+        if self._staged is not None:
+            self._staged.record()
         graph.replay()
         self.prefill_replays += 1
         return logits.clone()       # the graph's output buffer is overwritten by its next replay
