@@ -359,6 +359,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--open-requests", type=int, default=2000, help="requests per open-loop rate")
     parser.add_argument("--prefill-wait-ms", type=float, nargs="+", default=[0.0],
                         help="the batcher's prefill_wait_ms for each open-loop run")
+    parser.add_argument("--prefill-graphs", type=int, default=4,
+                        help="prefills of up to this many prompts replay a captured graph (0: all eager)")
     parser.add_argument("--ab-prefill-graphs", action="store_true",
                         help="also run each open-loop rate with eager prefills (no prefill graphs)")
     parser.add_argument("--ab-prefill-default", action="store_true",
@@ -482,7 +484,8 @@ def measure_variant(result, args, model, variant, slots, max_len, batches, bandw
     try:
         gemm = "triton" if "+skinny" in variant else "auto" if "+auto" in variant else "cublas"
         engine = DecodeEngine.from_hf(model, slots=slots, max_len=max_len, attention=variant.split("+")[0],
-                                      compile="+compile" in variant, gemm=gemm)
+                                      compile="+compile" in variant, gemm=gemm,
+                                      prefill_graph_prompts=args.prefill_graphs)
     except Exception as exc:  # noqa: BLE001 — record it, measure the other variants
         result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
         print(variant, "failed:", result["errors"][variant], flush=True)

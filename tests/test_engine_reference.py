@@ -141,7 +141,7 @@ def test_bucketed_prefill_layout_equals_the_plain_prefill():
     """The graph path's host layout (prompts right-padded to the width bucket, then the cache rows
     and last positions) gives the plain prefill's logits and cache rows (fp32, CPU)."""
     model = random_model(tiny_config("llama"))
-    engine = DecodeEngine.from_hf(model, slots=8, max_len=200)
+    engine = DecodeEngine.from_hf(model, slots=8, max_len=200, prefill_graph_prompts=4)
     for width in engine.prefill_widths:
         for n in range(1, engine.prefill_graph_prompts + 1):
             inputs = torch.zeros(n * width + 2 * n, dtype=torch.long)
@@ -217,7 +217,7 @@ def test_bf16_cuda_graph_logits_agree_with_transformers(kind):
     seqs = sequences()
     fp32 = random_model(tiny_config(kind)).to(torch.bfloat16).float().to("cuda")   # bf16-exact weights
     bf16 = random_model(tiny_config(kind)).to("cuda", torch.bfloat16)
-    engine = DecodeEngine.from_hf(bf16, slots=len(SHAPES), max_len=MAX_LEN, cuda_graphs=True)
+    engine = DecodeEngine.from_hf(bf16, slots=len(SHAPES), max_len=MAX_LEN, cuda_graphs=True, prefill_graph_prompts=4)
     assert engine._graphs
     rows = list(range(len(seqs)))
     reference = reference_logits(fp32, seqs)
@@ -243,7 +243,7 @@ def test_captured_prefill_equals_the_eager_prefill(kind):
     other cache row changes. Replays run back to back, so a replay that read stale inputs or left
     its output to be overwritten would show here."""
     model = random_model(tiny_config(kind)).to("cuda", torch.bfloat16)
-    engine = DecodeEngine.from_hf(model, slots=8, max_len=200, cuda_graphs=True)
+    engine = DecodeEngine.from_hf(model, slots=8, max_len=200, cuda_graphs=True, prefill_graph_prompts=4)
     assert engine._prefill_graphs and engine.prefill_widths[:3] == [64, 128, 192]
     g = torch.Generator().manual_seed(3)
     calls = [[torch.randint(0, VOCAB, (int(length),), generator=g).tolist() for length in lengths]

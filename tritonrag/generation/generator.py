@@ -48,6 +48,7 @@ class EngineSettings:
     max_tokens_in_flight: int = 0   # reserved prompt + max_tokens over the running batch (0: no bound)
     prefill_tokens: int = 8192      # prompt tokens prefilled between two decode steps
     prefill_wait_ms: float = 0.0    # how long an arrival may wait for others to share its prefill
+    prefill_graphs: int = 0         # prefills of up to this many prompts replay a captured CUDA graph (0: none)
     cuda_graphs: bool = True
     torch_compile: bool = False     # fuse each layer's small ops with torch.compile before capture (GPU)
     attention: str = "auto"         # decode step: "triton" kernels on CUDA (auto), "sdpa" (the CPU's)
@@ -123,6 +124,7 @@ class Generator:
                                            max_len=max_prompt_tokens + settings.max_new_tokens,
                                            cuda_graphs=settings.cuda_graphs, compile=settings.torch_compile,
                                            attention=settings.attention, gemm=settings.gemm,
+                                           prefill_graph_prompts=settings.prefill_graphs,
                                            prefill_graph_width=max_prompt_tokens)
         if self.engine.warmup_s:
             log.info("generator: CUDA graphs captured in %.1f s", self.engine.warmup_s)

@@ -3,9 +3,10 @@
 One code path for CPU and CUDA. On CUDA the decode step is captured as a CUDA graph
 per (batch bucket, cache-length bucket) at load time, so a step is one graph launch
 instead of hundreds of kernel launches from Python; on the CPU it runs eagerly over
-exactly the rows and positions in use. Small prefills (1..PREFILL_GRAPH_PROMPTS prompts) are
-captured too, per prompt count and width bucket (PREFILL_WIDTH_STEP tokens apart): under
-arrivals most prefills are that small, and eagerly their launches, not the GPU, set their time.
+exactly the rows and positions in use. With `prefill_graph_prompts` > 0, small prefills (up to
+that many prompts) are captured too, per prompt count and width bucket (PREFILL_WIDTH_STEP tokens
+apart): under arrivals most prefills are that small, and eagerly their launches, not the GPU,
+set their time.
 Inside a graph the step's cost beyond the matmuls is the number of small kernels, so the step
 is written with few of them (rotary embedding of q, k and v in three, one K/V store, residual
 adds fused into the output matmuls); `compile=True` also lets torch.compile fuse the rest
@@ -34,9 +35,7 @@ from .weights import DecoderWeights, check_supported, from_hf
 log = logging.getLogger(__name__)
 
 
-# the prefill graphs' sizes: prompts per call (more run eagerly, where the GPU's time covers the
-# host's launches) and the step between captured widths (padding costs at most this many tokens a prompt)
-PREFILL_GRAPH_PROMPTS = 4
+# the step between the prefill graphs' widths: padding costs at most this many tokens a prompt
 PREFILL_WIDTH_STEP = 64
 
 
@@ -71,7 +70,7 @@ class DecodeEngine:
     def __init__(self, weights: DecoderWeights, rope_cos, rope_sin, slots: int, max_len: int,
                  device, dtype, cuda_graphs: bool = True, attention: str = "auto",
                  min_length_bucket: int = 256, compile: bool = False, gemm: str = "cublas",
-                 prefill_graph_prompts: int = PREFILL_GRAPH_PROMPTS, prefill_graph_width: int | None = None):
+                 prefill_graph_prompts: int = 0, prefill_graph_width: int | None = None):
         import torch
 
         from . import flash_decode
@@ -125,7 +124,8 @@ class DecodeEngine:
         self.length_buckets = _buckets(max_len, min(min_length_bucket, max_len))
         self._graphs: dict[tuple[int, int], tuple] = {}
         # prefills of 1..prefill_graph_prompts prompts up to prefill_graph_width tokens replay a
-        # captured graph (CUDA, Triton path); larger ones run eagerly
+        # captured graph (CUDA, Triton path; 0: none); larger ones run eagerly, where the GPU's
+        # time covers the host's launches
         self.prefill_graph_prompts = prefill_graph_prompts
         self.prefill_graph_width = min(prefill_graph_width or max_len, max_len)
         self.prefill_widths = [w for w in range(PREFILL_WIDTH_STEP, self.prefill_graph_width, PREFILL_WIDTH_STEP)] \
