@@ -429,41 +429,33 @@ def main(argv=None) -> dict:
                 save(result, args, device, partial=True)
                 print(variant, json.dumps(row), flush=True)
         if n == 0:
+            def open_loop(engine, rate: float, wait: float, warm: bool = False, **labels) -> None:
+                """One open-loop run on a fresh batcher, recorded with how its prefills ran."""
+                batcher = ContinuousBatcher(engine, prefill_wait_ms=wait)
+                batcher.start()
+                if warm:
+                    serve_open(batcher, rate, min(200, args.open_requests), args.prompt, args.output, vocab, seed=3)
+                row = serve_open(batcher, rate, args.open_requests, args.prompt, args.output, vocab, seed=4)
+                batcher.stop()
+                graphs = bool(engine._prefill_graphs and engine.prefill_graph_prompts)
+                row.update(prefill_wait_ms=wait, prefill="graphs" if graphs else "eager", **labels)
+                result.setdefault("open_loop", []).append(row)
+                save(result, args, device, partial=True)
+                print(variant, "open", json.dumps(row), flush=True)
+
             for wait in args.prefill_wait_ms:
                 for rate in args.rates:
-                    batcher = ContinuousBatcher(engine, prefill_wait_ms=wait)
-                    batcher.start()
-                    serve_open(batcher, rate, min(200, args.open_requests), args.prompt, args.output, vocab, seed=3)
-                    row = serve_open(batcher, rate, args.open_requests, args.prompt, args.output, vocab, seed=4)
-                    batcher.stop()
-                    row.update(prefill_wait_ms=wait, prefill="graphs" if engine._prefill_graphs else "eager")
-                    result.setdefault("open_loop", []).append(row)
-                    save(result, args, device, partial=True)
-                    print(variant, "open", json.dumps(row), flush=True)
+                    open_loop(engine, rate, wait, warm=True)
             if args.ab_prefill_graphs and args.rates and engine._prefill_graphs:
                 chosen, engine.prefill_graph_prompts = engine.prefill_graph_prompts, 0
                 for rate in args.rates:
-                    batcher = ContinuousBatcher(engine, prefill_wait_ms=args.prefill_wait_ms[0])
-                    batcher.start()
-                    row = serve_open(batcher, rate, args.open_requests, args.prompt, args.output, vocab, seed=4)
-                    batcher.stop()
-                    row.update(prefill_wait_ms=args.prefill_wait_ms[0], prefill="eager")
-                    result.setdefault("open_loop", []).append(row)
-                    save(result, args, device, partial=True)
-                    print(variant, "open", json.dumps(row), flush=True)
+                    open_loop(engine, rate, args.prefill_wait_ms[0])
                 engine.prefill_graph_prompts = chosen
             if args.ab_prefill_default and args.rates and engine.prefill_backends:
                 chosen, engine.prefill_backends = engine.prefill_backends, None
                 graphs, engine.prefill_graph_prompts = engine.prefill_graph_prompts, 0   # graphs hold their backend
-                batcher = ContinuousBatcher(engine, prefill_wait_ms=args.prefill_wait_ms[0])
-                batcher.start()
-                row = serve_open(batcher, args.rates[0], args.open_requests, args.prompt, args.output, vocab, seed=4)
-                batcher.stop()
+                open_loop(engine, args.rates[0], args.prefill_wait_ms[0], prefill_attention="torch default")
                 engine.prefill_backends, engine.prefill_graph_prompts = chosen, graphs
-                row.update(prefill_wait_ms=args.prefill_wait_ms[0], prefill="eager", prefill_attention="torch default")
-                result.setdefault("open_loop", []).append(row)
-                save(result, args, device, partial=True)
-                print(variant, "open", json.dumps(row), flush=True)
         del engine, batcher
         if n == 0:
             torch.cuda.empty_cache() if device.type == "cuda" else None

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tritonrag.generation.engine import DecodeEngine
+from tritonrag.generation.engine.decoding import _prefill_views
 
 VOCAB, MAX_LEN = 256, 64
 # (prefill length, total length) per sequence: prefills of different lengths, decode steps after
@@ -131,10 +132,8 @@ class _EagerReplay:
         self.engine, self.inputs, self.logits, self.n, self.width = engine, inputs, logits, n, width
 
     def replay(self):
-        n, width, inputs = self.n, self.width, self.inputs
-        self.logits.copy_(self.engine._prefill_forward(inputs[:n * width].view(n, width),
-                                                       inputs[n * width:n * width + n], inputs[n * width + n:], n,
-                                                       width))
+        views = _prefill_views(self.inputs, self.n, self.width)
+        self.logits.copy_(self.engine._prefill_forward(*views, self.n, self.width))
 
 
 def test_bucketed_prefill_layout_equals_the_plain_prefill():

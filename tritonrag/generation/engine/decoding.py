@@ -60,6 +60,11 @@ def _tileable(head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
+def _prefill_views(inputs, n: int, width: int):
+    """The tokens `[n, width]`, cache rows `[n]` and last positions `[n]` of a staged prefill."""
+    return inputs[:n * width].view(n, width), inputs[n * width:n * width + n], inputs[n * width + n:]
+
+
 class DecodeEngine:
     """Weights + KV cache + the forward passes; the scheduler drives it.
 
@@ -225,18 +230,10 @@ class DecodeEngine:
         n, width = len(prompts), max(len(p) for p in prompts)
         if self._prefill_graphs and n <= self.prefill_graph_prompts and width <= self.prefill_graph_width:
             return self._prefill_replay(rows, prompts)
-        # one host buffer, one copy: the prompts (right-padded), their cache rows, their last positions
-        host = self._prefill_staging((n + 2) * max(width, n)).view(n + 2, max(width, n))
-        values = host.numpy()
-        values[:] = 0
-        for i, p in enumerate(prompts):
-            values[i, :len(p)] = p                # right-padded: causal attention never sees the pads
-        values[n, :n] = rows
-        values[n + 1, :n] = [len(p) - 1 for p in prompts]
-        host = host.to(self.device, non_blocking=True)
+        inputs = self._stage_prefill(rows, prompts, width).to(self.device, non_blocking=True)
         if self._staged is not None:
             self._staged.record()                 # the staging buffer is free again once this copy ran
-        return self._prefill_forward(host[:n, :width], host[n, :n], host[n + 1, :n], n, width)
+        return self._prefill_forward(*_prefill_views(inputs, n, width), n, width)
 
     def _prefill_replay(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]):
         """`prefill` by replaying the graph captured for this many prompts at the next width
@@ -245,7 +242,19 @@ class DecodeEngine:
         n, width = len(prompts), max(len(p) for p in prompts)
         width = next(w for w in self.prefill_widths if w >= width)
         graph, inputs, logits = self._prefill_graphs[(n, width)]
-        host = self._prefill_staging(inputs.numel())
+        inputs.copy_(self._stage_prefill(rows, prompts, width), non_blocking=True)
+        if self._staged is not None:
+            self._staged.record()
+        graph.replay()
+        self.prefill_replays += 1
+        return logits.clone()       # the graph's output buffer is overwritten by its next replay
+
+    def _stage_prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], width: int):
+        """A prefill's inputs in one host buffer, for one copy (`_prefill_views` splits it): the
+        prompts right-padded to `width` (causal attention never sees the pads), their cache rows,
+        their last positions."""
+        n = len(prompts)
+        host = self._prefill_staging(n * width + 2 * n)
         values = host.numpy()
         values[:] = 0
         tokens = values[:n * width].reshape(n, width)
@@ -253,12 +262,7 @@ class DecodeEngine:
             tokens[i, :len(p)] = p
         values[n * width:n * width + n] = rows
         values[n * width + n:] = [len(p) - 1 for p in prompts]
-        inputs.copy_(host, non_blocking=True)
-        if self._staged is not None:
-            self._staged.record()
-        graph.replay()
-        self.prefill_replays += 1
-        return logits.clone()       # the graph's output buffer is overwritten by its next replay
+        return host
 
     def capture_prefill_graphs(self) -> None:
         """Capture the prefill of 1..prefill_graph_prompts prompts for every width bucket: an eager
@@ -275,8 +279,7 @@ class DecodeEngine:
                 for n in range(min(self.prefill_graph_prompts, self.slots), 0, -1):
                     inputs = torch.zeros(n * width + 2 * n, dtype=torch.long, device=self.device)
                     inputs[n * width:n * width + n] = torch.arange(n)     # cache rows 0..n-1: all free at load
-                    args = (inputs[:n * width].view(n, width), inputs[n * width:n * width + n],
-                            inputs[n * width + n:], n, width)
+                    args = (*_prefill_views(inputs, n, width), n, width)
                     stream.wait_stream(torch.cuda.current_stream(self.device))
                     with torch.cuda.stream(stream):
                         self._prefill_forward(*args)     # warm-up: Triton kernels compiled, workspaces allocated
